@@ -1,0 +1,26 @@
+"""Recognizer engines behind one contract (see ``base``); ``load_engine`` picks one from settings."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from decoder_api.engines.base import Engine, Final, Recognizer, RecognizerOptions, Word
+
+if TYPE_CHECKING:
+    from decoder_api.config import Settings
+
+__all__ = ["Engine", "Final", "Recognizer", "RecognizerOptions", "Word", "load_engine"]
+
+
+def load_engine(settings: Settings) -> Engine:
+    """Resolve the configured model and load its engine (once per process)."""
+    from decoder_api.engines.models import resolve_model
+
+    info = resolve_model(settings.engine, settings.model, settings.model_dir)
+    if info.engine == "vosk":
+        from decoder_api.engines.vosk import VoskEngine
+
+        return VoskEngine(info, settings.vosk)
+    from decoder_api.engines.whisper import WhisperEngine
+
+    return WhisperEngine(info, settings.whisper)

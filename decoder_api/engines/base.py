@@ -1,0 +1,125 @@
+"""The recognizer contract every engine implements.
+
+Audio enters as raw signed 16-bit little-endian mono PCM at the rate the recognizer was
+created for. Results leave as plain dataclasses: engine-specific formats (Vosk's JSON
+strings, faster-whisper segments) are parsed inside the engine module and never leak out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from decoder_api.errors import DecoderError
+
+BYTES_PER_SAMPLE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    """One recognised word; times in milliseconds from the start of the stream."""
+
+    word: str
+    start_ms: int
+    end_ms: int
+    conf: float
+
+
+@dataclass(frozen=True, slots=True)
+class Final:
+    """A finished utterance. ``words`` is None unless word output was requested."""
+
+    utterance: int
+    text: str
+    start_ms: int
+    end_ms: int
+    words: tuple[Word, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecognizerOptions:
+    """Per-stream options a client may choose (never a model, path or broker)."""
+
+    sample_rate_hz: int = 16000
+    words: bool = False
+    phrases: tuple[str, ...] | None = None
+    max_alternatives: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """A model the service can load: which engine runs it, where it lives, what it speaks."""
+
+    name: str
+    engine: str
+    language: str
+    path: str
+    source: str
+    size_bytes: int = 0
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+
+
+class Recognizer(Protocol):
+    """One audio stream's decoder state. Not thread-safe: one caller at a time."""
+
+    @property
+    def sample_rate_hz(self) -> int: ...
+
+    def accept(self, pcm: bytes) -> list[Final]:
+        """Feed PCM; return the utterances this chunk completed (usually none)."""
+        ...
+
+    def partial(self) -> str:
+        """The current hypothesis of the open utterance ("" when there is none)."""
+        ...
+
+    def flush(self) -> list[Final]:
+        """End of stream: finalise the open utterance, if it has any words."""
+        ...
+
+    def reset(self) -> None:
+        """Discard the open utterance without a final; the stream clock keeps running."""
+        ...
+
+    def close(self) -> None:
+        """Release engine resources; the recognizer is unusable afterwards."""
+        ...
+
+
+class Engine(Protocol):
+    """A loaded model shared by every stream in the process."""
+
+    name: str
+    model: ModelInfo
+
+    def create(self, options: RecognizerOptions) -> Recognizer:
+        """A new recognizer; raises UnsupportedSampleRate or InvalidOptions."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class UnsupportedSampleRate(DecoderError):
+    code = "unsupported_sample_rate"
+    status = 422
+
+
+class InvalidAudio(DecoderError):
+    code = "invalid_audio"
+    status = 400
+
+
+class InvalidOptions(DecoderError):
+    code = "invalid_options"
+    status = 422
+
+
+def samples_to_ms(samples: int, sample_rate_hz: int) -> int:
+    """Convert a sample count to whole milliseconds."""
+    return samples * 1000 // sample_rate_hz
+
+
+def check_pcm(pcm: bytes) -> None:
+    """Reject PCM that is not whole 16-bit samples."""
+    if len(pcm) % BYTES_PER_SAMPLE:
+        raise InvalidAudio(f"PCM must be whole 16-bit samples; got an odd byte count ({len(pcm)})")

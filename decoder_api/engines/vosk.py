@@ -1,0 +1,288 @@
+"""Vosk/Kaldi engine: one shared ``Model`` per process, one ``KaldiRecognizer`` per stream.
+
+The recognizer is reused across utterances (a fresh one per utterance costs 5-10x more CPU
+while its decoding-graph cache warms up). Vosk's JSON strings are parsed here and never
+leave this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import vosk
+
+from decoder_api.engines.base import (
+    Final,
+    InvalidOptions,
+    ModelInfo,
+    RecognizerOptions,
+    UnsupportedSampleRate,
+    Word,
+    check_pcm,
+    samples_to_ms,
+)
+from decoder_api.errors import ModelNotFound
+
+logger = logging.getLogger(__name__)
+
+MIN_RATE_HZ = 8000
+MAX_RATE_HZ = 48000
+UNKNOWN_WORD = "[unk]"
+
+
+@dataclass(frozen=True, slots=True)
+class VoskSettings:
+    """Engine-wide options.
+
+    ``log_level`` is Kaldi's own verbosity (-1 keeps only errors). ``dither`` is the
+    standard deviation, in 16-bit sample units, of the noise added to the audio before
+    feature extraction (Kaldi's default is 1.0; without it digital silence never looks like
+    silence and utterances do not end). Kaldi draws its own dither from a process-global
+    random state, so the same audio would decode differently from run to run; we switch
+    Kaldi's off and add the same amount from a fixed table indexed by stream position,
+    which makes every decode reproducible.
+    """
+
+    log_level: int = -1
+    dither: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRates:
+    """The sample rates a Vosk model accepts, read from its ``conf/mfcc.conf``."""
+
+    native_hz: int
+    allow_upsample: bool
+    allow_downsample: bool
+
+    def accepts(self, rate_hz: int) -> bool:
+        if rate_hz == self.native_hz:
+            return True
+        if not MIN_RATE_HZ <= rate_hz <= MAX_RATE_HZ:
+            return False
+        return self.allow_upsample if rate_hz < self.native_hz else self.allow_downsample
+
+
+def read_model_rates(model_dir: Path) -> ModelRates:
+    """Parse the feature config; Kaldi's defaults apply where a flag is absent."""
+    conf = model_dir / "conf" / "mfcc.conf"
+    text = conf.read_text(encoding="utf-8") if conf.is_file() else ""
+    flags = dict(re.findall(r"^--([\w.-]+)=(\S+)", text, flags=re.MULTILINE))
+    return ModelRates(
+        native_hz=int(float(flags.get("sample-frequency", "16000"))),
+        allow_upsample=flags.get("allow-upsample", "false") == "true",
+        allow_downsample=flags.get("allow-downsample", "false") == "true",
+    )
+
+
+class Dither:
+    """Reproducible dither: Gaussian noise from a fixed table, indexed by stream sample position."""
+
+    TABLE_SAMPLES = 1 << 16
+
+    def __init__(self, amount: float, seed: int = 0) -> None:
+        noise = np.random.default_rng(seed).standard_normal(self.TABLE_SAMPLES) * amount
+        self._table = np.round(noise).astype(np.int32)
+        self.enabled = amount > 0
+
+    def apply(self, pcm: bytes, position: int) -> bytes:
+        """``pcm`` with noise added; ``position`` is the stream index of its first sample."""
+        if not self.enabled:
+            return pcm
+        samples = np.frombuffer(pcm, dtype="<i2").astype(np.int32)
+        index = (np.arange(samples.size) + position) % self.TABLE_SAMPLES
+        return np.clip(samples + self._table[index], -32768, 32767).astype("<i2").tobytes()
+
+
+def with_dither(model_dir: Path, dither: float | None) -> Path:
+    """The model dir itself, or a symlinked copy whose ``mfcc.conf`` sets ``--dither``.
+
+    The copy lives in the temp dir, is keyed by model path and value, and is built
+    atomically so concurrent processes can share it.
+    """
+    conf = model_dir / "conf" / "mfcc.conf"
+    if dither is None or not conf.is_file():
+        return model_dir
+    text = re.sub(r"^--dither=.*\n?", "", conf.read_text(encoding="utf-8"), flags=re.MULTILINE)
+    text = text.rstrip("\n") + f"\n--dither={dither}\n"
+    key = hashlib.sha256(f"{model_dir.resolve()}\0{text}".encode()).hexdigest()[:16]
+    target = Path(tempfile.gettempdir()) / f"decoder_api-vosk-{key}"
+    if not target.is_dir():
+        _build_overlay(model_dir, text, target)
+    return target
+
+
+def _build_overlay(model_dir: Path, mfcc_conf: str, target: Path) -> None:
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
+    staging.chmod(0o755)
+    try:
+        for entry in model_dir.resolve().iterdir():
+            if entry.name != "conf":
+                (staging / entry.name).symlink_to(entry)
+        (staging / "conf").mkdir()
+        for entry in (model_dir / "conf").resolve().iterdir():
+            if entry.name != "mfcc.conf":
+                (staging / "conf" / entry.name).symlink_to(entry)
+        (staging / "conf" / "mfcc.conf").write_text(mfcc_conf, encoding="utf-8")
+        os.replace(staging, target)
+    except OSError:
+        if not target.is_dir():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def supports_grammar(model_dir: Path) -> bool:
+    """Only models with a separate lookahead graph (HCLr + Gr) accept a runtime phrase list."""
+    return (model_dir / "graph" / "HCLr.fst").is_file() and (model_dir / "graph" / "Gr.fst").is_file()
+
+
+class VoskEngine:
+    """A loaded Vosk model shared by every stream in the process."""
+
+    name = "vosk"
+
+    def __init__(self, model: ModelInfo, settings: VoskSettings | None = None) -> None:
+        settings = settings or VoskSettings()
+        path = Path(model.path)
+        if not path.is_dir():
+            raise ModelNotFound(f"Vosk model directory {path} does not exist")
+        vosk.SetLogLevel(settings.log_level)
+        self.model = model
+        self.rates = read_model_rates(path)
+        self.grammar = supports_grammar(path)
+        self._model = vosk.Model(str(with_dither(path, 0.0)))
+        self._dither = Dither(settings.dither)
+
+    def create(self, options: RecognizerOptions) -> VoskRecognizer:
+        if not self.rates.accepts(options.sample_rate_hz):
+            raise UnsupportedSampleRate(
+                f"model {self.model.name} cannot take {options.sample_rate_hz} Hz audio "
+                f"(native {self.rates.native_hz} Hz)",
+                sample_rate=options.sample_rate_hz,
+            )
+        return VoskRecognizer(self._new_kaldi(options), options, self._dither)
+
+    def close(self) -> None:
+        self._model = None  # type: ignore[assignment]
+
+    def in_vocabulary(self, word: str) -> bool:
+        return bool(self._model.vosk_model_find_word(word) >= 0)
+
+    def _new_kaldi(self, options: RecognizerOptions) -> vosk.KaldiRecognizer:
+        if options.phrases is None:
+            kaldi = vosk.KaldiRecognizer(self._model, options.sample_rate_hz)
+        else:
+            kaldi = vosk.KaldiRecognizer(self._model, options.sample_rate_hz, self._grammar(options.phrases))
+        kaldi.SetWords(True)
+        if options.max_alternatives:
+            kaldi.SetMaxAlternatives(options.max_alternatives)
+        return kaldi
+
+    def _grammar(self, phrases: tuple[str, ...]) -> str:
+        if not self.grammar:
+            raise InvalidOptions(f"model {self.model.name} does not support a phrase list")
+        kept = [p for p in (self._known_words(p) for p in phrases) if p]
+        if not kept:
+            raise InvalidOptions("none of the phrases uses a word the model knows")
+        if self.in_vocabulary(UNKNOWN_WORD):
+            kept.append(UNKNOWN_WORD)
+        return json.dumps(kept, ensure_ascii=False)
+
+    def _known_words(self, phrase: str) -> str:
+        words = phrase.lower().split()
+        known = [w for w in words if self.in_vocabulary(w)]
+        if len(known) != len(words):
+            logger.info("phrase_words_dropped count=%d", len(words) - len(known))
+        return " ".join(known)
+
+
+class VoskRecognizer:
+    """One stream on a shared model. Times are stream time (ms since the first sample)."""
+
+    def __init__(self, kaldi: vosk.KaldiRecognizer, options: RecognizerOptions, dither: Dither) -> None:
+        self._kaldi = kaldi
+        self._options = options
+        self._dither = dither
+        self._next_utterance = 0
+        self._samples = 0
+        self._partial = ""
+
+    @property
+    def sample_rate_hz(self) -> int:
+        return self._options.sample_rate_hz
+
+    @property
+    def audio_ms(self) -> int:
+        return samples_to_ms(self._samples, self.sample_rate_hz)
+
+    def accept(self, pcm: bytes) -> list[Final]:
+        check_pcm(pcm)
+        if not pcm:
+            return []
+        dithered = self._dither.apply(pcm, self._samples)
+        self._samples += len(pcm) // 2
+        if self._kaldi.AcceptWaveform(dithered):
+            self._partial = ""
+            return self._finals(self._kaldi.Result())
+        self._partial = str(json.loads(self._kaldi.PartialResult()).get("partial", ""))
+        return []
+
+    def partial(self) -> str:
+        return self._partial
+
+    def flush(self) -> list[Final]:
+        self._partial = ""
+        return self._finals(self._kaldi.FinalResult())
+
+    def reset(self) -> None:
+        # FinalResult (discarded) rather than Reset(): it keeps Kaldi's stream clock exact.
+        self._kaldi.FinalResult()
+        self._partial = ""
+
+    def close(self) -> None:
+        self._kaldi = None  # type: ignore[assignment]
+
+    def _finals(self, raw: str) -> list[Final]:
+        result = parse_result(json.loads(raw))
+        if result is None:
+            return []
+        final = self._final(*result)
+        self._next_utterance += 1
+        return [final]
+
+    def _final(self, text: str, words: tuple[Word, ...]) -> Final:
+        start_ms = words[0].start_ms if words else self.audio_ms
+        end_ms = words[-1].end_ms if words else self.audio_ms
+        kept = words if self._options.words else None
+        return Final(self._next_utterance, text, start_ms, end_ms, kept)
+
+
+def parse_result(result: dict[str, Any]) -> tuple[str, tuple[Word, ...]] | None:
+    """Text and words of a Vosk result (best alternative when alternatives were asked for)."""
+    if "alternatives" in result:
+        alternatives = result["alternatives"]
+        result = alternatives[0] if alternatives else {}
+    text = str(result.get("text", "")).strip()
+    if not text:
+        return None
+    return text, tuple(parse_word(w) for w in result.get("result", []))
+
+
+def parse_word(raw: dict[str, Any]) -> Word:
+    return Word(
+        word=str(raw["word"]),
+        start_ms=round(float(raw["start"]) * 1000),
+        end_ms=round(float(raw["end"]) * 1000),
+        conf=float(raw.get("conf", 1.0)),
+    )

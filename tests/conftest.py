@@ -1,0 +1,82 @@
+"""Session-wide real components: models, audio, and the sample data manifest."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from decoder_api.audio import decode_file
+from decoder_api.engines.models import resolve_model
+from decoder_api.engines.vosk import VoskEngine
+from decoder_api.evaluation import ManifestEntry, load_manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "data"
+RATE_HZ = 16000
+KOREAN_TURNS = ("안녕하세요", "감사합니다", "네 알겠습니다", "오늘 날씨가 좋습니다")
+PAUSE_MS = 1200
+
+
+@dataclass(frozen=True)
+class SpokenCall:
+    """Synthetic speech: turns separated by silences, with where each turn sits (ms)."""
+
+    pcm: bytes
+    turns: tuple[str, ...]
+    spans_ms: tuple[tuple[int, int], ...]
+
+    @property
+    def duration_ms(self) -> int:
+        return len(self.pcm) // 2 * 1000 // RATE_HZ
+
+
+def silence(ms: int) -> bytes:
+    return b"\0\0" * (RATE_HZ * ms // 1000)
+
+
+def espeak(text: str, voice: str, tmp: Path) -> bytes:
+    """Speak ``text`` with espeak-ng and return 16 kHz mono PCM."""
+    wav = tmp / f"espeak-{abs(hash((text, voice)))}.wav"
+    subprocess.run(["espeak-ng", "-v", voice, "-s", "130", "-w", str(wav), text], check=True)
+    return decode_file(wav, RATE_HZ).pcm
+
+
+def join_turns(turns: tuple[str, ...], spoken: list[bytes], pause_ms: int = PAUSE_MS) -> SpokenCall:
+    pcm, spans = silence(300), []
+    for audio in spoken:
+        start = len(pcm) // 2 * 1000 // RATE_HZ
+        pcm += audio
+        spans.append((start, len(pcm) // 2 * 1000 // RATE_HZ))
+        pcm += silence(pause_ms)
+    return SpokenCall(pcm, turns, tuple(spans))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def manifest() -> list[ManifestEntry]:
+    return load_manifest(DATA / "manifest.tsv")
+
+
+@pytest.fixture(scope="session")
+def vosk_engine() -> Iterator[VoskEngine]:
+    engine = VoskEngine(resolve_model("vosk", "ko", None))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def korean_call(tmp_path_factory: pytest.TempPathFactory) -> SpokenCall:
+    """Korean turns spoken by espeak-ng (the Korean model is the only Vosk model installed)."""
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is missing: run `make install`")
+    tmp = tmp_path_factory.mktemp("korean")
+    return join_turns(KOREAN_TURNS, [espeak(t, "ko", tmp) for t in KOREAN_TURNS])
