@@ -38,12 +38,17 @@ class Final:
 
 @dataclass(frozen=True, slots=True)
 class RecognizerOptions:
-    """Per-stream options a client may choose (never a model, path or broker)."""
+    """Per-stream options a client may choose (never a model, path or broker).
+
+    ``partials=False`` lets an engine skip work done only for interim results (offline
+    transcription); finals are the same either way.
+    """
 
     sample_rate_hz: int = 16000
     words: bool = False
     phrases: tuple[str, ...] | None = None
     max_alternatives: int = 0
+    partials: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -174,7 +174,7 @@ class VoskEngine:
         return VoskRecognizer(self._new_kaldi(options), options, self._dither)
 
     def close(self) -> None:
-        self._model = None  # type: ignore[assignment]
+        self._model = None
 
     def in_vocabulary(self, word: str) -> bool:
         return bool(self._model.vosk_model_find_word(word) >= 0)
@@ -251,7 +251,7 @@ class VoskRecognizer:
         self._partial = ""
 
     def close(self) -> None:
-        self._kaldi = None  # type: ignore[assignment]
+        self._kaldi = None
 
     def _finals(self, raw: str) -> list[Final]:
         result = parse_result(json.loads(raw))

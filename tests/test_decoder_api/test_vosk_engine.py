@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def test_partials_evolve_while_audio_streams(vosk_engine: VoskEngine, korean_cal
     _, partials = feed(recognizer, korean_call.pcm)
     distinct = [p for i, p in enumerate(partials) if p and (i == 0 or p != partials[i - 1])]
     assert len(distinct) >= 4, partials
-    assert any(len(b.split()) > len(a.split()) for a, b in zip(distinct, distinct[1:], strict=False))
+    assert any(len(b.split()) > len(a.split()) for a, b in itertools.pairwise(distinct))
 
 
 def test_finals_appear_at_pauses(vosk_engine: VoskEngine, korean_call: SpokenCall) -> None:
@@ -61,21 +62,26 @@ def test_phrase_list_of_unknown_words_is_refused(vosk_engine: VoskEngine) -> Non
         vosk_engine.create(RecognizerOptions(RATE_HZ, phrases=("zzqx", "qqzz")))
 
 
-def test_word_times_are_monotonic_and_inside_the_audio(vosk_engine: VoskEngine, korean_call: SpokenCall) -> None:
+def test_word_times_are_monotonic_and_inside_the_audio(
+    vosk_engine: VoskEngine, korean_call: SpokenCall
+) -> None:
     recognizer = vosk_engine.create(RecognizerOptions(RATE_HZ, words=True))
     finals = stream_pcm(recognizer, korean_call.pcm, chunk_ms=250).finals
     words = [w for f in finals for w in f.words or ()]
     assert len(words) >= len(korean_call.turns)
     assert all(0 <= w.start_ms <= w.end_ms <= korean_call.duration_ms for w in words)
-    assert all(a.end_ms <= b.start_ms for a, b in zip(words, words[1:], strict=False))
+    assert all(a.end_ms <= b.start_ms for a, b in itertools.pairwise(words))
     assert all(0.0 <= w.conf <= 1.0 for w in words)
     for final in finals:
-        assert final.words and final.start_ms == final.words[0].start_ms and final.end_ms == final.words[-1].end_ms
+        assert final.words
+        assert final.start_ms == final.words[0].start_ms
+        assert final.end_ms == final.words[-1].end_ms
 
 
 def test_words_are_omitted_unless_asked_for(vosk_engine: VoskEngine, korean_call: SpokenCall) -> None:
     finals = stream_pcm(vosk_engine.create(RecognizerOptions(RATE_HZ)), korean_call.pcm, 200).finals
-    assert finals and all(f.words is None for f in finals)
+    assert finals
+    assert all(f.words is None for f in finals)
 
 
 def test_flush_finalises_trailing_speech(vosk_engine: VoskEngine, korean_call: SpokenCall) -> None:
@@ -106,7 +112,9 @@ def test_reset_discards_the_open_utterance_and_keeps_the_clock(
     assert start - 300 <= finals[0].start_ms < finals[0].end_ms <= end + 300
 
 
-def test_two_recognizers_in_threads_do_not_interfere(vosk_engine: VoskEngine, korean_call: SpokenCall) -> None:
+def test_two_recognizers_in_threads_do_not_interfere(
+    vosk_engine: VoskEngine, korean_call: SpokenCall
+) -> None:
     halves = (korean_call.pcm, korean_call.pcm[: len(korean_call.pcm) // 2])
     alone = [stream_pcm(vosk_engine.create(RecognizerOptions(RATE_HZ)), pcm, 200).text for pcm in halves]
 
@@ -137,5 +145,8 @@ def test_odd_byte_count_is_rejected(vosk_engine: VoskEngine) -> None:
 
 
 def test_decoding_is_deterministic(vosk_engine: VoskEngine, korean_call: SpokenCall) -> None:
-    runs = [stream_pcm(vosk_engine.create(RecognizerOptions(RATE_HZ, words=True)), korean_call.pcm, 200) for _ in "abc"]
+    runs = [
+        stream_pcm(vosk_engine.create(RecognizerOptions(RATE_HZ, words=True)), korean_call.pcm, 200)
+        for _ in "abc"
+    ]
     assert runs[0].finals == runs[1].finals == runs[2].finals

