@@ -9,7 +9,13 @@ from decoder_api.engines.base import Engine, Final, Recognizer, RecognizerOption
 if TYPE_CHECKING:
     from decoder_api.config import Settings
 
-__all__ = ["Engine", "Final", "Recognizer", "RecognizerOptions", "Word", "load_engine"]
+__all__ = ["Engine", "Final", "Recognizer", "RecognizerOptions", "Word", "load_engine", "native_rate_hz"]
+
+
+def native_rate_hz(engine: Engine) -> int:
+    """The rate the engine's model was trained on (what resampling at the edge targets)."""
+    rates = getattr(engine, "rates", None)
+    return int(getattr(rates, "native_hz", 16000))
 
 
 def load_engine(settings: Settings) -> Engine:

@@ -86,6 +86,14 @@ class Recognizer(Protocol):
         """Discard the open utterance without a final; the stream clock keeps running."""
         ...
 
+    def restart(self) -> None:
+        """Return to the state of a newly created recognizer (clock and utterance index at zero).
+
+        Lets a pool reuse a warm recognizer: what it decodes next must be exactly what a
+        fresh recognizer would decode.
+        """
+        ...
+
     def close(self) -> None:
         """Release engine resources; the recognizer is unusable afterwards."""
         ...

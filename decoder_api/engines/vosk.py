@@ -217,6 +217,7 @@ class VoskRecognizer:
         self._next_utterance = 0
         self._samples = 0
         self._partial = ""
+        self._kaldi_offset_s = 0.0
 
     @property
     def sample_rate_hz(self) -> int:
@@ -250,11 +251,24 @@ class VoskRecognizer:
         self._kaldi.FinalResult()
         self._partial = ""
 
+    def restart(self) -> None:
+        """Back to the state of a new recognizer, keeping Kaldi's warm decoding-graph cache.
+
+        FinalResult() makes Kaldi rebuild its feature pipeline and decoder for the next
+        sample (fresh CMVN and i-vector state); only its clock keeps running, so word
+        times are shifted back by the audio this recognizer has already decoded.
+        """
+        self._kaldi.FinalResult()
+        self._kaldi_offset_s += self._samples / self.sample_rate_hz
+        self._samples = 0
+        self._next_utterance = 0
+        self._partial = ""
+
     def close(self) -> None:
         self._kaldi = None
 
     def _finals(self, raw: str) -> list[Final]:
-        result = parse_result(json.loads(raw))
+        result = parse_result(json.loads(raw), self._kaldi_offset_s)
         if result is None:
             return []
         final = self._final(*result)
@@ -268,21 +282,24 @@ class VoskRecognizer:
         return Final(self._next_utterance, text, start_ms, end_ms, kept)
 
 
-def parse_result(result: dict[str, Any]) -> tuple[str, tuple[Word, ...]] | None:
-    """Text and words of a Vosk result (best alternative when alternatives were asked for)."""
+def parse_result(result: dict[str, Any], offset_s: float = 0.0) -> tuple[str, tuple[Word, ...]] | None:
+    """Text and words of a Vosk result (best alternative when alternatives were asked for).
+
+    ``offset_s`` is subtracted from Kaldi's times (its clock counts from recognizer creation).
+    """
     if "alternatives" in result:
         alternatives = result["alternatives"]
         result = alternatives[0] if alternatives else {}
     text = str(result.get("text", "")).strip()
     if not text:
         return None
-    return text, tuple(parse_word(w) for w in result.get("result", []))
+    return text, tuple(parse_word(w, offset_s) for w in result.get("result", []))
 
 
-def parse_word(raw: dict[str, Any]) -> Word:
+def parse_word(raw: dict[str, Any], offset_s: float = 0.0) -> Word:
     return Word(
         word=str(raw["word"]),
-        start_ms=round(float(raw["start"]) * 1000),
-        end_ms=round(float(raw["end"]) * 1000),
+        start_ms=round((float(raw["start"]) - offset_s) * 1000),
+        end_ms=round((float(raw["end"]) - offset_s) * 1000),
         conf=float(raw.get("conf", 1.0)),
     )

@@ -309,15 +309,20 @@ class WhisperRecognizer:
         self._partials = options.partials
         self._hotwords = hotwords_for(options.phrases)
         self._rate_hz = options.sample_rate_hz
-        self._resampler = self._new_resampler()
         self._vad = engine.new_vad()
+        self._pre_roll: deque[np.ndarray] = deque(maxlen=pre_roll_windows())
+        self._closed = False
+        self._start_stream()
+
+    def _start_stream(self) -> None:
+        self._resampler = self._new_resampler()
+        self._vad.reset()
         self._pending = np.zeros(0, dtype=np.float32)
         self._position = 0
-        self._pre_roll: deque[np.ndarray] = deque(maxlen=pre_roll_windows())
+        self._pre_roll.clear()
         self._utterance: OpenUtterance | None = None
         self._partial = ""
         self._next_index = 0
-        self._closed = False
 
     @property
     def sample_rate_hz(self) -> int:
@@ -352,6 +357,11 @@ class WhisperRecognizer:
         self._take_pending()
         self._drop_utterance()
         self._vad.reset()
+
+    def restart(self) -> None:
+        """Back to the state of a new recognizer: stream clock and utterance index at zero."""
+        self._check_open()
+        self._start_stream()
 
     def close(self) -> None:
         """Free the buffers; the recognizer is unusable afterwards."""
