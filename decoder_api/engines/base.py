@@ -94,6 +94,13 @@ class Recognizer(Protocol):
         """
         ...
 
+    def resume(self, position_samples: int, next_utterance: int) -> None:
+        """Continue a stream whose audio before ``position_samples`` was decoded elsewhere
+        (e.g. by an instance that died): drop any open utterance, set the stream clock and
+        the next utterance index. Audio replayed from the last final then decodes as it did
+        on the original recognizer (exactly so for Vosk)."""
+        ...
+
     def close(self) -> None:
         """Release engine resources; the recognizer is unusable afterwards."""
         ...

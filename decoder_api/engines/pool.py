@@ -188,6 +188,9 @@ class PooledRecognizer:
     def restart(self) -> None:
         self._guarded(lambda r: r.restart())
 
+    def resume(self, position_samples: int, next_utterance: int) -> None:
+        self._guarded(lambda r: r.resume(position_samples, next_utterance))
+
     def close(self) -> None:
         inner, self._inner = self._inner, None
         if inner is not None:

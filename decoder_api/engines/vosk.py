@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 MIN_RATE_HZ = 8000
 MAX_RATE_HZ = 48000
 UNKNOWN_WORD = "[unk]"
+PRIMER = b"\0\0" * 160  # 10 ms at 16 kHz
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +209,15 @@ class VoskEngine:
 
 
 class VoskRecognizer:
-    """One stream on a shared model. Times are stream time (ms since the first sample)."""
+    """One stream on a shared model. Times are stream time (ms since the first sample).
+
+    Every utterance is decoded from a fresh Kaldi feature pipeline and decoder: after each
+    final (and on reset/restart) Kaldi is driven into its "finalized" state, which makes it
+    rebuild both on the next sample. The state at an utterance's start is therefore that of
+    a new recognizer, so the audio since the last final, replayed into any recognizer placed
+    at the same stream position (``resume``), decodes to exactly the same results — this is
+    what lets another instance take a call over. The warm decoding-graph cache survives.
+    """
 
     def __init__(self, kaldi: vosk.KaldiRecognizer, options: RecognizerOptions, dither: Dither) -> None:
         self._kaldi = kaldi
@@ -216,8 +225,8 @@ class VoskRecognizer:
         self._dither = dither
         self._next_utterance = 0
         self._samples = 0
+        self._kaldi_samples = 0
         self._partial = ""
-        self._kaldi_offset_s = 0.0
 
     @property
     def sample_rate_hz(self) -> int:
@@ -232,10 +241,11 @@ class VoskRecognizer:
         if not pcm:
             return []
         dithered = self._dither.apply(pcm, self._samples)
-        self._samples += len(pcm) // 2
+        self._advance(len(pcm) // 2)
         if self._kaldi.AcceptWaveform(dithered):
-            self._partial = ""
-            return self._finals(self._kaldi.Result())
+            finals = self._finals(self._kaldi.Result())
+            self._new_utterance()
+            return finals
         self._partial = str(json.loads(self._kaldi.PartialResult()).get("partial", ""))
         return []
 
@@ -247,28 +257,45 @@ class VoskRecognizer:
         return self._finals(self._kaldi.FinalResult())
 
     def reset(self) -> None:
-        # FinalResult (discarded) rather than Reset(): it keeps Kaldi's stream clock exact.
         self._kaldi.FinalResult()
         self._partial = ""
 
     def restart(self) -> None:
-        """Back to the state of a new recognizer, keeping Kaldi's warm decoding-graph cache.
+        """Back to the state of a new recognizer, keeping Kaldi's warm decoding-graph cache."""
+        self.resume(0, 0)
 
-        FinalResult() makes Kaldi rebuild its feature pipeline and decoder for the next
-        sample (fresh CMVN and i-vector state); only its clock keeps running, so word
-        times are shifted back by the audio this recognizer has already decoded.
-        """
+    def resume(self, position_samples: int, next_utterance: int) -> None:
+        """Continue a stream whose audio up to ``position_samples`` (and utterances before
+        ``next_utterance``) was decoded elsewhere; the open utterance is discarded."""
         self._kaldi.FinalResult()
-        self._kaldi_offset_s += self._samples / self.sample_rate_hz
-        self._samples = 0
-        self._next_utterance = 0
+        self._samples = position_samples
+        self._next_utterance = next_utterance
         self._partial = ""
 
     def close(self) -> None:
         self._kaldi = None
 
+    def _advance(self, samples: int) -> None:
+        self._samples += samples
+        self._kaldi_samples += samples
+
+    def _new_utterance(self) -> None:
+        """Leave Kaldi's endpoint state for its finalized state (a fresh pipeline next).
+
+        After an endpoint Kaldi would carry its features over; a few milliseconds of silence
+        (fed to Kaldi only, not part of the stream) start a new utterance that FinalResult
+        then closes.
+        """
+        self._kaldi.AcceptWaveform(PRIMER)
+        self._kaldi_samples += len(PRIMER) // 2
+        self._kaldi.FinalResult()
+
+    def _offset_s(self) -> float:
+        """Kaldi's clock (since creation) minus the stream clock, in seconds."""
+        return (self._kaldi_samples - self._samples) / self.sample_rate_hz
+
     def _finals(self, raw: str) -> list[Final]:
-        result = parse_result(json.loads(raw), self._kaldi_offset_s)
+        result = parse_result(json.loads(raw), self._offset_s())
         if result is None:
             return []
         final = self._final(*result)

@@ -360,8 +360,14 @@ class WhisperRecognizer:
 
     def restart(self) -> None:
         """Back to the state of a new recognizer: stream clock and utterance index at zero."""
+        self.resume(0, 0)
+
+    def resume(self, position_samples: int, next_utterance: int) -> None:
+        """Continue a stream decoded elsewhere up to ``position_samples`` (client rate)."""
         self._check_open()
         self._start_stream()
+        self._position = position_samples * WHISPER_RATE_HZ // self._rate_hz
+        self._next_index = next_utterance
 
     def close(self) -> None:
         """Free the buffers; the recognizer is unusable afterwards."""

@@ -150,3 +150,28 @@ def test_decoding_is_deterministic(vosk_engine: VoskEngine, korean_call: SpokenC
         for _ in "abc"
     ]
     assert runs[0].finals == runs[1].finals == runs[2].finals
+
+
+@pytest.mark.parametrize("cut_fraction", [0.2, 0.45, 0.7, 0.95])
+def test_replaying_the_audio_since_the_last_final_reproduces_the_call(
+    vosk_engine: VoskEngine, korean_call: SpokenCall, cut_fraction: float
+) -> None:
+    """What a takeover does: a new recognizer resumes at the last final and replays the tail."""
+    options = RecognizerOptions(RATE_HZ, words=True)
+    size = chunk_bytes(RATE_HZ, 200)
+    chunks = list(iter_chunks(korean_call.pcm, size))
+    uninterrupted = stream_pcm(vosk_engine.create(options), korean_call.pcm, 200).finals
+    owner = vosk_engine.create(options)
+    finals: list[Final] = []
+    tail_start = 0
+    for index, chunk in enumerate(chunks[: int(len(chunks) * cut_fraction)]):
+        done = owner.accept(chunk)
+        if done:
+            finals += done
+            tail_start = index + 1
+    successor = vosk_engine.create(options)
+    successor.resume(tail_start * size // 2, len(finals))
+    for chunk in chunks[tail_start:]:
+        finals += successor.accept(chunk)
+    finals += successor.flush()
+    assert tuple(finals) == uninterrupted
