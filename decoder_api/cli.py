@@ -17,7 +17,7 @@ from rich.table import Table
 
 from decoder_api.audio import DecodedAudio, decode_file
 from decoder_api.config import Settings, load_settings
-from decoder_api.engines import Engine, RecognizerOptions, load_engine
+from decoder_api.engines import Engine, RecognizerOptions, load_engine, native_rate_hz
 from decoder_api.engines.base import check_pcm
 from decoder_api.errors import DecoderError, EmptyAudio, UnsupportedAudio
 from decoder_api.transcripts import Transcript, final_to_dict, stream_pcm
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_transcribe(commands, common)
     _add_eval(commands, common)
     _add_models(commands, common)
+    _add_serve(commands, common)
     return parser
 
 
@@ -79,6 +80,32 @@ def _add_models(commands: Any, common: argparse.ArgumentParser) -> None:
     download.set_defaults(run=run_models_download)
 
 
+def _add_serve(commands: Any, common: argparse.ArgumentParser) -> None:
+    cmd = commands.add_parser("serve", parents=[common], help="run the HTTP/WebSocket service (gunicorn)")
+    cmd.add_argument("--host", help="address to bind (default 127.0.0.1, DECODER_HOST)")
+    cmd.add_argument("--port", type=_positive_int, help="port (default 8080, DECODER_PORT)")
+    cmd.add_argument("--threads", type=_positive_int, help="worker threads (default 32, DECODER_THREADS)")
+    cmd.set_defaults(run=run_serve)
+
+
+def run_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Replace this process with gunicorn: one worker, gthread, settings passed as DECODER_* env."""
+    from decoder_api.engines.models import resolve_model
+
+    resolve_model(settings.engine, settings.model, settings.model_dir)
+    env = dict(os.environ)
+    env.update({f"DECODER_{k.upper()}": str(v) for k, v in _serve_overrides(args).items() if v is not None})
+    conf = Path(__file__).resolve().parent / "gunicorn.conf.py"
+    argv = [sys.executable, "-m", "gunicorn", "--config", str(conf)]
+    os.execve(sys.executable, argv, env)
+    return 0
+
+
+def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("engine", "model", "model_dir", "host", "port", "threads")
+    return {k: getattr(args, k) for k in keys}
+
+
 def _positive_int(value: str) -> int:
     number = int(value)
     if number <= 0:
@@ -88,6 +115,9 @@ def _positive_int(value: str) -> int:
 
 def settings_from(args: argparse.Namespace, env: dict[str, str]) -> Settings:
     overrides = {
+        "host": getattr(args, "host", None),
+        "port": getattr(args, "port", None),
+        "threads": getattr(args, "threads", None),
         "engine": args.engine,
         "model": args.model,
         "model_dir": args.model_dir,
@@ -100,14 +130,10 @@ def run_transcribe(args: argparse.Namespace, settings: Settings) -> int:
     engine = load_engine(settings)
     console = Console()
     for path in args.files:
-        audio = read_input(path, engine_rate_hz(engine), args.sample_rate)
+        audio = read_input(path, native_rate_hz(engine), args.sample_rate)
         transcript = transcribe(engine, audio, settings.chunk_ms, words=args.words, label=path.name)
         print_transcript(console, path, transcript, engine, args)
     return 0
-
-
-def engine_rate_hz(engine: Engine) -> int:
-    return int(getattr(engine, "native_rate_hz", 16000))
 
 
 def read_input(path: Path, rate_hz: int, raw_rate_hz: int) -> DecodedAudio:
@@ -192,7 +218,7 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
         raise DecoderError(f"{args.manifest}: no files in language '{engine.model.language}' to evaluate")
     scores = []
     for entry in entries:
-        audio = read_input(entry.path, engine_rate_hz(engine), 16000)
+        audio = read_input(entry.path, native_rate_hz(engine), 16000)
         transcript = transcribe(engine, audio, settings.chunk_ms, words=False, label=entry.path.name)
         scores.append(score(entry.path, entry.transcript, transcript.text, entry.language))
     language = engine.model.language

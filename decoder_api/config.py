@@ -9,6 +9,8 @@ entry point reads the environment.
 from __future__ import annotations
 
 import dataclasses
+import os
+import socket
 import types
 import typing
 from collections.abc import Mapping
@@ -26,14 +28,41 @@ FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
 
 T = TypeVar("T")
 
+UNPREFIXED = {"REDIS_URL": "redis_url"}
+# The standard Kafka client variables, shared with the recorder and the NLP consumer.
+UNPREFIXED |= {
+    f"KAFKA_{name.upper()}": f"kafka_{name}"
+    for name in (
+        "bootstrap_servers",
+        "topic",
+        "security_protocol",
+        "sasl_mechanism",
+        "sasl_username",
+        "sasl_password",
+        "sasl_password_file",
+        "ssl_ca_location",
+        "ssl_certificate_location",
+        "ssl_key_location",
+    )
+}
+
 
 class ConfigError(DecoderError):
     code = "invalid_config"
     status = 500
 
 
+def default_instance_id() -> str:
+    """Unique per process: the pod's hostname plus the worker's pid."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 def default_model_dir() -> Path:
     return Path.home() / ".cache" / "decoder_api" / "models"
+
+
+def default_outbox_dir() -> Path:
+    return Path.home() / ".local" / "state" / "decoder_api" / "outbox"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -45,13 +74,62 @@ class Settings:
     model_dir: Path = dataclasses.field(default_factory=default_model_dir)
     model_list_url: str = OFFICIAL_LIST_URL
     chunk_ms: int = 200
+    # HTTP service
+    host: str = "127.0.0.1"
+    port: int = 8080
+    threads: int = 32
+    graceful_timeout_s: int = 30
+    instance_id: str = dataclasses.field(default_factory=default_instance_id)
+    # limits
+    max_sessions: int = 64
+    session_idle_s: float = 60.0
+    max_session_s: float = 4 * 3600.0
+    max_utterance_s: float = 30.0
+    max_body_bytes: int = 10 * 2**20
+    session_lock_timeout_s: float = 10.0
+    reap_interval_s: float = 1.0
+    # warm recognizer pool (see engines/pool.py)
+    pool_max_idle: int = 8
+    pool_idle_ttl_s: float = 600.0
+    pool_warm: int = 2
+    # auth: keys from the variable and/or a mounted file (one key per line)
+    api_keys: tuple[str, ...] = ()
+    api_keys_file: Path | None = None
+    # session registry (Redis); none means one instance with nothing shared
+    redis_url: str | None = None
+    registry_heartbeat_ttl_s: float = 6.0
+    # transcript events to Kafka (see publisher.py); no bootstrap servers: publishing disabled
+    kafka_bootstrap_servers: str | None = None
+    kafka_topic: str = "transcripts.v1"
+    kafka_partials: bool = False
+    kafka_partial_topic: str = "transcripts.partial.v1"
+    kafka_security_protocol: str | None = None
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = dataclasses.field(default=None, repr=False)
+    kafka_sasl_password_file: Path | None = None
+    kafka_ssl_ca_location: Path | None = None
+    kafka_ssl_certificate_location: Path | None = None
+    kafka_ssl_key_location: Path | None = None
+    kafka_compression: str = "lz4"
+    kafka_unready_after_s: float = 30.0
+    # durable outbox of finals not yet acknowledged by Kafka (see outbox.py)
+    outbox_dir: Path = dataclasses.field(default_factory=default_outbox_dir)
+    outbox_name: str = dataclasses.field(default_factory=socket.gethostname)
+    outbox_max_events: int = 10_000
+    outbox_hard_max_events: int = 20_000
     whisper: WhisperSettings = dataclasses.field(default_factory=WhisperSettings)
     vosk: VoskSettings = dataclasses.field(default_factory=VoskSettings)
 
 
 def load_settings(env: Mapping[str, str], overrides: Mapping[str, Any] | None = None) -> Settings:
-    """Settings from ``DECODER_*`` variables in ``env``, then ``overrides`` (flat, lower-case keys)."""
-    values = {k[len(ENV_PREFIX) :].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)}
+    """Settings from ``DECODER_*`` variables in ``env``, then ``overrides`` (flat, lower-case keys).
+
+    A few settings shared with other components use their conventional unprefixed names
+    (``UNPREFIXED``); the ``DECODER_`` form wins when both are set.
+    """
+    values = {field: env[name] for name, field in UNPREFIXED.items() if name in env}
+    values |= {k[len(ENV_PREFIX) :].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)}
     values.update({k.lower(): v for k, v in (overrides or {}).items() if v is not None})
     return build(Settings, values, prefix="")
 

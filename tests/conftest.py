@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -14,6 +15,8 @@ from decoder_api.audio import decode_file
 from decoder_api.engines.models import resolve_model
 from decoder_api.engines.vosk import VoskEngine
 from decoder_api.evaluation import ManifestEntry, load_manifest
+from tests.kafka import ConsumerFactory, TopicFactory, start_broker, start_redis
+from tests.servers import DecoderServer, start_decoder
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
@@ -80,3 +83,55 @@ def korean_call(tmp_path_factory: pytest.TempPathFactory) -> SpokenCall:
         pytest.fail("espeak-ng is missing: run `make install`")
     tmp = tmp_path_factory.mktemp("korean")
     return join_turns(KOREAN_TURNS, [espeak(t, "ko", tmp) for t in KOREAN_TURNS])
+
+
+@pytest.fixture(scope="session")
+def vosk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DecoderServer]:
+    """One gunicorn decoder with the Korean Vosk model, shared by the service tests."""
+    server = start_decoder(tmp_path_factory.mktemp("logs"), engine="vosk", model="ko", session_idle_s="30")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def whisper_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DecoderServer]:
+    """One gunicorn decoder with the default English whisper model."""
+    server = start_decoder(tmp_path_factory.mktemp("logs"), engine="whisper")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``KAFKA_BOOTSTRAP_SERVERS`` when set, else a Tansu broker started for the test session."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        return
+    broker = start_broker(tmp_path_factory.mktemp("tansu"))
+    yield broker.bootstrap
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``REDIS_URL`` when set, else a redis-server started for the test session."""
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def topic_factory(kafka_bootstrap: str) -> TopicFactory:
+    """``topic_factory()`` creates a topic with a unique (uuid) name."""
+    return TopicFactory(kafka_bootstrap)
+
+
+@pytest.fixture
+def consumer_factory(kafka_bootstrap: str) -> Iterator[ConsumerFactory]:
+    """``consumer_factory(topic)``: a subscribed consumer with a random group id, from the beginning."""
+    factory = ConsumerFactory(kafka_bootstrap)
+    yield factory
+    factory.close_all()

@@ -1,0 +1,143 @@
+"""The Flask application factory; gunicorn serves ``decoder_api.app:create_app()``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from decoder_api.auth import ApiKeys, read_keys
+from decoder_api.config import Settings, load_settings
+from decoder_api.engines import load_engine
+from decoder_api.engines.models import resolve_model
+from decoder_api.engines.pool import PoolSettings
+from decoder_api.errors import DecoderError
+from decoder_api.metrics import DecoderMetrics
+from decoder_api.publisher import TranscriptSink, build_publisher
+from decoder_api.registry import LocalRegistry, RedisRegistry, Registry
+from decoder_api.routes import compat, ops, stream, v1
+from decoder_api.service import EXTENSION, DecoderService, EngineLoader
+from decoder_api.sessions import SessionLimits, SessionStore
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: settings from ``DECODER_*`` env, then ``test_config``.
+
+    The model loads in the background (``/readyz`` says when); ``test_config={"background":
+    False}`` loads it before returning.
+    """
+    settings = load_settings(os.environ, test_config)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 25, "max_message_size": settings.max_body_bytes}
+    background = bool((test_config or {}).get("background", True))
+    app.extensions[EXTENSION] = build_service(settings, background)
+    for blueprint in (ops.blueprint, v1.blueprint, compat.blueprint):
+        app.register_blueprint(blueprint)
+    stream.init_app(app)
+    register_handlers(app)
+    return app
+
+
+def build_service(settings: Settings, background: bool) -> DecoderService:
+    resolve_model(settings.engine, settings.model, settings.model_dir)  # a missing model fails at start
+    metrics = DecoderMetrics()
+    pool = PoolSettings(settings.pool_max_idle, settings.pool_idle_ttl_s, settings.pool_warm)
+    loader = EngineLoader(lambda: load_engine(settings), pool)
+    limits = SessionLimits(
+        max_sessions=settings.max_sessions,
+        idle_s=settings.session_idle_s,
+        max_duration_s=settings.max_session_s,
+        max_utterance_s=settings.max_utterance_s,
+        lock_timeout_s=settings.session_lock_timeout_s,
+    )
+    registry = build_registry(settings)
+    publisher = build_publisher(settings, metrics.registry)  # None: KAFKA_BOOTSTRAP_SERVERS not set
+    store = SessionStore(
+        publisher.guard(loader.acquire) if publisher else loader.acquire,
+        limits,
+        metrics,
+        on_finals=TranscriptSink(publisher, loader.get) if publisher else None,
+        housekeeping=loader.trim,
+        registry=registry,
+        instance_id=settings.instance_id,
+    )
+    keys = ApiKeys(read_keys(settings.api_keys, settings.api_keys_file))
+    loader.start(background)
+    registry.start(on_reconnect=store.resync)
+    store.start_reaper(settings.reap_interval_s)
+    return DecoderService(settings, loader, store, keys, metrics, publisher=publisher)
+
+
+def build_registry(settings: Settings) -> Registry:
+    """Redis when ``REDIS_URL`` is set (sessions survive this instance), else local only."""
+    if not settings.redis_url:
+        return LocalRegistry()
+    session_ttl_s = settings.session_idle_s * 3 + 60
+    return RedisRegistry(
+        settings.redis_url, settings.instance_id, settings.registry_heartbeat_ttl_s, session_ttl_s
+    )
+
+
+def register_handlers(app: Flask) -> None:
+    app.before_request(_start_request)
+    app.after_request(_finish_request)
+    app.register_error_handler(DecoderError, _decoder_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _internal_error)
+
+
+def _start_request() -> None:
+    g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+
+
+def _finish_request(response: Response) -> Response:
+    response.headers["X-Request-Id"] = g.get("request_id", "")
+    extension = _maybe_service()
+    if extension is not None:
+        extension.metrics.http_responses.labels(str(response.status_code)).inc()
+    return response
+
+
+def _maybe_service() -> DecoderService | None:
+    from flask import current_app
+
+    svc: DecoderService | None = current_app.extensions.get(EXTENSION)
+    return svc
+
+
+def error_response(status: int, body: dict[str, Any], retry_after: int | None = None) -> Response:
+    response = jsonify(body)
+    response.status_code = status
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+def _decoder_error(exc: DecoderError) -> Response:
+    body = exc.to_dict()
+    retry_after = body.pop("retry_after", None)
+    return error_response(exc.status, body, retry_after)
+
+
+def _http_error(exc: HTTPException) -> Response:
+    code = (exc.name or "error").lower().replace(" ", "_")
+    status = exc.code or 500
+    response = error_response(status, {"error": code, "message": exc.description or code})
+    if status == 405 and exc.get_response().headers.get("Allow"):
+        response.headers["Allow"] = exc.get_response().headers["Allow"]
+    return response
+
+
+def _internal_error(exc: Exception) -> Response:
+    request_id = g.get("request_id", "")
+    logger.error("internal_error request_id=%s path=%s", request_id, request.path, exc_info=exc)
+    body = {"error": "internal", "message": "internal server error", "request_id": request_id}
+    return error_response(500, body)

@@ -1,0 +1,1 @@
+"""HTTP routes: native v1 API, Vosk-protocol WebSocket, seed-compatible /decode, operations."""

@@ -1,0 +1,245 @@
+"""The native JSON API: sessions fed with raw PCM over HTTP, and whole-file transcription."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jsonschema
+from flask import Blueprint, Request, Response, jsonify, request
+
+from decoder_api.audio import chunk_bytes, decode_bytes, iter_chunks
+from decoder_api.auth import authorize_session, bearer, session_token
+from decoder_api.config import parse_bool
+from decoder_api.engines import native_rate_hz
+from decoder_api.engines.base import InvalidAudio
+from decoder_api.errors import DecoderError, EmptyAudio
+from decoder_api.registry import SessionRecord
+from decoder_api.service import DecoderService, service
+from decoder_api.sessions import Session, SessionConfig
+from decoder_api.transcripts import final_to_dict
+
+blueprint = Blueprint("v1", __name__, url_prefix="/v1")
+
+PCM_TYPES = frozenset({"application/octet-stream", "audio/l16"})
+FILE_TYPES = frozenset(
+    {
+        "application/octet-stream",
+        "audio/wav",
+        "audio/x-wav",
+        "audio/wave",
+        "audio/flac",
+        "audio/x-flac",
+        "audio/mpeg",
+        "audio/mp3",
+        "audio/ogg",
+        "audio/webm",
+        "audio/mp4",
+        "audio/aac",
+    }
+)
+CHUNK_SEQ_HEADER = "X-Chunk-Seq"
+SERVER_ONLY_KEYS = frozenset({"model", "engine", "broker", "topic", "model_path", "path"})
+
+SESSION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "sample_rate": {"type": "integer", "minimum": 1, "maximum": 192000},
+        "user_id": {"type": "string", "maxLength": 128},
+        "words": {"type": "boolean"},
+        "phrases": {"type": "array", "maxItems": 1000, "items": {"type": "string", "maxLength": 200}},
+        "max_alternatives": {"type": "integer", "minimum": 0, "maximum": 10},
+        "metadata": {"type": "object", "maxProperties": 32},
+    },
+}
+
+
+class InvalidRequest(DecoderError):
+    code = "invalid_request"
+    status = 400
+
+
+class UnsupportedMediaType(DecoderError):
+    code = "unsupported_media_type"
+    status = 415
+
+
+class SampleRateMismatch(DecoderError):
+    code = "unsupported_sample_rate"
+    status = 422
+
+
+@blueprint.before_request
+def require_api_key() -> None:
+    svc = service()
+    request.environ["decoder.key_hash"] = svc.api_keys.verify(bearer(request))
+
+
+@blueprint.post("/sessions")
+def open_session() -> tuple[Response, int]:
+    svc = service()
+    config = session_config(json_body(request))
+    session, token = svc.sessions.open(config, owner_key_hash=request.environ.get("decoder.key_hash"))
+    engine = svc.engine.get()
+    body = {
+        "session_id": session.id,
+        "token": token,
+        "sample_rate": config.sample_rate_hz,
+        "engine": engine.name,
+        "model": engine.model.name,
+        "language": engine.model.language,
+    }
+    return jsonify(body), 201
+
+
+@blueprint.post("/sessions/<session_id>/audio")
+def feed_audio(session_id: str) -> Response:
+    svc, session = authorized_session(session_id)
+    pcm = pcm_body(request, session.config.sample_rate_hz)
+    seq = chunk_seq(request)
+    received = time.perf_counter()
+    with session.locked():
+        result = session.feed(pcm) if seq is None else session.feed_numbered(seq, pcm)
+    decode_s = time.perf_counter() - received
+    svc.metrics.observe_decode(decode_s, len(pcm) / 2 / session.config.sample_rate_hz)
+    svc.metrics.partial_latency.observe(decode_s)
+    finals = [final_to_dict(f) for f in result.finals]
+    return jsonify({"partial": result.partial, "finals": finals, "audio_ms": result.audio_ms})
+
+
+@blueprint.post("/sessions/<session_id>/end")
+def end_session(session_id: str) -> Response:
+    svc, session = authorized_session(session_id)
+    finals = svc.sessions.end(session)
+    body = {"finals": [final_to_dict(f) for f in finals], "transcript": session.transcript}
+    return jsonify(body | {"audio_ms": session.audio_ms})
+
+
+@blueprint.get("/sessions/<session_id>")
+def get_session(session_id: str) -> Response:
+    """Any instance answers: the owner from memory, the others from the registry."""
+    svc = service()
+    found = svc.sessions.describe(session_id)
+    authorize_session(found, session_token(request, svc.api_keys), request.environ.get("decoder.key_hash"))
+    if isinstance(found, SessionRecord):
+        return jsonify(record_snapshot(found))
+    return jsonify(found.snapshot() | {"finals": [final_to_dict(f) for f in found.finals]})
+
+
+def record_snapshot(record: SessionRecord) -> dict[str, Any]:
+    rate = int(record.config["sample_rate_hz"])
+    return {
+        "session_id": record.session_id,
+        "state": "open",
+        "owner": record.owner,
+        "user_id": record.config.get("user_id", ""),
+        "sample_rate": rate,
+        "audio_ms": record.position_samples * 1000 // rate,
+        "utterances": len(record.finals),
+        "transcript": " ".join(f.text for f in record.finals),
+        "finals": [final_to_dict(f) for f in record.finals],
+    }
+
+
+@blueprint.delete("/sessions/<session_id>")
+def delete_session(session_id: str) -> tuple[str, int]:
+    svc, session = authorized_session(session_id)
+    svc.sessions.delete(session)
+    return "", 204
+
+
+@blueprint.post("/transcribe")
+def transcribe() -> Response:
+    """A whole audio file in the body (WAV/FLAC/MP3/OGG…); decoded like a live stream."""
+    svc = service()
+    require_content_type(request, FILE_TYPES)
+    words = parse_bool(request.args.get("words", "false"))
+    audio = decode_bytes(request.get_data(cache=False), target_rate(svc))
+    config = SessionConfig(sample_rate_hz=audio.sample_rate_hz, words=words, partials=False)
+    session, _ = svc.sessions.open(config, owner_key_hash=request.environ.get("decoder.key_hash"))
+    finals = []
+    try:
+        with session.locked():
+            for chunk in iter_chunks(audio.pcm, chunk_bytes(audio.sample_rate_hz, svc.settings.chunk_ms)):
+                finals += session.feed(chunk).finals
+    finally:
+        finals += svc.sessions.end(session)
+        svc.sessions.delete(session)
+    utterances = [final_to_dict(f) for f in finals]
+    return jsonify(
+        {"text": " ".join(f.text for f in finals), "utterances": utterances, "audio_ms": audio.duration_ms}
+    )
+
+
+def target_rate(svc: DecoderService) -> int:
+    return native_rate_hz(svc.engine.get())
+
+
+def authorized_session(session_id: str) -> tuple[DecoderService, Session]:
+    svc = service()
+    session = svc.sessions.get(session_id)
+    token = session_token(request, svc.api_keys)
+    authorize_session(session, token, request.environ.get("decoder.key_hash"))
+    return svc, session
+
+
+def json_body(req: Request) -> dict[str, Any]:
+    """The request's JSON object; an empty body means all defaults."""
+    if not req.get_data(cache=True):
+        return {}
+    if not req.is_json:
+        raise UnsupportedMediaType("send the session options as application/json")
+    body = req.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    return body
+
+
+def session_config(body: dict[str, Any]) -> SessionConfig:
+    refused = SERVER_ONLY_KEYS & body.keys()
+    if refused:
+        raise InvalidRequest(f"{', '.join(sorted(refused))} is chosen by the server's configuration only")
+    try:
+        jsonschema.validate(body, SESSION_SCHEMA)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "body"
+        raise InvalidRequest(f"{where}: {exc.message}") from None
+    phrases = body.get("phrases")
+    return SessionConfig(
+        sample_rate_hz=body.get("sample_rate", 16000),
+        words=body.get("words", False),
+        phrases=tuple(phrases) if phrases is not None else None,
+        max_alternatives=body.get("max_alternatives", 0),
+        user_id=body.get("user_id", ""),
+        metadata=body.get("metadata", {}),
+    )
+
+
+def chunk_seq(req: Request) -> int | None:
+    """The optional ``X-Chunk-Seq`` header: 0-based chunk number, for safe retries."""
+    raw = req.headers.get(CHUNK_SEQ_HEADER)
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 12:
+        raise InvalidRequest(f"{CHUNK_SEQ_HEADER} must be a non-negative integer")
+    return int(raw)
+
+
+def require_content_type(req: Request, allowed: frozenset[str]) -> None:
+    if (req.mimetype or "").lower() not in allowed:
+        raise UnsupportedMediaType(f"Content-Type must be one of: {', '.join(sorted(allowed))}")
+
+
+def pcm_body(req: Request, sample_rate_hz: int) -> bytes:
+    """Raw s16le mono PCM; ``audio/L16; rate=N`` must match the session's rate."""
+    require_content_type(req, PCM_TYPES)
+    rate = req.mimetype_params.get("rate")
+    if rate is not None and rate != str(sample_rate_hz):
+        raise SampleRateMismatch(f"the session streams {sample_rate_hz} Hz audio, not {rate} Hz")
+    pcm = req.get_data(cache=False)
+    if not pcm:
+        raise EmptyAudio("the chunk is empty; send at least one 16-bit sample")
+    if len(pcm) % 2:
+        raise InvalidAudio(f"PCM must be whole 16-bit samples; got an odd byte count ({len(pcm)})")
+    return pcm

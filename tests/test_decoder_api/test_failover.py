@@ -1,0 +1,228 @@
+"""Sessions across instances: a real Redis registry and two real decoder processes."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+
+from decoder_api.audio import chunk_bytes, iter_chunks
+from decoder_api.engines.base import RecognizerOptions
+from decoder_api.engines.vosk import VoskEngine
+from decoder_api.transcripts import stream_pcm
+from tests.conftest import RATE_HZ, SpokenCall
+from tests.servers import DecoderServer, RedisServer, start_decoder, start_redis
+
+PCM = {"Content-Type": "application/octet-stream"}
+HEARTBEAT_TTL_S = "1.5"
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = start_redis(tmp_path)
+    yield server
+    server.stop()
+
+
+def instance(tmp_path: Path, redis_server: RedisServer, name: str, **extra: str) -> DecoderServer:
+    return start_decoder(
+        tmp_path,
+        engine="vosk",
+        model="ko",
+        redis_url=redis_server.url,
+        instance_id=name,
+        registry_heartbeat_ttl_s=HEARTBEAT_TTL_S,
+        pool_warm="1",
+        **extra,
+    )
+
+
+@pytest.fixture
+def pair(tmp_path: Path, redis_server: RedisServer) -> Iterator[tuple[DecoderServer, DecoderServer]]:
+    first, second = instance(tmp_path, redis_server, "a"), instance(tmp_path, redis_server, "b")
+    yield first, second
+    first.stop(signal.SIGKILL)
+    second.stop()
+
+
+class Caller:
+    """A client that numbers its chunks and moves to another instance when its own is gone."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.urls = urls
+        self.http = requests.Session()
+        self.sid = self.token = ""
+        self.finals: list[dict[str, Any]] = []
+        self.wrong_instance = 0
+
+    def open(self) -> None:
+        body = self.http.post(f"{self.urls[0]}/v1/sessions", json={"words": True}, timeout=30).json()
+        self.sid, self.token = body["session_id"], body["token"]
+
+    def send(self, seq: int, chunk: bytes) -> dict[str, Any]:
+        headers = {**PCM, "X-Session-Token": self.token, "X-Chunk-Seq": str(seq)}
+        return self._call("post", f"/v1/sessions/{self.sid}/audio", data=chunk, headers=headers)
+
+    def end(self) -> dict[str, Any]:
+        return self._call("post", f"/v1/sessions/{self.sid}/end", headers={"X-Session-Token": self.token})
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                response = self.http.request(method, f"{self.urls[0]}{path}", timeout=30, **kwargs)
+            except requests.ConnectionError:
+                self.urls = self.urls[1:] + self.urls[:1]
+                continue
+            if response.status_code == 409 and response.json()["error"] == "wrong_instance":
+                self.wrong_instance += 1
+                time.sleep(0.2)
+                continue
+            assert response.status_code == 200, response.text
+            body: dict[str, Any] = response.json()
+            self.finals += body["finals"]
+            return body
+        raise TimeoutError(path)
+
+
+def uninterrupted(engine: VoskEngine, pcm: bytes) -> list[str]:
+    return [
+        f.text for f in stream_pcm(engine.create(RecognizerOptions(RATE_HZ, words=True)), pcm, 200).finals
+    ]
+
+
+def chunks_of(call: SpokenCall) -> list[bytes]:
+    return list(iter_chunks(call.pcm, chunk_bytes(RATE_HZ, 200)))
+
+
+@pytest.mark.parametrize("cut_fraction", [0.3, 0.62])
+def test_takeover_after_sigkill_reproduces_the_call(
+    pair: tuple[DecoderServer, DecoderServer],
+    vosk_engine: VoskEngine,
+    korean_call: SpokenCall,
+    cut_fraction: float,
+) -> None:
+    owner, successor = pair
+    caller = Caller([owner.url, successor.url])
+    caller.open()
+    chunks = chunks_of(korean_call)
+    cut = int(len(chunks) * cut_fraction)
+    for seq, chunk in enumerate(chunks[:cut]):
+        caller.send(seq, chunk)
+    owner.stop(signal.SIGKILL)
+    for seq, chunk in enumerate(chunks[cut:], start=cut):
+        caller.send(seq, chunk)
+    ended = caller.end()
+    expected = uninterrupted(vosk_engine, korean_call.pcm)
+    assert [f["text"] for f in caller.finals] == expected
+    assert [f["utterance"] for f in caller.finals] == list(range(len(expected)))
+    assert ended["transcript"] == " ".join(expected)
+
+
+def test_draining_owner_hands_its_calls_over(
+    pair: tuple[DecoderServer, DecoderServer], vosk_engine: VoskEngine, korean_call: SpokenCall
+) -> None:
+    owner, successor = pair
+    caller = Caller([owner.url, successor.url])
+    caller.open()
+    chunks = chunks_of(korean_call)
+    cut = len(chunks) // 2
+    for seq, chunk in enumerate(chunks[:cut]):
+        caller.send(seq, chunk)
+    assert owner.stop(signal.SIGTERM) == 0
+    for seq, chunk in enumerate(chunks[cut:], start=cut):
+        caller.send(seq, chunk)
+    caller.end()
+    assert [f["text"] for f in caller.finals] == uninterrupted(vosk_engine, korean_call.pcm)
+    assert caller.wrong_instance == 0
+
+
+def test_wrong_instance_while_the_owner_lives(
+    pair: tuple[DecoderServer, DecoderServer], korean_call: SpokenCall
+) -> None:
+    owner, other = pair
+    caller = Caller([owner.url])
+    caller.open()
+    caller.send(0, chunks_of(korean_call)[0])
+    headers = {**PCM, "X-Session-Token": caller.token, "X-Chunk-Seq": "1"}
+    response = requests.post(
+        f"{other.url}/v1/sessions/{caller.sid}/audio", data=b"\0\0" * 100, headers=headers
+    )
+    assert response.status_code == 409
+    assert response.json() == {
+        "error": "wrong_instance",
+        "message": "another instance owns this session",
+        "owner": "a",
+    }
+    state = requests.get(f"{other.url}/v1/sessions/{caller.sid}", headers={"X-Session-Token": caller.token})
+    assert state.status_code == 200
+    assert state.json()["owner"] == "a"
+    assert state.json()["audio_ms"] == 200
+    forbidden = requests.get(f"{other.url}/v1/sessions/{caller.sid}", headers={"X-Session-Token": "nope"})
+    assert forbidden.status_code == 403
+
+
+def test_redis_stopped_and_restarted_during_a_call(
+    tmp_path: Path, redis_server: RedisServer, vosk_engine: VoskEngine, korean_call: SpokenCall
+) -> None:
+    owner = instance(tmp_path, redis_server, "solo")
+    try:
+        caller = Caller([owner.url])
+        caller.open()
+        chunks = chunks_of(korean_call)
+        third = len(chunks) // 3
+        for seq, chunk in enumerate(chunks[:third]):
+            caller.send(seq, chunk)
+        redis_server.stop()
+        for seq, chunk in enumerate(chunks[third : 2 * third], start=third):
+            caller.send(seq, chunk)
+        ready = requests.get(f"{owner.url}/readyz").json()
+        assert ready["status"] == "ready"
+        assert ready["checks"]["registry"] == "unavailable"
+        redis_server.start()
+        client = redis.Redis.from_url(redis_server.url)
+        wait_for(lambda: client.exists(f"decoder:session:{caller.sid}") == 1)
+        for seq, chunk in enumerate(chunks[2 * third :], start=2 * third):
+            caller.send(seq, chunk)
+        assert int(client.hget(f"decoder:session:{caller.sid}", "next_seq") or 0) == len(chunks)
+        assert requests.get(f"{owner.url}/readyz").json()["checks"]["registry"] == "ok"
+        caller.end()
+        assert [f["text"] for f in caller.finals] == uninterrupted(vosk_engine, korean_call.pcm)
+    finally:
+        owner.stop()
+
+
+def test_expired_sessions_leave_no_keys_behind(
+    tmp_path: Path, redis_server: RedisServer, korean_call: SpokenCall
+) -> None:
+    owner = instance(
+        tmp_path, redis_server, "expiry", session_idle_s="1", reap_interval_s="0.2", max_sessions="100"
+    )
+    try:
+        client = redis.Redis.from_url(redis_server.url)
+        seen = 0
+        for _ in range(100):
+            caller = Caller([owner.url])
+            caller.open()
+            caller.send(0, korean_call.pcm[:3200])
+            seen += client.exists(f"decoder:session:{caller.sid}")
+        assert seen == 100
+        wait_for(lambda: not client.keys("decoder:session:*"), timeout_s=60)
+        assert client.scard("decoder:sessions") == 0
+    finally:
+        owner.stop()
+
+
+def wait_for(condition: Any, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise TimeoutError("condition not met")

@@ -1,0 +1,421 @@
+"""The native v1 API against a real gunicorn server with the real Vosk model."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from decoder_api.audio import chunk_bytes, iter_chunks
+from decoder_api.engines.base import RecognizerOptions
+from decoder_api.engines.vosk import VoskEngine
+from decoder_api.transcripts import stream_pcm
+from tests.conftest import RATE_HZ, SpokenCall
+from tests.servers import DecoderServer, start_decoder
+
+PCM = {"Content-Type": "application/octet-stream"}
+
+
+class Client:
+    """A native-API client written from the documented contract."""
+
+    def __init__(self, base: str, api_key: str | None = None) -> None:
+        self.base = base
+        self.http = requests.Session()
+        if api_key:
+            self.http.headers["Authorization"] = f"Bearer {api_key}"
+
+    def open(self, **options: Any) -> tuple[str, str]:
+        response = self.http.post(f"{self.base}/v1/sessions", json=options, timeout=30)
+        assert response.status_code == 201, response.text
+        return response.json()["session_id"], response.json()["token"]
+
+    def feed(self, sid: str, token: str, pcm: bytes) -> dict[str, Any]:
+        response = self.http.post(
+            f"{self.base}/v1/sessions/{sid}/audio",
+            data=pcm,
+            headers={**PCM, "X-Session-Token": token},
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def end(self, sid: str, token: str) -> dict[str, Any]:
+        response = self.http.post(
+            f"{self.base}/v1/sessions/{sid}/end", headers={"X-Session-Token": token}, timeout=60
+        )
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def stream(
+        self, pcm: bytes, chunk_ms: int = 200, **options: Any
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        sid, token = self.open(**options)
+        finals: list[dict[str, Any]] = []
+        partials: list[str] = []
+        for chunk in iter_chunks(pcm, chunk_bytes(RATE_HZ, chunk_ms)):
+            reply = self.feed(sid, token, chunk)
+            finals += reply["finals"]
+            partials.append(reply["partial"])
+        finals += self.end(sid, token)["finals"]
+        return finals, partials
+
+
+def metric(base: str, name: str) -> float:
+    text = requests.get(f"{base}/metrics", timeout=10).text
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, flags=re.MULTILINE)
+    assert match, name
+    return float(match.group(1))
+
+
+def worker_rss_kib(server: DecoderServer) -> int:
+    children = Path(f"/proc/{server.pid()}/task/{server.pid()}/children").read_text().split()
+    status = Path(f"/proc/{children[0]}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+
+
+def offline(engine: VoskEngine, pcm: bytes, chunk_ms: int = 200) -> list[str]:
+    return [f.text for f in stream_pcm(engine.create(RecognizerOptions(RATE_HZ)), pcm, chunk_ms).finals]
+
+
+def test_streaming_gives_evolving_partials_and_the_offline_finals(
+    vosk_server: DecoderServer, vosk_engine: VoskEngine, korean_call: SpokenCall
+) -> None:
+    finals, partials = Client(vosk_server.url).stream(korean_call.pcm, chunk_ms=200, words=True)
+    assert [f["text"] for f in finals] == offline(vosk_engine, korean_call.pcm)
+    assert [f["utterance"] for f in finals] == list(range(len(finals)))
+    assert all(f["words"] and f["start_ms"] < f["end_ms"] for f in finals)
+    assert len({p for p in partials if p}) >= 4
+
+
+@pytest.mark.parametrize("chunk_ms", [100, 250])
+def test_chunk_sizes(
+    vosk_server: DecoderServer, vosk_engine: VoskEngine, korean_call: SpokenCall, chunk_ms: int
+) -> None:
+    finals, _ = Client(vosk_server.url).stream(korean_call.pcm, chunk_ms=chunk_ms)
+    assert [f["text"] for f in finals] == offline(vosk_engine, korean_call.pcm, chunk_ms)
+
+
+def test_twenty_concurrent_sessions_each_get_their_own_transcript(
+    vosk_server: DecoderServer, vosk_engine: VoskEngine, korean_call: SpokenCall
+) -> None:
+    cut = [len(korean_call.pcm) * (i + 5) // 25 // 2 * 2 for i in range(20)]
+    calls = [korean_call.pcm[:n] for n in cut]
+    expected = [offline(vosk_engine, pcm) for pcm in calls]
+    client = Client(vosk_server.url)
+
+    def run(pcm: bytes) -> list[str]:
+        return [f["text"] for f in client.stream(pcm, chunk_ms=200)[0]]
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        got = list(pool.map(run, calls))
+    assert got == expected
+
+
+def test_session_state_and_transcript(vosk_server: DecoderServer, korean_call: SpokenCall) -> None:
+    client = Client(vosk_server.url)
+    sid, token = client.open(user_id="agent-7", metadata={"queue": "billing"})
+    for chunk in iter_chunks(korean_call.pcm, chunk_bytes(RATE_HZ, 200)):
+        client.feed(sid, token, chunk)
+    state = client.http.get(f"{vosk_server.url}/v1/sessions/{sid}", headers={"X-Session-Token": token}).json()
+    assert state["state"] == "open"
+    assert state["user_id"] == "agent-7"
+    assert state["audio_ms"] == korean_call.duration_ms
+    ended = client.end(sid, token)
+    assert ended["transcript"] == " ".join(f["text"] for f in client_finals(client, sid, token))
+    gone = client.http.delete(f"{vosk_server.url}/v1/sessions/{sid}", headers={"X-Session-Token": token})
+    assert gone.status_code == 204
+    after = client.http.get(f"{vosk_server.url}/v1/sessions/{sid}", headers={"X-Session-Token": token})
+    assert after.status_code == 404
+
+
+def client_finals(client: Client, sid: str, token: str) -> list[dict[str, Any]]:
+    state = client.http.get(f"{client.base}/v1/sessions/{sid}", headers={"X-Session-Token": token}).json()
+    return list(state["finals"])
+
+
+def test_transcribe_a_whole_file(vosk_server: DecoderServer, vosk_engine: VoskEngine, tmp_path: Path) -> None:
+    from tests.test_decoder_api.test_cli import write_wav
+
+    pcm = b"".join(iter_chunks(b"", 1)) or _korean_pcm(tmp_path)
+    wav = write_wav(tmp_path / "call.wav", pcm).read_bytes()
+    response = requests.post(
+        f"{vosk_server.url}/v1/transcribe", data=wav, headers={"Content-Type": "audio/wav"}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [u["text"] for u in body["utterances"]] == offline(vosk_engine, pcm)
+    assert body["text"] == " ".join(offline(vosk_engine, pcm))
+
+
+def _korean_pcm(tmp_path: Path) -> bytes:
+    from tests.conftest import espeak
+
+    return espeak("안녕하세요 감사합니다", "ko", tmp_path)
+
+
+ERRORS = [
+    # (method, path suffix, kwargs, status, code)
+    (
+        "post",
+        "/v1/sessions",
+        {"data": "not json", "headers": {"Content-Type": "application/json"}},
+        400,
+        "invalid_request",
+    ),
+    ("post", "/v1/sessions", {"json": ["a list"]}, 400, "invalid_request"),
+    ("post", "/v1/sessions", {"json": {"model": "/etc/passwd"}}, 400, "invalid_request"),
+    ("post", "/v1/sessions", {"json": {"broker": "evil:9092"}}, 400, "invalid_request"),
+    ("post", "/v1/sessions", {"json": {"sample_rate": "fast"}}, 400, "invalid_request"),
+    ("post", "/v1/sessions", {"json": {"sample_rate": 96000}}, 422, "unsupported_sample_rate"),
+    (
+        "post",
+        "/v1/sessions",
+        {"data": "x=1", "headers": {"Content-Type": "text/plain"}},
+        415,
+        "unsupported_media_type",
+    ),
+    ("post", "/v1/sessions/nope/audio", {"data": b"\0\0", "headers": PCM}, 404, "session_not_found"),
+    ("get", "/v1/sessions/nope", {}, 404, "session_not_found"),
+    (
+        "post",
+        "/v1/transcribe",
+        {"data": b"garbage" * 50, "headers": {"Content-Type": "audio/wav"}},
+        415,
+        "unsupported_audio",
+    ),
+    ("post", "/v1/transcribe", {"data": b"", "headers": {"Content-Type": "audio/wav"}}, 400, "empty_audio"),
+    (
+        "post",
+        "/v1/transcribe",
+        {"data": b"x", "headers": {"Content-Type": "text/plain"}},
+        415,
+        "unsupported_media_type",
+    ),
+    ("get", "/v1/nothing-here", {}, 404, "not_found"),
+    ("put", "/v1/sessions", {}, 405, "method_not_allowed"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "kwargs", "status", "code"), ERRORS)
+def test_client_mistakes_are_documented_4xx(
+    vosk_server: DecoderServer, method: str, path: str, kwargs: dict[str, Any], status: int, code: str
+) -> None:
+    response = requests.request(method, f"{vosk_server.url}{path}", timeout=30, **kwargs)
+    assert response.status_code == status, response.text
+    assert response.json()["error"] == code
+    assert response.json()["message"]
+
+
+@pytest.fixture
+def open_session(vosk_server: DecoderServer) -> Iterator[tuple[str, str]]:
+    client = Client(vosk_server.url)
+    sid, token = client.open()
+    yield sid, token
+    client.http.delete(f"{vosk_server.url}/v1/sessions/{sid}", headers={"X-Session-Token": token})
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status", "code"),
+    [
+        ({"Content-Type": "application/octet-stream"}, b"\0\0\0", 400, "invalid_audio"),
+        ({"Content-Type": "application/octet-stream"}, b"", 400, "empty_audio"),
+        ({"Content-Type": "audio/L16; rate=8000"}, b"\0\0", 422, "unsupported_sample_rate"),
+        ({"Content-Type": "audio/wav"}, b"\0\0", 415, "unsupported_media_type"),
+        ({"Content-Type": "application/octet-stream", "X-Session-Token": "wrong"}, b"\0\0", 403, "forbidden"),
+    ],
+)
+def test_audio_mistakes(
+    vosk_server: DecoderServer,
+    open_session: tuple[str, str],
+    headers: dict[str, str],
+    body: bytes,
+    status: int,
+    code: str,
+) -> None:
+    sid, token = open_session
+    headers = {"X-Session-Token": token, **headers}
+    response = requests.post(
+        f"{vosk_server.url}/v1/sessions/{sid}/audio", data=body, headers=headers, timeout=30
+    )
+    assert response.status_code == status, response.text
+    assert response.json()["error"] == code
+
+
+def test_a_session_needs_its_token(vosk_server: DecoderServer, open_session: tuple[str, str]) -> None:
+    sid, token = open_session
+    url = f"{vosk_server.url}/v1/sessions/{sid}"
+    assert requests.get(url, timeout=10).status_code == 401
+    assert requests.get(url, headers={"X-Session-Token": "x" * 43}, timeout=10).status_code == 403
+    other_sid, other_token = Client(vosk_server.url).open()
+    assert requests.get(url, headers={"X-Session-Token": other_token}, timeout=10).status_code == 403
+    assert requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 200
+    assert requests.get(f"{url}?token={token}", timeout=10).status_code == 200
+    requests.delete(f"{vosk_server.url}/v1/sessions/{other_sid}", headers={"X-Session-Token": other_token})
+
+
+def test_audio_after_end_is_a_conflict(vosk_server: DecoderServer, open_session: tuple[str, str]) -> None:
+    sid, token = open_session
+    headers = {"X-Session-Token": token}
+    assert requests.post(f"{vosk_server.url}/v1/sessions/{sid}/end", headers=headers).status_code == 200
+    late = requests.post(
+        f"{vosk_server.url}/v1/sessions/{sid}/audio", data=b"\0\0", headers={**headers, **PCM}
+    )
+    assert late.status_code == 409
+    assert late.json()["error"] == "session_ended"
+
+
+def test_health_readiness_and_metrics(vosk_server: DecoderServer) -> None:
+    assert requests.get(f"{vosk_server.url}/healthz").json() == {"status": "ok"}
+    assert requests.get(f"{vosk_server.url}/readyz").json()["status"] == "ready"
+    text = requests.get(f"{vosk_server.url}/metrics").text
+    for name in (
+        "decoder_active_sessions",
+        "decoder_sessions_total",
+        "decoder_audio_seconds_total",
+        "decoder_decode_seconds_bucket",
+        "decoder_real_time_factor",
+        "decoder_partial_latency_seconds_bucket",
+        "decoder_http_responses_total",
+    ):
+        assert name in text
+
+
+@pytest.fixture(scope="module")
+def limited_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DecoderServer]:
+    server = start_decoder(
+        tmp_path_factory.mktemp("limited"),
+        engine="vosk",
+        model="ko",
+        max_sessions="3",
+        session_idle_s="1",
+        reap_interval_s="0.2",
+        max_body_bytes="65536",
+    )
+    yield server
+    server.stop()
+
+
+def test_capacity_limit_answers_503_with_retry_after(limited_server: DecoderServer) -> None:
+    client = Client(limited_server.url)
+    opened = [client.open() for _ in range(3)]
+    full = client.http.post(f"{limited_server.url}/v1/sessions", json={})
+    assert full.status_code == 503
+    assert full.json()["error"] == "capacity"
+    assert int(full.headers["Retry-After"]) > 0
+    for sid, token in opened:
+        client.http.delete(f"{limited_server.url}/v1/sessions/{sid}", headers={"X-Session-Token": token})
+    assert client.http.post(f"{limited_server.url}/v1/sessions", json={}).status_code == 201
+
+
+def test_oversized_body_is_413(limited_server: DecoderServer) -> None:
+    sid, token = Client(limited_server.url).open()
+    response = requests.post(
+        f"{limited_server.url}/v1/sessions/{sid}/audio",
+        data=b"\0" * 70000,
+        headers={**PCM, "X-Session-Token": token},
+    )
+    assert response.status_code == 413
+    assert response.json()["error"] == "request_entity_too_large"
+
+
+def test_idle_sessions_expire_and_free_their_recognizer(
+    limited_server: DecoderServer, korean_call: SpokenCall
+) -> None:
+    client = Client(limited_server.url)
+    sid, token = client.open()
+    client.feed(sid, token, korean_call.pcm[:32000])
+    url = f"{limited_server.url}/v1/sessions/{sid}"
+    deadline = time.monotonic() + 30
+    while (
+        time.monotonic() < deadline
+        and requests.get(url, headers={"X-Session-Token": token}).status_code == 200
+    ):
+        time.sleep(0.2)
+    expired = requests.get(url, headers={"X-Session-Token": token})
+    assert expired.status_code == 404
+    assert expired.json()["error"] == "session_expired"
+    assert metric(limited_server.url, "decoder_active_sessions") == 0
+    assert metric(limited_server.url, 'decoder_sessions_total{event="expired"}') >= 1
+
+
+def test_memory_returns_to_baseline_after_many_short_sessions(
+    vosk_server: DecoderServer, korean_call: SpokenCall
+) -> None:
+    client = Client(vosk_server.url)
+    speech = korean_call.pcm[: 2 * RATE_HZ * 2]
+
+    def short_call() -> None:
+        client.stream(speech, chunk_ms=500)
+
+    for _ in range(20):
+        short_call()
+    warm = worker_rss_kib(vosk_server)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        list(pool.map(lambda _: short_call(), range(150)))
+    after = worker_rss_kib(vosk_server)
+    assert after <= warm * 1.10, (warm, after)
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DecoderServer]:
+    keys = tmp_path_factory.mktemp("keys") / "keys"
+    keys.write_text("# team keys\nfile-key-1\n")
+    server = start_decoder(
+        tmp_path_factory.mktemp("keyed"),
+        engine="vosk",
+        model="ko",
+        api_keys="env-key-1,env-key-2",
+        api_keys_file=str(keys),
+    )
+    yield server
+    server.stop()
+
+
+def test_api_keys_guard_every_route_but_operations(keyed_server: DecoderServer) -> None:
+    base = keyed_server.url
+    assert requests.post(f"{base}/v1/sessions", json={}).status_code == 401
+    assert (
+        requests.post(f"{base}/v1/sessions", json={}, headers={"Authorization": "Bearer nope"}).status_code
+        == 401
+    )
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert requests.get(f"{base}{path}").status_code == 200
+    owner, other, from_file = Client(base, "env-key-1"), Client(base, "env-key-2"), Client(base, "file-key-1")
+    sid, token = owner.open()
+    assert owner.http.get(f"{base}/v1/sessions/{sid}").status_code == 200
+    assert other.http.get(f"{base}/v1/sessions/{sid}").status_code == 403
+    assert other.http.get(f"{base}/v1/sessions/{sid}", headers={"X-Session-Token": token}).status_code == 200
+    assert requests.get(f"{base}/v1/sessions/{sid}", headers={"X-Session-Token": token}).status_code == 401
+    from_file.open()
+
+
+def test_numbered_chunks_are_decoded_exactly_once(
+    vosk_server: DecoderServer, korean_call: SpokenCall
+) -> None:
+    client = Client(vosk_server.url)
+    sid, token = client.open()
+    url = f"{vosk_server.url}/v1/sessions/{sid}/audio"
+    chunks = list(iter_chunks(korean_call.pcm[: RATE_HZ * 2 * 3], chunk_bytes(RATE_HZ, 200)))
+
+    def send(seq: int) -> requests.Response:
+        headers = {**PCM, "X-Session-Token": token, "X-Chunk-Seq": str(seq)}
+        return requests.post(url, data=chunks[seq], headers=headers, timeout=30)
+
+    replies = [send(0).json(), send(1).json()]
+    assert send(1).json() == replies[1]
+    gap = send(3)
+    assert gap.status_code == 409
+    assert gap.json()["error"] == "chunk_out_of_order"
+    assert gap.json()["expected"] == 2
+    for seq in range(2, len(chunks)):
+        assert send(seq).status_code == 200
+    assert client.end(sid, token)["audio_ms"] == 3000
+    bad = requests.post(url, data=b"\0\0", headers={**PCM, "X-Session-Token": token, "X-Chunk-Seq": "-1"})
+    assert bad.status_code in (400, 409)
