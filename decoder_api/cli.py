@@ -84,7 +84,7 @@ def _add_serve(commands: Any, common: argparse.ArgumentParser) -> None:
     cmd = commands.add_parser("serve", parents=[common], help="run the HTTP/WebSocket service (gunicorn)")
     cmd.add_argument("--host", help="address to bind (default 127.0.0.1, DECODER_HOST)")
     cmd.add_argument("--port", type=_positive_int, help="port (default 8080, DECODER_PORT)")
-    cmd.add_argument("--threads", type=_positive_int, help="worker threads (default 32, DECODER_THREADS)")
+    cmd.add_argument("--threads", type=_positive_int, help="worker threads (default 96, DECODER_THREADS)")
     cmd.set_defaults(run=run_serve)
 
 

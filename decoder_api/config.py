@@ -77,7 +77,7 @@ class Settings:
     # HTTP service
     host: str = "127.0.0.1"
     port: int = 8080
-    threads: int = 32
+    threads: int = 96  # > max_sessions: each WebSocket stream holds a thread for its life
     graceful_timeout_s: int = 30
     instance_id: str = dataclasses.field(default_factory=default_instance_id)
     # limits

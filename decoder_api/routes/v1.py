@@ -154,7 +154,7 @@ def transcribe() -> Response:
     """A whole audio file in the body (WAV/FLAC/MP3/OGG…); decoded like a live stream."""
     svc = service()
     require_content_type(request, FILE_TYPES)
-    words = parse_bool(request.args.get("words", "false"))
+    words = query_bool(request, "words")
     audio = decode_bytes(request.get_data(cache=False), target_rate(svc))
     config = SessionConfig(sample_rate_hz=audio.sample_rate_hz, words=words, partials=False)
     session, _ = svc.sessions.open(config, owner_key_hash=request.environ.get("decoder.key_hash"))
@@ -170,6 +170,13 @@ def transcribe() -> Response:
     return jsonify(
         {"text": " ".join(f.text for f in finals), "utterances": utterances, "audio_ms": audio.duration_ms}
     )
+
+
+def query_bool(req: Request, name: str) -> bool:
+    try:
+        return parse_bool(req.args.get(name, "false"))
+    except ValueError:
+        raise InvalidRequest(f"query parameter {name} must be true or false") from None
 
 
 def target_rate(svc: DecoderService) -> int:

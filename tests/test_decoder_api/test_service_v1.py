@@ -419,3 +419,11 @@ def test_numbered_chunks_are_decoded_exactly_once(
     assert client.end(sid, token)["audio_ms"] == 3000
     bad = requests.post(url, data=b"\0\0", headers={**PCM, "X-Session-Token": token, "X-Chunk-Seq": "-1"})
     assert bad.status_code in (400, 409)
+
+
+def test_bad_query_flag_is_400(vosk_server: DecoderServer) -> None:
+    response = requests.post(
+        f"{vosk_server.url}/v1/transcribe?words=maybe", data=b"RIFF", headers={"Content-Type": "audio/wav"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request"
