@@ -269,6 +269,7 @@ class Session:
             "sample_rate": self.config.sample_rate_hz,
             "audio_ms": self.audio_ms,
             "utterances": len(self.finals),
+            "next_seq": self.next_seq,
             "transcript": self.transcript,
             "created_at": self.created_at,
         }

@@ -105,7 +105,10 @@ def feed_audio(session_id: str) -> Response:
     svc.metrics.observe_decode(decode_s, len(pcm) / 2 / session.config.sample_rate_hz)
     svc.metrics.partial_latency.observe(decode_s)
     finals = [final_to_dict(f) for f in result.finals]
-    return jsonify({"partial": result.partial, "finals": finals, "audio_ms": result.audio_ms})
+    response = jsonify({"partial": result.partial, "finals": finals, "audio_ms": result.audio_ms})
+    if seq is not None:
+        response.headers[CHUNK_SEQ_HEADER] = str(seq)  # tells the client retries of this chunk are safe
+    return response
 
 
 @blueprint.post("/sessions/<session_id>/end")

@@ -1,0 +1,7 @@
+"""Entry point: ``python -m recorder``."""
+
+import sys
+
+from recorder.cli import main
+
+sys.exit(main())

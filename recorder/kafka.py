@@ -1,0 +1,145 @@
+"""The recorder's own finals on Kafka, in the service's ``transcript.v1`` event contract.
+
+Key: the session id (so a session's utterances stay in order on one partition). Value: UTF-8
+JSON with ``schema`` ``transcript.v1``, ``event_id`` ``<session_id>:<utterance>`` (consumers
+de-duplicate on it), ``session_id``, ``user_id``, ``utterance``, ``text``, ``words`` (only when
+word timings were asked for), ``start_ms``, ``end_ms``, ``engine``, ``model``, ``language``,
+``produced_at`` (RFC 3339, UTC) and ``source`` ``recorder``. Headers: ``content-type:
+application/json`` and ``schema: transcript.v1``. The producer is idempotent with ``acks=all``.
+
+The WebSocket protocol does not say which engine and model decoded a stream: such events carry
+``unknown`` for both (the schema wants them non-empty). Empty finals are never published.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from recorder.config import KafkaSettings
+from recorder.errors import ConfigError, KafkaDeliveryError
+from recorder.events import CallEvent, Final, FinalReceived, SessionInfo, final_to_json
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "transcript.v1"
+SOURCE = "recorder"
+UNKNOWN = "unknown"
+HEADERS: list[tuple[str, str | bytes | None]] = [
+    ("content-type", b"application/json"),
+    ("schema", SCHEMA.encode()),
+]
+
+
+def transcript_event(
+    session: SessionInfo, user_id: str, final: Final, produced_at: datetime
+) -> dict[str, Any]:
+    """The event value for one final utterance."""
+    wire = final_to_json(final)
+    event: dict[str, Any] = {
+        "schema": SCHEMA,
+        "event_id": f"{session.session_id}:{final.utterance}",
+        "session_id": session.session_id,
+        "user_id": user_id,
+        "utterance": final.utterance,
+        "text": final.text,
+        "start_ms": final.start_ms,
+        "end_ms": final.end_ms,
+        "engine": session.engine or UNKNOWN,
+        "model": session.model or UNKNOWN,
+        "language": session.language,
+        "produced_at": rfc3339(produced_at),
+        "source": SOURCE,
+    }
+    if "words" in wire:
+        event["words"] = wire["words"]
+    return event
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class TranscriptPublisher:
+    """An idempotent producer of ``transcript.v1`` events; an ``Observer`` of call events.
+
+    Delivery is asynchronous; ``close`` waits up to ``delivery_timeout_s`` for every event and
+    raises ``KafkaDeliveryError`` naming how many were not acknowledged and why.
+    """
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self._settings = settings
+        config = {
+            "bootstrap.servers": settings.brokers,
+            "acks": "all",
+            "enable.idempotence": True,
+            "client.id": "recorder",
+            "linger.ms": 20,
+            "message.timeout.ms": int(settings.delivery_timeout_s * 1000),
+            "logger": logging.getLogger(f"{__name__}.librdkafka"),
+        }
+        try:
+            self._producer = Producer(config)
+        except KafkaException as exc:
+            raise ConfigError(f"kafka: {kafka_reason(exc)}") from None
+        self._lock = threading.Lock()
+        self.delivered = 0
+        self.failed = 0
+        self._last_error = ""
+
+    def __call__(self, event: CallEvent) -> None:
+        if isinstance(event, FinalReceived) and event.final.text:
+            self.publish(event.session, event.call.user_id, event.final)
+
+    def publish(self, session: SessionInfo, user_id: str, final: Final) -> None:
+        value = json.dumps(transcript_event(session, user_id, final, datetime.now(UTC)), ensure_ascii=False)
+        while True:
+            try:
+                self._producer.produce(
+                    self._settings.topic,
+                    key=session.session_id.encode(),
+                    value=value.encode(),
+                    headers=HEADERS,
+                    on_delivery=self._delivered,
+                )
+                break
+            except BufferError:
+                self._producer.poll(0.1)
+            except KafkaException as exc:
+                self._failed(kafka_reason(exc))
+                return
+        self._producer.poll(0)
+
+    def close(self) -> None:
+        """Wait for outstanding events; raise when any was not acknowledged."""
+        undelivered = self._producer.flush(self._settings.delivery_timeout_s)
+        lost = self.failed + undelivered
+        if lost:
+            why = self._last_error or "no acknowledgement in time"
+            raise KafkaDeliveryError(
+                f"kafka: {lost} transcript event(s) not delivered to {self._settings.topic} at "
+                f"{self._settings.brokers} ({why})"
+            )
+
+    def _delivered(self, error: KafkaError | None, message: Message) -> None:
+        if error is None:
+            with self._lock:
+                self.delivered += 1
+            return
+        self._failed(error.str())
+        logger.warning("kafka_delivery_failed key=%s error=%s", message.key(), error.str())
+
+    def _failed(self, reason: str) -> None:
+        with self._lock:
+            self.failed += 1
+            self._last_error = reason
+
+
+def kafka_reason(exc: KafkaException) -> str:
+    error = exc.args[0] if exc.args else None
+    return error.str() if isinstance(error, KafkaError) else str(exc)
