@@ -14,7 +14,7 @@ CATEGORIES  := packages decoder recorder nlp dev-packages
 APT_PACKAGES := pocketsphinx-testdata redis-server espeak-ng sox portaudio19-dev alsa-utils libasound2-plugins
 STAMP       := $(VENV)/.installed
 
-.PHONY: help install system-packages test lint typecheck demo bench data lock clean
+.PHONY: help install system-packages test lint typecheck demo bench data lock clean services
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -39,10 +39,14 @@ lint: install ## ruff lint and format check
 	$(VENV)/bin/ruff format --check .
 
 typecheck: install ## mypy over every package
-	$(VENV)/bin/mypy decoder_api data/build.py tests bench
+	$(VENV)/bin/mypy decoder_api recorder nlp_consumer data/build.py tests bench
 
 test: install lint typecheck ## set everything up and run the whole suite
 	$(PY) -m pytest
+
+services: install ## local Kafka (Tansu) and Redis in the background; env in .devstack/env
+	$(PY) -m decoder_api.devstack up --dir .devstack
+	@echo "load it with: set -a; . .devstack/env; set +a  (stop: $(PY) -m decoder_api.devstack down)"
 
 demo: install ## transcribe a sample call end to end
 	$(PY) -m decoder_api transcribe --timestamps data/call0.wav
