@@ -60,14 +60,16 @@ def build_service(settings: Settings, background: bool) -> DecoderService:
     )
     registry = build_registry(settings)
     publisher = build_publisher(settings, metrics.registry)  # None: KAFKA_BOOTSTRAP_SERVERS not set
+    sink = TranscriptSink(publisher, loader.get) if publisher else None
     store = SessionStore(
         publisher.guard(loader.acquire) if publisher else loader.acquire,
         limits,
         metrics,
-        on_finals=TranscriptSink(publisher, loader.get) if publisher else None,
+        on_finals=sink,
         housekeeping=loader.trim,
         registry=registry,
         instance_id=settings.instance_id,
+        on_partial=sink.partial if sink is not None and settings.kafka_partials else None,
     )
     keys = ApiKeys(read_keys(settings.api_keys, settings.api_keys_file))
     loader.start(background)

@@ -33,6 +33,7 @@ REMEMBERED_EXPIRED = 10_000
 
 FinalsSink = Callable[["Session", Sequence[Final]], None]
 ChunkSink = Callable[["Session", ChunkUpdate], None]
+PartialSink = Callable[["Session", str], None]
 
 
 class SessionNotFound(DecoderError):
@@ -152,6 +153,7 @@ class Session:
         owner_key_hash: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_chunk: ChunkSink | None = None,
+        on_partial: PartialSink | None = None,
     ) -> None:
         self.id = session_id
         self.config = config
@@ -172,6 +174,8 @@ class Session:
         self.next_seq = 0
         self._last_reply: tuple[int, ChunkResult] | None = None
         self._on_chunk = on_chunk or (lambda session, update: None)
+        self._on_partial = on_partial
+        self._last_partial = ""
         self.tail: list[bytes] = []
         self.tail_start = 0
         self.registry_dirty = False
@@ -213,7 +217,11 @@ class Session:
         self.next_seq += 1
         self._record(finals)
         self._track_tail(pcm, clear=bool(finals), finals=finals)
-        return ChunkResult(recognizer.partial(), finals, self.audio_ms)
+        partial = recognizer.partial()
+        if self._on_partial is not None and partial and partial != self._last_partial:
+            self._on_partial(self, partial)
+        self._last_partial = partial
+        return ChunkResult(partial, finals, self.audio_ms)
 
     def feed_numbered(self, seq: int, pcm: bytes) -> ChunkResult:
         """Decode chunk ``seq`` exactly once (caller holds the lock).
@@ -357,9 +365,11 @@ class SessionStore:
         housekeeping: Callable[[], None] | None = None,
         registry: Registry | None = None,
         instance_id: str = "local",
+        on_partial: PartialSink | None = None,
     ) -> None:
         self._recognizers = recognizers
         self._registry: Registry = registry or LocalRegistry()
+        self._on_partial = on_partial
         self.instance_id = instance_id
         self._takeover_lock = threading.Lock()
         self._orphan_check_at = 0.0
@@ -527,6 +537,7 @@ class SessionStore:
             owner_key_hash,
             self._clock,
             on_chunk=self._chunk_sink,
+            on_partial=self._on_partial,
         )
 
     def _take_over(self, session_id: str) -> Session:

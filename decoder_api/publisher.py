@@ -1,0 +1,682 @@
+"""Transcript events to Kafka: journaled first, produced by a background relay, never lost.
+
+Flow of a final
+    ``TranscriptSink`` (the session store's ``on_finals``, called under the session lock) turns
+    finals into ``TranscriptEvent``\\s and appends them to the durable outbox (outbox.py). That
+    is all the request thread does: it never waits for Kafka. The relay thread reads the
+    outbox in order and hands messages to confluent-kafka; an entry leaves the outbox only when
+    its delivery report is successful. A poll thread serves delivery reports and errors; a
+    health thread probes the brokers (``/readyz`` ``checks.kafka``).
+
+Guarantees
+    * An accepted final is journaled before the HTTP reply (or WebSocket message) that carries
+      it; if the journal cannot be written the request fails with 503 ``outbox_unavailable``.
+    * The producer is idempotent (``acks=all``, ``enable.idempotence``) and retries without a
+      time limit (``message.timeout.ms=0``), so a broker outage delays finals but keeps their
+      order per session (key). Events left by a previous process are produced first.
+    * After a failed delivery (a non-retriable broker error, a fatal producer error) nothing
+      new is produced until every outstanding report is in; then, after a back-off, the relay
+      starts again from the oldest journaled entry. Delivery is therefore at least once:
+      duplicates carry the same ``event_id`` and consumers drop them.
+    * Bounded: at ``outbox_max_events`` journaled events ``/readyz`` answers 503
+      (``checks.outbox: "full"``, metric ``decoder_outbox_full``) and new sessions are refused
+      with 503 ``outbox_full``; open sessions go on, their finals still journaled, up to
+      ``outbox_hard_max_events``, beyond which their audio is refused with 503 (before it is
+      decoded, so no final is produced that could not be journaled). Ending a session is never
+      refused: its last final is journaled even above the hard cap.
+
+Broker settings come only from the server's configuration (``KAFKA_*``); without
+``KAFKA_BOOTSTRAP_SERVERS`` publishing is disabled and the decoder works as before.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from decoder_api.config import ConfigError, Settings
+from decoder_api.engines.base import Engine, Final, Recognizer, RecognizerOptions
+from decoder_api.errors import DecoderError
+from decoder_api.events import (
+    PARTIALS_TOPIC,
+    TRANSCRIPTS_TOPIC,
+    EventSource,
+    PartialTranscriptEvent,
+    TranscriptEvent,
+    events_from_finals,
+    rfc3339_utc,
+)
+from decoder_api.outbox import Outbox, OutboxEntry, OutboxRecord, open_outbox
+from decoder_api.sessions import Session
+
+logger = logging.getLogger(__name__)
+
+
+BATCH = 500
+MAX_IN_FLIGHT = 10_000
+RELAY_INTERVAL_S = 0.5
+POLL_INTERVAL_S = 0.1
+PROBE_INTERVAL_S = 3.0
+PROBE_TIMEOUT_S = 5.0
+MIN_BACKOFF_S = 0.5
+MAX_BACKOFF_S = 30.0
+CLOSE_TIMEOUT_S = 5.0
+# Per-message errors that no retry can fix: the entry is parked instead of blocking the relay.
+UNDELIVERABLE = frozenset(
+    {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD}
+)
+UNREACHABLE = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._AUTHENTICATION, KafkaError._SSL})
+
+
+class LibrdkafkaLog:
+    """librdkafka's own log lines, at DEBUG: it repeats them on every reconnect attempt, while the
+    publisher logs each change of the brokers' state once (``kafka_unreachable reason=...``)."""
+
+    logger = logging.getLogger("decoder_api.librdkafka")
+
+    def log(self, level: int, message: str, *args: Any) -> None:
+        self.logger.debug(message, *args)
+
+
+class KafkaClientError(DecoderError):
+    """A Kafka client failure; ``kafka_code`` is the ``KafkaError`` name (e.g. ``_INVALID_ARG``)."""
+
+    code = "kafka_error"
+    status = 503
+
+    def __init__(self, message: str, error: KafkaError | None = None) -> None:
+        super().__init__(message, **({"kafka_code": error.name()} if error is not None else {}))
+        self.error = error
+
+    @classmethod
+    def wrap(cls, exc: KafkaException, context: str) -> KafkaClientError:
+        error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+        return cls(f"{context}: {error.str() if error is not None else exc}", error)
+
+
+class OutboxFull(DecoderError):
+    code = "outbox_full"
+    status = 503
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaConfig:
+    """Where and how to produce; built from settings at the entry point, never from the environment."""
+
+    bootstrap_servers: str
+    topic: str = TRANSCRIPTS_TOPIC
+    partials: bool = False
+    partial_topic: str = PARTIALS_TOPIC
+    security_protocol: str | None = None
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    compression: str = "lz4"
+    client_id: str = "decoder_api"
+
+    def client_config(self) -> dict[str, Any]:
+        """Connection and security properties, common to producers, consumers and admin clients."""
+        optional = {
+            "security.protocol": self.security_protocol,
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password,
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+        }
+        base = {"bootstrap.servers": self.bootstrap_servers, "client.id": self.client_id}
+        return base | {k: v for k, v in optional.items() if v is not None}
+
+    def producer_config(self) -> dict[str, Any]:
+        """The finals producer: idempotent, every replica, unbounded retries, compressed."""
+        return self.client_config() | {
+            "acks": "all",
+            "enable.idempotence": True,
+            "compression.type": self.compression,
+            "message.timeout.ms": 0,
+            "linger.ms": 20,
+            "partitioner": "murmur2_random",  # the Java client's partitioner: same key, same partition
+            "reconnect.backoff.max.ms": 5000,
+        }
+
+    def partials_config(self) -> dict[str, Any]:
+        """Partials are best effort: dropped after a few seconds rather than queued in memory."""
+        return self.client_config() | {
+            "acks": "1",
+            "compression.type": self.compression,
+            "message.timeout.ms": 5000,
+            "linger.ms": 50,
+            "queue.buffering.max.messages": 10_000,
+            "partitioner": "murmur2_random",
+        }
+
+
+def kafka_config(settings: Settings) -> KafkaConfig | None:
+    """The Kafka settings, or None when no bootstrap servers are configured (publishing disabled)."""
+    if not settings.kafka_bootstrap_servers:
+        return None
+    password = settings.kafka_sasl_password
+    if settings.kafka_sasl_password_file is not None:
+        try:
+            password = settings.kafka_sasl_password_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"KAFKA_SASL_PASSWORD_FILE: {exc}") from exc
+    return KafkaConfig(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        topic=settings.kafka_topic,
+        partials=settings.kafka_partials,
+        partial_topic=settings.kafka_partial_topic,
+        security_protocol=settings.kafka_security_protocol,
+        sasl_mechanism=settings.kafka_sasl_mechanism,
+        sasl_username=settings.kafka_sasl_username,
+        sasl_password=password,
+        ssl_ca_location=_path(settings.kafka_ssl_ca_location),
+        ssl_certificate_location=_path(settings.kafka_ssl_certificate_location),
+        ssl_key_location=_path(settings.kafka_ssl_key_location),
+        compression=settings.kafka_compression,
+        client_id=f"decoder_api-{settings.instance_id}",
+    )
+
+
+def _path(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxLimits:
+    """``max_events``: not ready and no new sessions; ``hard_max_events``: audio refused too."""
+
+    max_events: int = 10_000
+    hard_max_events: int = 20_000
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_events <= self.hard_max_events:
+            raise ConfigError("need 0 < DECODER_OUTBOX_MAX_EVENTS <= DECODER_OUTBOX_HARD_MAX_EVENTS")
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaHealth:
+    """``state`` is connected or unreachable, since ``since`` (monotonic seconds)."""
+
+    state: str
+    since: float
+    error: str | None = None
+
+
+class PublisherMetrics:
+    """Delivery metrics, registered on the service's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.produced = Counter("decoder_kafka_produced", "Events acknowledged by Kafka", registry=r)
+        self.failed = Counter(
+            "decoder_kafka_failed", "Failed deliveries (the events are retried)", registry=r
+        )
+        self.queued = Gauge("decoder_kafka_queued", "Events journaled and not yet acknowledged", registry=r)
+        self.parked = Gauge("decoder_outbox_parked", "Journaled events Kafka refused for good", registry=r)
+        self.outbox_full = Gauge("decoder_outbox_full", "1 while the outbox is at its limit", registry=r)
+        self.connected = Gauge("decoder_kafka_connected", "1 while the brokers answer", registry=r)
+        self.partials = Counter(
+            "decoder_kafka_partials", "Partial events by outcome", ["outcome"], registry=r
+        )  # produced, dropped
+
+
+class TranscriptPublisher:
+    """Thin wrapper over a confluent-kafka ``Producer`` that relays a durable outbox."""
+
+    def __init__(
+        self,
+        config: KafkaConfig,
+        outbox: Outbox,
+        metrics: PublisherMetrics,
+        limits: OutboxLimits | None = None,
+        unready_after_s: float = 30.0,
+        producer_factory: Callable[[dict[str, Any]], Producer] = Producer,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self._outbox = outbox
+        self._metrics = metrics
+        self._limits = limits or OutboxLimits()
+        self._unready_after_s = unready_after_s
+        self._factory = producer_factory
+        self._clock = clock
+        self._lock = threading.Lock()  # relay state, shared with the delivery callbacks
+        self._journal = threading.Lock()  # outbox writes and the pending count
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._in_flight: set[str] = set()
+        self._delivered: list[str] = []
+        self._undeliverable: list[str] = []
+        self._cursor: str | None = None
+        self._retry_at: float | None = None
+        self._backoff_s = MIN_BACKOFF_S
+        self._fatal: KafkaError | None = None
+        self._last_error: str | None = None
+        self._health = KafkaHealth("unreachable", clock(), "not connected yet")
+        self._announced: str | None = None  # the state last logged
+        self._pending = outbox.count()
+        self._producer = self._create(config.producer_config(), "the Kafka producer")
+        self._partials = (
+            self._create(config.partials_config(), "the partials producer") if config.partials else None
+        )
+        self._metrics.parked.set(outbox.parked_count())
+        self._update_gauges()
+
+    # --- what the service calls ----------------------------------------------------------
+
+    def start(self) -> None:
+        for name, target in (
+            ("kafka-poll", self._poll_loop),
+            ("outbox-relay", self._relay_loop),
+            ("kafka-health", self._health_loop),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        logger.info(
+            "publisher_started bootstrap=%s topic=%s outbox=%s pending=%d",
+            self.config.bootstrap_servers,
+            self.config.topic,
+            self._outbox.location,
+            self._pending,
+        )
+
+    def publish(self, events: Sequence[TranscriptEvent]) -> None:
+        """Journal ``events`` (durably, in order) for the relay; never waits for Kafka."""
+        if not events:
+            return
+        records = [OutboxRecord(self.config.topic, e.key, e.to_json(), e.headers) for e in events]
+        with self._journal:
+            self._outbox.append(records)
+            self._pending += len(records)
+        self._update_gauges()
+        self._wake.set()
+
+    def publish_partial(self, event: PartialTranscriptEvent) -> None:
+        """Best effort, only when partials are enabled: produced directly, never journaled."""
+        if self._partials is None:
+            return
+        try:
+            self._partials.produce(
+                self.config.partial_topic,
+                value=event.to_json(),
+                key=event.key,
+                headers=list(event.headers),
+                on_delivery=self._on_partial_delivery,
+            )
+        except (BufferError, KafkaException):
+            self._metrics.partials.labels("dropped").inc()
+
+    def admit_session(self) -> None:
+        """Refuse a new session (503) while the outbox is at ``max_events``."""
+        if self._pending >= self._limits.max_events:
+            raise OutboxFull(
+                "finals are waiting for Kafka; this instance takes no new sessions", retry_after=10
+            )
+
+    def admit_audio(self) -> None:
+        """Refuse audio (503) once the outbox reaches ``hard_max_events``."""
+        if self._pending >= self._limits.hard_max_events:
+            raise OutboxFull("finals are waiting for Kafka; send this audio again later", retry_after=10)
+
+    def guard(
+        self, acquire: Callable[[RecognizerOptions], Recognizer]
+    ) -> Callable[[RecognizerOptions], Recognizer]:
+        """Wrap a recognizer factory so sessions and audio are refused when the outbox is full."""
+
+        def acquire_guarded(options: RecognizerOptions) -> Recognizer:
+            self.admit_session()
+            return GuardedRecognizer(acquire(options), self.admit_audio)
+
+        return acquire_guarded
+
+    def health(self) -> KafkaHealth:
+        with self._lock:
+            return self._health
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def checks(self) -> tuple[dict[str, Any], bool]:
+        """``/readyz`` checks and whether they allow readiness.
+
+        Not ready when the outbox is full, or when the brokers have been unreachable for more
+        than ``unready_after_s`` (a short outage is absorbed by the outbox).
+        """
+        health = self.health()
+        full = self._pending >= self._limits.max_events
+        checks: dict[str, Any] = {
+            "kafka": health.state,
+            "outbox": "full" if full else "ok",
+            "outbox_pending": self._pending,
+        }
+        if health.error:
+            checks["kafka_error"] = health.error
+        kafka_ok = health.state == "connected" or self._clock() - health.since < self._unready_after_s
+        return checks, kafka_ok and not full
+
+    def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Stop relaying, wait up to ``timeout_s`` for outstanding deliveries; the rest stays journaled."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout=1.0)
+        if self.health().state != "connected":
+            timeout_s = min(timeout_s, 0.5)  # no broker to wait for: the outbox keeps the rest
+        remaining = self._producer.flush(timeout_s)
+        if remaining:
+            self._producer.purge()
+            self._producer.poll(0)
+        if self._partials is not None:
+            self._partials.flush(1.0)
+        self._settle()
+        logger.info("publisher_closed pending=%d", self._pending)
+        self._outbox.close()
+
+    # --- relay ---------------------------------------------------------------------------
+
+    def _relay_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(RELAY_INTERVAL_S)
+            self._wake.clear()
+            try:
+                self._relay_once()
+            except Exception:
+                logger.exception("outbox_relay_failed")
+                self._stop.wait(MAX_BACKOFF_S / 10)
+
+    def _relay_once(self) -> None:
+        self._settle()
+        if self._fatal is not None:
+            self._replace_producer()
+        if not self._may_produce():
+            return
+        with self._lock:
+            room = MAX_IN_FLIGHT - len(self._in_flight)
+        entries = self._outbox.read(self._cursor, min(room, BATCH)) if room > 0 else []
+        for entry in entries:
+            if not self._produce(entry):
+                return
+            self._cursor = entry.id
+        if len(entries) == BATCH:
+            self._wake.set()
+
+    def _may_produce(self) -> bool:
+        """After a failure: produce again only once every report is in and the back-off is over."""
+        with self._lock:
+            if self._retry_at is None:
+                return True
+            if self._in_flight or self._delivered or self._undeliverable or self._clock() < self._retry_at:
+                return False
+            self._retry_at = None
+        self._cursor = None  # everything still journaled is undelivered: start from the oldest
+        return True
+
+    def _produce(self, entry: OutboxEntry) -> bool:
+        record = entry.record
+        with self._lock:
+            self._in_flight.add(entry.id)
+        try:
+            self._producer.produce(
+                record.topic,
+                value=record.value,
+                key=record.key,
+                headers=list(record.headers),
+                on_delivery=functools.partial(self._on_delivery, entry.id),
+            )
+            return True
+        except BufferError:  # librdkafka's queue is full; deliveries will make room
+            with self._lock:
+                self._in_flight.discard(entry.id)
+            return False
+        except KafkaException as exc:
+            error = exc.args[0]
+            with self._lock:
+                self._in_flight.discard(entry.id)
+            if error.code() in UNDELIVERABLE:
+                self._reject(entry.id, error)
+                return True
+            self._failed(error)
+            return False
+
+    def _on_delivery(self, entry_id: str, error: KafkaError | None, message: Message) -> None:
+        if error is None:
+            with self._lock:
+                self._in_flight.discard(entry_id)
+                self._delivered.append(entry_id)
+                self._backoff_s = MIN_BACKOFF_S
+            self._metrics.produced.inc()
+            self._set_health("connected", None)
+        else:
+            with self._lock:
+                self._in_flight.discard(entry_id)
+            if error.code() in UNDELIVERABLE:
+                self._reject(entry_id, error)
+            else:
+                self._failed(error)
+        self._wake.set()
+
+    def _reject(self, entry_id: str, error: KafkaError) -> None:
+        logger.error(
+            "kafka_event_undeliverable entry=%s code=%s reason=%s", entry_id, error.name(), error.str()
+        )
+        with self._lock:
+            self._undeliverable.append(entry_id)
+        self._wake.set()
+
+    def _failed(self, error: KafkaError) -> None:
+        self._metrics.failed.inc()
+        with self._lock:
+            first = self._retry_at is None
+            self._retry_at = self._clock() + self._backoff_s
+            self._backoff_s = min(self._backoff_s * 2, MAX_BACKOFF_S)
+        if first and not self._stop.is_set():
+            logger.warning("kafka_delivery_failed code=%s reason=%s; will retry", error.name(), error.str())
+
+    def _settle(self) -> None:
+        """Remove delivered entries from the outbox; park undeliverable ones."""
+        with self._lock:
+            delivered, self._delivered = self._delivered, []
+            rejected, self._undeliverable = self._undeliverable, []
+        if not delivered and not rejected:
+            return
+        try:
+            with self._journal:
+                if delivered:
+                    self._outbox.remove(delivered)
+                if rejected:
+                    self._outbox.park(rejected)
+                self._pending = self._outbox.count()
+        except Exception:
+            with self._lock:
+                self._delivered[:0] = delivered
+                self._undeliverable[:0] = rejected
+            raise
+        if rejected:
+            self._metrics.parked.set(self._outbox.parked_count())
+        self._update_gauges()
+
+    def _replace_producer(self) -> None:
+        """A fatal error (e.g. the idempotence state was lost) makes a producer unusable: start anew."""
+        old, error = self._producer, self._fatal
+        logger.error("kafka_producer_fatal reason=%s; creating a new producer", error.str() if error else "")
+        old.purge()
+        old.flush(1.0)
+        with self._lock:
+            self._in_flight.clear()
+            self._retry_at = self._clock() + self._backoff_s
+        self._producer = self._create(self.config.producer_config(), "the Kafka producer")
+        self._fatal = None
+
+    # --- poll and health -----------------------------------------------------------------
+
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(POLL_INTERVAL_S)
+            if self._partials is not None:
+                self._partials.poll(0)
+
+    def _health_loop(self) -> None:
+        while not self._stop.is_set():
+            self._probe()
+            self._stop.wait(PROBE_INTERVAL_S)
+
+    def _probe(self) -> None:
+        try:
+            metadata = self._producer.list_topics(timeout=PROBE_TIMEOUT_S)
+        except KafkaException as exc:
+            self._set_health("unreachable", self._last_error or exc.args[0].str())
+            return
+        self._last_error = None
+        missing = self.config.topic not in metadata.topics
+        self._set_health("connected", f"topic {self.config.topic} does not exist yet" if missing else None)
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self._fatal = error
+            self._wake.set()
+            return
+        if error.code() in UNREACHABLE:
+            self._last_error = error.str()
+            self._set_health("unreachable", error.str())
+        else:
+            logger.debug("kafka_error code=%s reason=%s", error.name(), error.str())
+
+    def _set_health(self, state: str, error: str | None) -> None:
+        with self._lock:
+            changed = state != self._health.state
+            since = self._clock() if changed else self._health.since
+            self._health = KafkaHealth(state, since, error)
+            announce, self._announced = state != self._announced, state
+        if announce:
+            log = logger.info if state == "connected" else logger.warning
+            log("kafka_%s bootstrap=%s reason=%s", state, self.config.bootstrap_servers, error)
+            self._metrics.connected.set(1 if state == "connected" else 0)
+
+    def _on_partial_delivery(self, error: KafkaError | None, message: Message) -> None:
+        self._metrics.partials.labels("dropped" if error is not None else "produced").inc()
+
+    def _update_gauges(self) -> None:
+        self._metrics.queued.set(self._pending)
+        self._metrics.outbox_full.set(1 if self._pending >= self._limits.max_events else 0)
+
+    def _create(self, properties: dict[str, Any], what: str) -> Producer:
+        properties = properties | {"error_cb": self._on_error, "logger": LibrdkafkaLog()}
+        try:
+            return self._factory(properties)
+        except KafkaException as exc:
+            raise KafkaClientError.wrap(exc, f"cannot create {what}") from exc
+
+
+class GuardedRecognizer:
+    """A recognizer that asks ``admit`` before decoding audio (flushing is never refused)."""
+
+    def __init__(self, inner: Recognizer, admit: Callable[[], None]) -> None:
+        self._inner = inner
+        self._admit = admit
+
+    @property
+    def sample_rate_hz(self) -> int:
+        return self._inner.sample_rate_hz
+
+    def accept(self, pcm: bytes) -> list[Final]:
+        self._admit()
+        return self._inner.accept(pcm)
+
+    def partial(self) -> str:
+        return self._inner.partial()
+
+    def flush(self) -> list[Final]:
+        return self._inner.flush()
+
+    def reset(self) -> None:
+        self._inner.reset()
+
+    def restart(self) -> None:
+        self._inner.restart()
+
+    def resume(self, position_samples: int, next_utterance: int) -> None:
+        self._inner.resume(position_samples, next_utterance)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class TranscriptSink:
+    """The session store's ``on_finals``: non-empty finals become journaled events.
+
+    ``partial(session, text)`` is the matching hook for interim hypotheses (best effort, only
+    when ``DECODER_KAFKA_PARTIALS`` is on); it needs a caller in ``Session.feed``.
+    """
+
+    def __init__(self, publisher: TranscriptPublisher, engine: Callable[[], Engine]) -> None:
+        self._publisher = publisher
+        self._engine = engine
+
+    def __call__(self, session: Session, finals: Sequence[Final]) -> None:
+        events = events_from_finals(
+            finals,
+            session_id=session.id,
+            user_id=session.config.user_id,
+            origin=self._origin(),
+            metadata=session.config.metadata or None,
+        )
+        self._publisher.publish(events)
+
+    def partial(self, session: Session, text: str) -> None:
+        """Publish the open utterance's hypothesis (caller holds the session lock)."""
+        if not text.strip():
+            return
+        origin = self._origin()
+        event = PartialTranscriptEvent(
+            session_id=session.id,
+            user_id=session.config.user_id,
+            utterance=len(session.finals),
+            text=text,
+            audio_ms=session.audio_ms,
+            engine=origin.engine,
+            model=origin.model,
+            language=origin.language,
+            produced_at=rfc3339_utc(),
+        )
+        self._publisher.publish_partial(event)
+
+    def _origin(self) -> EventSource:
+        engine = self._engine()
+        return EventSource(engine.name, engine.model.name, engine.model.language)
+
+
+def build_publisher(settings: Settings, registry: CollectorRegistry) -> TranscriptPublisher | None:
+    """The started publisher, or None (logged once) when no Kafka bootstrap servers are configured."""
+    config = kafka_config(settings)
+    if config is None:
+        logger.warning("kafka_publishing_disabled reason=KAFKA_BOOTSTRAP_SERVERS is not set")
+        return None
+    limits = OutboxLimits(settings.outbox_max_events, settings.outbox_hard_max_events)
+    outbox = open_outbox(settings.redis_url, settings.outbox_dir, settings.outbox_name)
+    try:
+        publisher = TranscriptPublisher(
+            config, outbox, PublisherMetrics(registry), limits, settings.kafka_unready_after_s
+        )
+    except BaseException:
+        outbox.close()
+        raise
+    publisher.start()
+    return publisher

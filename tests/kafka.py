@@ -1,0 +1,321 @@
+"""Kafka and Redis for tests: a real broker (Tansu) and redis-server, topics, consumers, decoders.
+
+Every test gets fresh topic names (uuid) and consumer group ids; waits poll a condition
+against a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import requests
+from confluent_kafka import Consumer, Message, Producer
+
+from decoder_api import devstack
+from tests.servers import ROOT, DecoderServer, free_port
+
+T = TypeVar("T")
+SESSION_TIMEOUT_MS = 6000  # Tansu takes about half of it to join a group
+PARTITIONS = 4
+
+
+def wait_for(condition: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.1) -> T:
+    """Poll ``condition`` until it returns something truthy; fail with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+@dataclass
+class Broker:
+    """A Tansu broker process on a fixed port (so it can be started again on the same one)."""
+
+    port: int
+    log: Path
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> Broker:
+        self.process = devstack.start_tansu(self.port, self.log)
+        devstack.wait_for_kafka(self.bootstrap, process=self.process)
+        return self
+
+    def pause(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=2)  # memory storage: nothing to lose
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_broker(log_dir: Path, port: int | None = None) -> Broker:
+    port = port or free_port()
+    return Broker(port, log_dir / f"tansu-{port}.log").start()
+
+
+@dataclass
+class RedisProcess:
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def start_redis(log_dir: Path) -> RedisProcess:
+    port = free_port()
+    server = RedisProcess(port, devstack.start_redis(port, log_dir / f"redis-{port}.log"))
+    devstack.wait_for_redis(server.url, process=server.process)
+    return server
+
+
+class TopicFactory:
+    """New topics with unique names on one broker."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+
+    def __call__(self, prefix: str = "test", partitions: int = PARTITIONS) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex}"
+        devstack.create_topics(self.bootstrap, [name], partitions)
+        return name
+
+
+class ConsumerFactory:
+    """Consumers with random group ids that read from the beginning; closed by ``close_all``."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self._consumers: list[Consumer] = []
+
+    def __call__(self, *topics: str, **overrides: Any) -> Consumer:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"test-{uuid.uuid4().hex}",
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": SESSION_TIMEOUT_MS,
+                "enable.auto.commit": False,
+                "log_level": 0,
+            }
+            | overrides
+        )
+        consumer.subscribe(list(topics))
+        self._consumers.append(consumer)
+        return consumer
+
+    def close_all(self) -> None:
+        for consumer in self._consumers:
+            consumer.close()
+        self._consumers.clear()
+
+
+def consume_until(
+    consumer: Consumer, done: Callable[[list[Message]], bool], timeout_s: float = 60.0
+) -> list[Message]:
+    """Messages polled until ``done(messages)`` holds; fails at the deadline."""
+    messages: list[Message] = []
+    deadline = time.monotonic() + timeout_s
+    while not done(messages):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s with {len(messages)} messages")
+        message = consumer.poll(0.5)
+        if message is None:
+            continue
+        assert message.error() is None, message.error()
+        messages.append(message)
+    return messages
+
+
+def produce_fence(bootstrap: str, topic: str, key: bytes) -> bytes:
+    """A marker with ``key`` (so in that key's partition, after everything produced before it)."""
+    marker = f"fence-{uuid.uuid4().hex}".encode()
+    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "log_level": 0})
+    producer.produce(topic, key=key, value=marker)
+    assert producer.flush(30) == 0
+    return marker
+
+
+def murmur2_partition(key: bytes, partitions: int) -> int:
+    """The Java client's default partition of ``key`` (murmur2, as librdkafka's murmur2_random)."""
+    m, length = 0x5BD1E995, len(key)
+    h = (0x9747B28C ^ length) & 0xFFFFFFFF
+    for i in range(0, length - length % 4, 4):
+        k = int.from_bytes(key[i : i + 4], "little")
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> 24
+        k = (k * m) & 0xFFFFFFFF
+        h = ((h * m) & 0xFFFFFFFF) ^ k
+    tail = key[length - length % 4 :]
+    if len(tail) == 3:
+        h ^= tail[2] << 16
+    if len(tail) >= 2:
+        h ^= tail[1] << 8
+    if tail:
+        h = ((h ^ tail[0]) * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return (h & 0x7FFFFFFF) % partitions
+
+
+# --- decoders that publish -------------------------------------------------------------------
+
+
+def decoder_env(bootstrap: str, topic: str, outbox_dir: Path, **settings: str) -> dict[str, str]:
+    """Environment of a Korean Vosk decoder publishing to ``topic`` with its own SQLite outbox.
+
+    Kafka settings use the standard unprefixed names; Redis is switched off explicitly so a
+    ``REDIS_URL`` of the surrounding environment does not change the outbox backend.
+    """
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "KAFKA_TOPIC": topic,
+        "REDIS_URL": "",
+        "DECODER_REDIS_URL": "",
+        "DECODER_ENGINE": "vosk",
+        "DECODER_MODEL": "ko",
+        "DECODER_POOL_WARM": "1",
+        "DECODER_OUTBOX_DIR": str(outbox_dir),
+    }
+    return env | {f"DECODER_{k.upper()}": v for k, v in settings.items()}
+
+
+def launch_decoder(log_dir: Path, env: Mapping[str, str], wait_ready: bool = True) -> DecoderServer:
+    """A decoder with ``env`` added to this process's; without ``wait_ready`` it may never be ready."""
+    server = DecoderServer(free_port(), dict(env), log_dir / f"decoder-{uuid.uuid4().hex[:8]}.log")
+    if wait_ready:
+        return server.start()
+    with server.log.open("ab") as out:
+        server.process = subprocess.Popen(
+            [sys.executable, "-m", "decoder_api", "serve", "--port", str(server.port)],
+            cwd=ROOT,
+            env={**os.environ, **server.env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return server
+
+
+def readyz(server: DecoderServer) -> tuple[int, dict[str, Any]]:
+    try:
+        response = requests.get(f"{server.url}/readyz", timeout=5)
+    except requests.ConnectionError:
+        return 0, {}
+    return response.status_code, response.json()
+
+
+def metric(server: DecoderServer, name: str) -> float | None:
+    text = requests.get(f"{server.url}/metrics", timeout=5).text
+    for line in text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    return None
+
+
+@dataclass
+class Call:
+    """One call streamed over the native HTTP API; ``finals`` as the HTTP replies gave them."""
+
+    base: str
+    session_id: str = ""
+    token: str = ""
+    finals: list[dict[str, Any]] = field(default_factory=list)
+    http: requests.Session = field(default_factory=requests.Session, repr=False)
+
+    def open(self, **options: Any) -> Call:
+        response = self.http.post(f"{self.base}/v1/sessions", json=options, timeout=30)
+        assert response.status_code == 201, response.text
+        self.session_id, self.token = response.json()["session_id"], response.json()["token"]
+        return self
+
+    def send(self, pcm: bytes, chunk_bytes: int) -> None:
+        for start in range(0, len(pcm), chunk_bytes):
+            response = self.http.post(
+                f"{self.base}/v1/sessions/{self.session_id}/audio",
+                data=pcm[start : start + chunk_bytes],
+                headers={"Content-Type": "application/octet-stream", "X-Session-Token": self.token},
+                timeout=60,
+            )
+            assert response.status_code == 200, response.text
+            self.finals += response.json()["finals"]
+
+    def end(self) -> None:
+        response = self.http.post(
+            f"{self.base}/v1/sessions/{self.session_id}/end",
+            headers={"X-Session-Token": self.token},
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        self.finals += response.json()["finals"]
+
+    @property
+    def texts(self) -> list[str]:
+        return [f["text"] for f in self.finals if f["text"].strip()]
+
+
+def stream_call(base: str, pcm: bytes, chunk_bytes: int, **options: Any) -> Call:
+    call = Call(base).open(**options)
+    call.send(pcm, chunk_bytes)
+    call.end()
+    return call
+
+
+def event_value(message: Message) -> dict[str, Any]:
+    value: dict[str, Any] = json.loads(message.value() or b"")
+    return value
+
+
+def session_messages(messages: list[Message], session_id: str) -> list[Message]:
+    return [m for m in messages if m.key() == session_id.encode()]
+
+
+def dedup_by_event_id(values: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep the first of each ``event_id``, as a consumer does."""
+    seen: set[str] = set()
+    unique = []
+    for value in values:
+        if value["event_id"] not in seen:
+            seen.add(value["event_id"])
+            unique.append(value)
+    return unique
+
+
+def iter_lines(stream: Any) -> Iterator[str]:
+    for line in iter(stream.readline, ""):
+        yield line.rstrip("\n")
