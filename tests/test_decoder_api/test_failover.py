@@ -17,6 +17,14 @@ from decoder_api.engines.base import RecognizerOptions
 from decoder_api.engines.vosk import VoskEngine
 from decoder_api.transcripts import stream_pcm
 from tests.conftest import RATE_HZ, SpokenCall
+from tests.kafka import (
+    ConsumerFactory,
+    TopicFactory,
+    consume_until,
+    event_value,
+    produce_fence,
+    session_messages,
+)
 from tests.servers import DecoderServer, RedisServer, start_decoder, start_redis
 
 PCM = {"Content-Type": "application/octet-stream"}
@@ -226,3 +234,45 @@ def wait_for(condition: Any, timeout_s: float = 30) -> None:
             return
         time.sleep(0.1)
     raise TimeoutError("condition not met")
+
+
+def test_takeover_publishes_every_final_once(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    consumer_factory: ConsumerFactory,
+    vosk_engine: VoskEngine,
+    korean_call: SpokenCall,
+) -> None:
+    topic = topic_factory("transcripts", 1)
+    kafka = {"kafka_bootstrap_servers": kafka_bootstrap, "kafka_topic": topic}
+    owner = instance(tmp_path, redis_server, "k1", outbox_name="k1", **kafka)
+    successor = instance(tmp_path, redis_server, "k2", outbox_name="k2", **kafka)
+    try:
+        caller = Caller([owner.url, successor.url])
+        caller.open()
+        chunks = chunks_of(korean_call)
+        cut = int(len(chunks) * 0.55)
+        for seq, chunk in enumerate(chunks[:cut]):
+            caller.send(seq, chunk)
+        wait_for(lambda: kafka_metric(owner, "decoder_kafka_queued") == 0)
+        owner.stop(signal.SIGKILL)
+        for seq, chunk in enumerate(chunks[cut:], start=cut):
+            caller.send(seq, chunk)
+        caller.end()
+        fence = produce_fence(kafka_bootstrap, topic, caller.sid.encode())
+        messages = consume_until(consumer_factory(topic), lambda ms: any(m.value() == fence for m in ms))
+        values = [event_value(m) for m in session_messages(messages, caller.sid) if m.value() != fence]
+        expected = uninterrupted(vosk_engine, korean_call.pcm)
+        assert [v["text"] for v in values] == expected
+        assert len({v["event_id"] for v in values}) == len(values)
+    finally:
+        owner.stop(signal.SIGKILL)
+        successor.stop()
+
+
+def kafka_metric(server: DecoderServer, name: str) -> float | None:
+    from tests.kafka import metric
+
+    return metric(server, name)
