@@ -10,21 +10,25 @@ from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from decoder_api.auth import ApiKeys, read_keys
+from decoder_api.auth import ApiKeys, bearer, read_keys
 from decoder_api.config import Settings, load_settings
 from decoder_api.engines import load_engine
 from decoder_api.engines.models import resolve_model
 from decoder_api.engines.pool import PoolSettings
 from decoder_api.errors import DecoderError
+from decoder_api.limits import RateLimiter, ReadDeadline
 from decoder_api.metrics import DecoderMetrics
 from decoder_api.publisher import TranscriptSink, build_publisher
 from decoder_api.registry import LocalRegistry, RedisRegistry, Registry
 from decoder_api.routes import compat, ops, stream, v1
 from decoder_api.service import EXTENSION, DecoderService, EngineLoader
-from decoder_api.sessions import SessionLimits, SessionStore
+from decoder_api.sessions import SessionLimits, SessionStore, hash_secret
 
 logger = logging.getLogger(__name__)
+
+SESSION_OPENING_ENDPOINTS = frozenset({"v1.open_session", "v1.transcribe", "stream.vosk_stream"})
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -43,6 +47,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.register_blueprint(blueprint)
     stream.init_app(app)
     register_handlers(app)
+    app.wsgi_app = ReadDeadline(app.wsgi_app, settings.request_timeout_s)  # type: ignore[method-assign]
+    if settings.behind_proxy:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)  # type: ignore[method-assign]
     return app
 
 
@@ -57,6 +64,7 @@ def build_service(settings: Settings, background: bool) -> DecoderService:
         max_duration_s=settings.max_session_s,
         max_utterance_s=settings.max_utterance_s,
         lock_timeout_s=settings.session_lock_timeout_s,
+        max_per_key=settings.max_sessions_per_key,
     )
     registry = build_registry(settings)
     publisher = build_publisher(settings, metrics.registry)  # None: KAFKA_BOOTSTRAP_SERVERS not set
@@ -75,7 +83,8 @@ def build_service(settings: Settings, background: bool) -> DecoderService:
     loader.start(background)
     registry.start(on_reconnect=store.resync)
     store.start_reaper(settings.reap_interval_s)
-    return DecoderService(settings, loader, store, keys, metrics, publisher=publisher)
+    limiter = RateLimiter(settings.session_rate_per_min)
+    return DecoderService(settings, loader, store, keys, metrics, publisher=publisher, rate_limiter=limiter)
 
 
 def build_registry(settings: Settings) -> Registry:
@@ -98,6 +107,16 @@ def register_handlers(app: Flask) -> None:
 
 def _start_request() -> None:
     g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+    if request.endpoint in SESSION_OPENING_ENDPOINTS:
+        svc = _maybe_service()
+        if svc is not None:
+            svc.rate_limiter.check(_client_id())
+
+
+def _client_id() -> str:
+    """The API key (as its hash) when one is presented, else the client's address."""
+    key = bearer(request) or request.args.get("api_key")
+    return f"key:{hash_secret(key)}" if key else f"addr:{request.remote_addr}"
 
 
 def _finish_request(response: Response) -> Response:

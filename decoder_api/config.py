@@ -88,6 +88,10 @@ class Settings:
     max_body_bytes: int = 10 * 2**20
     session_lock_timeout_s: float = 10.0
     reap_interval_s: float = 1.0
+    request_timeout_s: float = 30.0  # a request body must arrive within this (slow clients)
+    session_rate_per_min: int = 120  # sessions a client (API key or address) may open per minute
+    max_sessions_per_key: int = 0  # open sessions per API key; 0 = only max_sessions applies
+    behind_proxy: bool = False  # trust one X-Forwarded-For hop (the OpenShift router) for client addresses
     # warm recognizer pool (see engines/pool.py)
     pool_max_idle: int = 8
     pool_idle_ttl_s: float = 600.0

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import current_app
@@ -19,6 +19,7 @@ from decoder_api.engines import native_rate_hz
 from decoder_api.engines.base import Engine, Recognizer, RecognizerOptions
 from decoder_api.engines.pool import PoolSettings, RecognizerPool
 from decoder_api.errors import DecoderError
+from decoder_api.limits import RateLimiter
 from decoder_api.metrics import DecoderMetrics
 from decoder_api.publisher import TranscriptPublisher
 from decoder_api.sessions import SessionStore
@@ -112,6 +113,7 @@ class DecoderService:
     metrics: DecoderMetrics
     closing: bool = False
     publisher: TranscriptPublisher | None = None
+    rate_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(0))
 
     def delivery_checks(self) -> tuple[dict[str, Any], bool]:
         """``/readyz`` checks of the Kafka publisher and its outbox, and whether they allow readiness."""

@@ -66,6 +66,11 @@ class WrongInstance(DecoderError):
     status = 409
 
 
+class TooManySessions(DecoderError):
+    code = "too_many_sessions"
+    status = 429
+
+
 class CapacityExceeded(DecoderError):
     code = "capacity"
     status = 503
@@ -83,6 +88,7 @@ class SessionLimits:
     max_duration_s: float = 4 * 3600.0
     max_utterance_s: float = 30.0
     lock_timeout_s: float = 10.0
+    max_per_key: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,7 +401,7 @@ class SessionStore:
 
     def open(self, config: SessionConfig, owner_key_hash: str | None = None) -> tuple[Session, str]:
         """A new session and its secret token; 503 when full or shutting down."""
-        self._admit()
+        self._admit(owner_key_hash)
         recognizer = self._recognizers(config.recognizer_options())
         session_id, token = secrets.token_urlsafe(18), secrets.token_urlsafe(32)
         session = self._new_session(session_id, hash_secret(token), config, recognizer, owner_key_hash)
@@ -611,7 +617,7 @@ class SessionStore:
         except RegistryUnavailable:
             logger.warning("registry_remove_failed session_id=%s", session_id)
 
-    def _admit(self) -> None:
+    def _admit(self, owner_key_hash: str | None) -> None:
         if self._closing:
             raise ShuttingDown("the server is shutting down; retry on another instance")
         if self.active_count() >= self._limits.max_sessions:
@@ -619,6 +625,19 @@ class SessionStore:
             raise CapacityExceeded(
                 f"this instance is at its limit of {self._limits.max_sessions} sessions", retry_after=5
             )
+        if owner_key_hash is not None and self._limits.max_per_key > 0:
+            with self._lock:
+                mine = sum(
+                    1
+                    for s in self._sessions.values()
+                    if s.owner_key_hash == owner_key_hash and s.state == "open"
+                )
+            if mine >= self._limits.max_per_key:
+                self._metrics.sessions.labels("rejected").inc()
+                raise TooManySessions(
+                    f"this API key already has {mine} open sessions (limit {self._limits.max_per_key})",
+                    retry_after=5,
+                )
 
     def _is_due(self, session: Session, now: float) -> bool:
         idle_limit = self._limits.idle_s
