@@ -11,7 +11,8 @@ export PIPENV_VERBOSITY := -1
 VENV        := .venv
 PY          := $(VENV)/bin/python
 CATEGORIES  := packages decoder recorder nlp dev-packages
-APT_PACKAGES := pocketsphinx-testdata redis-server espeak-ng sox portaudio19-dev alsa-utils libasound2-plugins
+APT_PACKAGES := pocketsphinx-testdata redis-server espeak-ng sox portaudio19-dev alsa-utils libasound2-plugins \
+                chromium fonts-dejavu-core
 STAMP       := $(VENV)/.installed
 
 .PHONY: help install system-packages test lint typecheck demo bench data lock clean services
@@ -25,6 +26,7 @@ $(STAMP): Pipfile.lock Makefile
 	@$(MAKE) --no-print-directory system-packages
 	@command -v pipenv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "pipenv==$(PIPENV_VER)"
 	pipenv sync --categories "$(CATEGORIES)"
+	$(PY) -m nlp_consumer.train
 	@touch $@
 
 system-packages: ## Debian packages the project needs (installed only when missing)
@@ -48,8 +50,8 @@ services: install ## local Kafka (Tansu) and Redis in the background; env in .de
 	$(PY) -m decoder_api.devstack up --dir .devstack
 	@echo "load it with: set -a; . .devstack/env; set +a  (stop: $(PY) -m decoder_api.devstack down)"
 
-demo: install ## transcribe a sample call end to end
-	$(PY) -m decoder_api transcribe --timestamps data/call0.wav
+demo: install ## the whole pipeline on a sample call (KEEP=1 leaves it running for a browser)
+	$(PY) -m decoder_api.demo $(if $(KEEP),--keep)
 
 bench: install ## benchmarks; results in bench/results/
 	$(PY) -m bench.engines

@@ -1,0 +1,257 @@
+"""``python -m decoder_api.demo``: the whole pipeline on this machine, end to end.
+
+Starts the local broker and Redis, the decoder, the NLP consumer and the dashboard; streams a
+sample call through the recorder in real time (live transcript in the terminal); prints every
+final as it comes back from ``transcripts.enriched.v1`` with its sentiment and the words that
+explain it; prints the dashboard URL and a summary when the call has been enriched. With
+``--keep`` everything stays up (for a browser) until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+from confluent_kafka import Consumer
+from rich.console import Console
+
+from decoder_api.devstack import DevStack, free_port
+from decoder_api.evaluation import load_manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+ENRICHED_TOPIC = "transcripts.enriched.v1"
+READY_TIMEOUT_S = 300.0
+ENRICH_TIMEOUT_S = 120.0
+COLOURS = {"POSITIVE": "green", "NEGATIVE": "red", "NEUTRAL": "grey62"}
+
+console = Console(highlight=False)
+
+
+class DemoError(Exception):
+    """A step of the demo failed; the message is one line for the user."""
+
+
+@dataclass
+class Pipeline:
+    """The processes the demo started, stopped in reverse order."""
+
+    workdir: Path
+    env: dict[str, str]
+    processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    def spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> None:
+        log = (self.workdir / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            [sys.executable, *argv],
+            cwd=ROOT,
+            env={**os.environ, **self.env, **(extra_env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.processes.append((name, process))
+
+    def check_alive(self) -> None:
+        for name, process in self.processes:
+            if process.poll() is not None:
+                tail = (self.workdir / f"{name}.log").read_text(errors="replace")[-800:]
+                raise DemoError(
+                    f"{name} exited with status {process.returncode}: {tail.strip().splitlines()[-1:]}"
+                )
+
+    def stop(self) -> None:
+        for _, process in reversed(self.processes):
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+        for _, process in reversed(self.processes):
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def wait_http(url: str, pipeline: Pipeline, what: str) -> None:
+    """Poll ``url`` until it answers 200 (or a started process dies)."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        pipeline.check_alive()
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise DemoError(f"{what} did not become ready in {READY_TIMEOUT_S:.0f} s")
+
+
+def expected_turns(call: Path) -> int:
+    """How many turns the manifest lists for this call (0 when it is not in the manifest)."""
+    entries = load_manifest(ROOT / "data" / "manifest.tsv")
+    return sum(1 for e in entries if e.path.name == call.name and e.turn is not None)
+
+
+class EnrichedWatcher:
+    """Reads the enriched topic and prints this demo caller's finals as they arrive."""
+
+    def __init__(self, bootstrap: str, user_id: str) -> None:
+        self.user_id = user_id
+        self.events: list[dict[str, Any]] = []
+        self._seen: set[str] = set()
+        self._stop = threading.Event()
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"demo-{uuid.uuid4().hex[:8]}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "session.timeout.ms": 6000,
+            }
+        )
+        self._consumer.subscribe([ENRICHED_TOPIC])
+        self._thread = threading.Thread(target=self._run, name="enriched", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._consumer.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            message = self._consumer.poll(0.5)
+            if message is None or message.error():
+                continue
+            with contextlib.suppress(ValueError, TypeError):
+                self._handle(json.loads(message.value() or b""))
+
+    def _handle(self, event: dict[str, Any]) -> None:
+        if event.get("user_id") != self.user_id or event.get("event_id") in self._seen:
+            return
+        self._seen.add(str(event["event_id"]))
+        self.events.append(event)
+        print_enriched(event)
+
+
+def print_enriched(event: dict[str, Any]) -> None:
+    sentiment = event.get("sentiment", {})
+    label = str(sentiment.get("label", "?"))
+    polarity = float(sentiment.get("polarity", 0.0))
+    words = ", ".join(f"{w['word']} ({w['weight']:+.2f})" for w in event.get("explanation", [])[:4])
+    colour = COLOURS.get(label, "white")
+    console.print(
+        f"  [{colour}]● {label:<8} {polarity:+.2f}[/{colour}]  {event.get('text', '')}"
+        + (f"  [dim]← {words}[/dim]" if words else "")
+    )
+
+
+def start_pipeline(workdir: Path, stack_env: dict[str, str], engine: str) -> tuple[Pipeline, str, str]:
+    decoder_port, dashboard_port = free_port(), int(os.environ.get("DASHBOARD_PORT", "8000"))
+    env = {
+        **stack_env,
+        "DECODER_ENGINE": engine,
+        "DECODER_OUTBOX_DIR": str(workdir / "outbox"),
+        "NLP_SESSION_TIMEOUT_MS": "6000",
+        "DASHBOARD_SESSION_TIMEOUT_MS": "6000",
+        "DASHBOARD_PORT": str(dashboard_port),
+    }
+    pipeline = Pipeline(workdir, env)
+    pipeline.spawn("decoder", ["-m", "decoder_api", "serve", "--port", str(decoder_port)])
+    pipeline.spawn("nlp-consumer", ["-m", "nlp_consumer"])
+    pipeline.spawn("dashboard", ["-m", "nlp_consumer", "--dashboard"])
+    decoder_url, dashboard_url = f"http://127.0.0.1:{decoder_port}", f"http://127.0.0.1:{dashboard_port}/"
+    wait_http(f"{decoder_url}/readyz", pipeline, "the decoder")
+    wait_http(dashboard_url, pipeline, "the dashboard")
+    return pipeline, decoder_url, dashboard_url
+
+
+def stream_call(decoder_url: str, call: Path, user_id: str) -> None:
+    argv = [sys.executable, "-m", "recorder", "-H", decoder_url, "-f", str(call), "--realtime"]
+    result = subprocess.run([*argv, "--user-id", user_id], cwd=ROOT, check=False)
+    if result.returncode != 0:
+        raise DemoError(f"the recorder failed with status {result.returncode}")
+
+
+def wait_enriched(watcher: EnrichedWatcher, expected: int, pipeline: Pipeline) -> None:
+    """Until every turn came back enriched, or nothing new arrived for a while."""
+    deadline = time.monotonic() + ENRICH_TIMEOUT_S
+    while time.monotonic() < deadline and (expected == 0 or len(watcher.events) < expected):
+        pipeline.check_alive()
+        time.sleep(0.2)
+
+
+def summary(watcher: EnrichedWatcher, expected: int, started: float, dashboard_url: str) -> None:
+    labels = [str(e.get("sentiment", {}).get("label", "?")) for e in watcher.events]
+    counts = ", ".join(f"{labels.count(x)} {x.lower()}" for x in ("POSITIVE", "NEUTRAL", "NEGATIVE"))
+    console.rule("summary")
+    elapsed_s = time.monotonic() - started
+    console.print(
+        f"{len(watcher.events)} of {expected or '?'} turns enriched ({counts}) in {elapsed_s:.0f} s"
+    )
+    console.print(f"dashboard: {dashboard_url}")
+
+
+@contextlib.contextmanager
+def local_services(workdir: Path) -> Iterator[dict[str, str]]:
+    stack = DevStack(workdir / "services")
+    try:
+        yield stack.up()
+    finally:
+        stack.down()
+
+
+def run(call: Path, engine: str, keep: bool, workdir: Path) -> int:
+    started = time.monotonic()
+    console.rule("pipeline")
+    with local_services(workdir) as stack_env:
+        console.print(f"broker {stack_env['KAFKA_BOOTSTRAP_SERVERS']}, redis {stack_env['REDIS_URL']}")
+        subprocess.run([sys.executable, "-m", "nlp_consumer.train"], cwd=ROOT, check=True)
+        pipeline, decoder_url, dashboard_url = start_pipeline(workdir, stack_env, engine)
+        watcher = EnrichedWatcher(stack_env["KAFKA_BOOTSTRAP_SERVERS"], f"demo-{uuid.uuid4().hex[:6]}")
+        try:
+            console.print(f"decoder {decoder_url}   dashboard [bold]{dashboard_url}[/bold]")
+            console.rule(f"live: {call.name}")
+            stream_call(decoder_url, call, watcher.user_id)
+            console.rule("enriched finals (transcripts.enriched.v1)")
+            wait_enriched(watcher, expected_turns(call), pipeline)
+            summary(watcher, expected_turns(call), started, dashboard_url)
+            if keep:
+                console.print("everything keeps running; Ctrl-C stops it")
+                with contextlib.suppress(KeyboardInterrupt):
+                    signal.pause()
+        finally:
+            watcher.close()
+            pipeline.stop()
+    return 0 if watcher.events else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m decoder_api.demo", description=__doc__)
+    parser.add_argument("--call", type=Path, default=ROOT / "data" / "call0.wav", help="the audio to stream")
+    parser.add_argument("--engine", default="whisper", choices=("whisper", "vosk"), help="decoder engine")
+    parser.add_argument("--keep", action="store_true", help="leave everything running until Ctrl-C")
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".devstack" / "demo", help="logs and state")
+    args = parser.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        return run(args.call, args.engine, args.keep, args.workdir)
+    except (DemoError, subprocess.CalledProcessError) as exc:
+        print(f"error: {exc} (logs in {args.workdir})", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
