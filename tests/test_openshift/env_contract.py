@@ -80,7 +80,8 @@ CONTAINERS: dict[str, ContainerEnv] = {
     ),
     "dashboard": ContainerEnv(
         package="nlp_consumer",
-        reads=frozenset({"NLP_GROUP_ID", "NLP_OUTPUT_TOPIC", *KAFKA_CLIENT}),
+        # No group id: each dashboard instance makes its own, so every instance sees every call.
+        reads=frozenset({"DASHBOARD_HOST", "DASHBOARD_PORT", "DASHBOARD_TOPIC", *KAFKA_CLIENT}),
         command_words=("--dashboard",),
     ),
     "simulator": ContainerEnv(
@@ -98,6 +99,7 @@ TOPICS = {
     "KAFKA_TOPIC": "transcripts.v1",
     "NLP_INPUT_TOPIC": "transcripts.v1",
     "NLP_OUTPUT_TOPIC": "transcripts.enriched.v1",
+    "DASHBOARD_TOPIC": "transcripts.enriched.v1",
     "NLP_DLQ_TOPIC": "transcripts.dlq.v1",
 }
 # Every topic the Strimzi overlays create: the above plus the decoder's partial results.

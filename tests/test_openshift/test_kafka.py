@@ -22,8 +22,11 @@ NEEDS = {
         ("NLP_OUTPUT_TOPIC", "topic", "Write"),
         ("NLP_DLQ_TOPIC", "topic", "Write"),
     },
-    "dashboard": {("NLP_OUTPUT_TOPIC", "topic", "Read"), ("NLP_GROUP_ID", "group", "Read")},
+    "dashboard": {("DASHBOARD_TOPIC", "topic", "Read")},
 }
+# Every dashboard instance reads with a group of its own (``dashboard-<host>-<uuid>``), so it sees
+# every call; its user may read groups with this prefix and no others.
+DASHBOARD_GROUPS = ("group", "dashboard-", "Read")
 
 
 def decoder_default(field: str) -> Any:
@@ -151,8 +154,16 @@ def test_acls_grant_what_each_client_does_and_no_more(strimzi: Manifests) -> Non
             for acl in acls
             for operation in acl["operations"]
         }
-        assert all(acl["resource"].get("patternType", "literal") == "literal" for acl in acls)
+        prefixed = {
+            (acl["resource"]["type"], acl["resource"]["name"], op)
+            for acl in acls
+            if acl["resource"].get("patternType", "literal") != "literal"
+            for op in acl["operations"]
+        }
+        assert prefixed == ({DASHBOARD_GROUPS} if name == "dashboard" else set()), name
         needed = {(kind, env[variable], operation) for variable, kind, operation in NEEDS[name]}
+        if name == "dashboard":
+            needed.add(DASHBOARD_GROUPS)
         described = {("topic", topic, "Describe") for kind, topic, _ in needed | granted if kind == "topic"}
         assert needed <= granted, name
         assert granted <= needed | described | EXTRA_GRANTS.get(name, set()), name

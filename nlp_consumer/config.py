@@ -1,0 +1,205 @@
+"""Typed settings of the consumer and the dashboard, read once from the environment at the entry point.
+
+Nothing below the entry points reads the environment: ``load_consumer_settings(env)`` and
+``load_dashboard_settings(env)`` turn a mapping into frozen objects (``ConfigError`` names the
+variable on bad input). Broker variables are the decoder's standard ``KAFKA_*`` ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from nlp_consumer.errors import ConfigError
+
+T = TypeVar("T")
+
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+INPUT_TOPIC = "transcripts.v1"
+OUTPUT_TOPIC = "transcripts.enriched.v1"
+DLQ_TOPIC = "transcripts.dlq.v1"
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSettings:
+    """Connection and security properties shared by every client of a process."""
+
+    bootstrap_servers: str
+    security_protocol: str | None = None
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    session_timeout_ms: int = 10_000
+
+    def client_config(self, client_id: str) -> dict[str, Any]:
+        optional = {
+            "security.protocol": self.security_protocol,
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password,
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+        }
+        base = {"bootstrap.servers": self.bootstrap_servers, "client.id": client_id}
+        return base | {k: v for k, v in optional.items() if v is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSettings:
+    """``model`` None means the model ``python -m nlp_consumer.train`` builds into ``cache_dir``."""
+
+    model: str | None = None
+    neutral_band: float = 0.3
+    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "nlp_consumer")
+    torch_threads: int = 0  # 0: torch's default
+    explain_top_k: int = 5
+    keyword_limit: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSettings:
+    kafka: KafkaSettings
+    model: ModelSettings
+    group_id: str = "nlp-consumer"
+    input_topic: str = INPUT_TOPIC
+    output_topic: str = OUTPUT_TOPIC
+    dlq_topic: str = DLQ_TOPIC
+    batch_size: int = 32
+    batch_ms: int = 500
+    metrics_port: int = 9108  # 0: no metrics endpoint
+    delivery_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class DashboardSettings:
+    kafka: KafkaSettings
+    topic: str = OUTPUT_TOPIC
+    group_id: str = field(default_factory=lambda: f"dashboard-{socket.gethostname()}-{uuid.uuid4().hex[:12]}")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    expire_s: float = 120.0
+    max_calls: int = 1000
+    max_turns: int = 200
+    push_ms: int = 500
+
+
+class _Reader:
+    """Typed look-ups of one environment mapping; errors name the variable."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def text(self, name: str, default: str | None = None) -> str | None:
+        value = self.env.get(name, "").strip()
+        return value or default
+
+    def required(self, name: str) -> str:
+        value = self.text(name)
+        if value is None:
+            raise ConfigError(f"{name} is not set")
+        return value
+
+    def number(self, name: str, default: T, kind: Callable[[str], T], low: float, high: float) -> T:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ConfigError(f"{name}: expected {kind.__name__}, got {raw!r}") from None
+        if not low <= float(value) <= high:  # type: ignore[arg-type]
+            raise ConfigError(f"{name}: {raw} is outside {low:g} … {high:g}")
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = (self.text(name) or "").lower()
+        if not raw:
+            return default
+        if raw in TRUE_WORDS | FALSE_WORDS:
+            return raw in TRUE_WORDS
+        raise ConfigError(f"{name}: expected true or false, got {raw!r}")
+
+
+def load_kafka_settings(env: Mapping[str, str], session_timeout_name: str) -> KafkaSettings:
+    read = _Reader(env)
+    password = read.text("KAFKA_SASL_PASSWORD")
+    password_file = read.text("KAFKA_SASL_PASSWORD_FILE")
+    if password_file is not None:
+        try:
+            password = Path(password_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"KAFKA_SASL_PASSWORD_FILE: {exc.strerror or exc}") from None
+    return KafkaSettings(
+        bootstrap_servers=read.required("KAFKA_BOOTSTRAP_SERVERS"),
+        security_protocol=read.text("KAFKA_SECURITY_PROTOCOL"),
+        sasl_mechanism=read.text("KAFKA_SASL_MECHANISM"),
+        sasl_username=read.text("KAFKA_SASL_USERNAME"),
+        sasl_password=password,
+        ssl_ca_location=read.text("KAFKA_SSL_CA_LOCATION"),
+        ssl_certificate_location=read.text("KAFKA_SSL_CERTIFICATE_LOCATION"),
+        ssl_key_location=read.text("KAFKA_SSL_KEY_LOCATION"),
+        session_timeout_ms=read.number(session_timeout_name, 10_000, int, 1000, 300_000),
+    )
+
+
+def load_model_settings(env: Mapping[str, str]) -> ModelSettings:
+    read = _Reader(env)
+    defaults = ModelSettings()
+    cache = read.text("NLP_CACHE_DIR")
+    return ModelSettings(
+        model=read.text("SENTIMENT_MODEL"),
+        neutral_band=read.number("SENTIMENT_NEUTRAL_BAND", defaults.neutral_band, float, 0.0, 1.0),
+        cache_dir=Path(cache).expanduser() if cache else defaults.cache_dir,
+        torch_threads=read.number("NLP_TORCH_THREADS", 0, int, 0, 256),
+        explain_top_k=read.number("NLP_EXPLAIN_TOP_K", defaults.explain_top_k, int, 0, 50),
+        keyword_limit=read.number("NLP_KEYWORDS", defaults.keyword_limit, int, 0, 20),
+    )
+
+
+def load_consumer_settings(env: Mapping[str, str]) -> ConsumerSettings:
+    read = _Reader(env)
+    defaults = ConsumerSettings(KafkaSettings(""), ModelSettings())
+    settings = ConsumerSettings(
+        kafka=load_kafka_settings(env, "NLP_SESSION_TIMEOUT_MS"),
+        model=load_model_settings(env),
+        group_id=read.text("NLP_GROUP_ID", defaults.group_id) or defaults.group_id,
+        input_topic=read.text("NLP_INPUT_TOPIC", INPUT_TOPIC) or INPUT_TOPIC,
+        output_topic=read.text("NLP_OUTPUT_TOPIC", OUTPUT_TOPIC) or OUTPUT_TOPIC,
+        dlq_topic=read.text("NLP_DLQ_TOPIC", DLQ_TOPIC) or DLQ_TOPIC,
+        batch_size=read.number("NLP_BATCH_SIZE", defaults.batch_size, int, 1, 10_000),
+        batch_ms=read.number("NLP_BATCH_MS", defaults.batch_ms, int, 1, 600_000),
+        metrics_port=read.number("NLP_METRICS_PORT", defaults.metrics_port, int, 0, 65535),
+        delivery_timeout_s=read.number("NLP_DELIVERY_TIMEOUT_S", defaults.delivery_timeout_s, float, 1, 3600),
+    )
+    topics = {settings.input_topic, settings.output_topic, settings.dlq_topic}
+    if len(topics) != 3:
+        raise ConfigError("NLP_INPUT_TOPIC, NLP_OUTPUT_TOPIC and NLP_DLQ_TOPIC must differ")
+    return settings
+
+
+def load_dashboard_settings(env: Mapping[str, str]) -> DashboardSettings:
+    read = _Reader(env)
+    defaults = DashboardSettings(KafkaSettings(""))
+    topic = read.text("DASHBOARD_TOPIC") or read.text("NLP_OUTPUT_TOPIC") or OUTPUT_TOPIC
+    return dataclasses.replace(
+        defaults,
+        kafka=load_kafka_settings(env, "DASHBOARD_SESSION_TIMEOUT_MS"),
+        topic=topic,
+        group_id=read.text("DASHBOARD_GROUP_ID") or defaults.group_id,
+        host=read.text("DASHBOARD_HOST", defaults.host) or defaults.host,
+        port=read.number("DASHBOARD_PORT", defaults.port, int, 0, 65535),
+        expire_s=read.number("DASHBOARD_EXPIRE_S", defaults.expire_s, float, 1, 86_400),
+        max_calls=read.number("DASHBOARD_MAX_CALLS", defaults.max_calls, int, 1, 100_000),
+        max_turns=read.number("DASHBOARD_MAX_TURNS", defaults.max_turns, int, 1, 10_000),
+        push_ms=read.number("DASHBOARD_PUSH_MS", defaults.push_ms, int, 50, 10_000),
+    )

@@ -1,0 +1,241 @@
+// Live calls dashboard: server-sent events in, a table of calls and one call's detail out.
+// Updates arrive coalesced from the server and are applied at most once per animation frame.
+"use strict";
+
+const LABELS = ["POSITIVE", "NEUTRAL", "NEGATIVE"];
+const COLORS = { POSITIVE: "#16a34a", NEUTRAL: "#64748b", NEGATIVE: "#dc2626" };
+const calls = new Map(); // id -> summary
+const rows = new Map(); // id -> <tr>
+let selected = null;
+let clockSkewMs = 0; // server clock - browser clock
+let pending = null; // {reset, calls: Map, removed: Set}
+let detailLoading = false;
+let detailStale = false;
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value;
+    else if (key === "style") node.setAttribute("style", value);
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  return node;
+}
+
+function svg(tag, attrs = {}) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+  return node;
+}
+
+function ago(ms) {
+  const s = Math.max(0, Math.round((Date.now() + clockSkewMs - ms) / 1000));
+  if (s < 60) return `${s} s ago`;
+  const m = Math.floor(s / 60);
+  return `${m} min ${s % 60} s ago`;
+}
+
+// --- incoming events ------------------------------------------------------------------------
+
+function queue(reset, changed, removed) {
+  if (!pending || reset) pending = { reset, calls: new Map(), removed: new Set() };
+  for (const call of changed) { pending.calls.set(call.id, call); pending.removed.delete(call.id); }
+  for (const id of removed) { pending.calls.delete(id); pending.removed.add(id); }
+  requestAnimationFrame(flush);
+}
+
+function connect() {
+  const source = new EventSource("/api/stream");
+  source.addEventListener("snapshot", (event) => {
+    const data = JSON.parse(event.data);
+    clockSkewMs = data.now_ms - Date.now();
+    $("topic").textContent = data.topic || "";
+    setConnection("live");
+    queue(true, data.calls, []);
+  });
+  source.addEventListener("update", (event) => {
+    const data = JSON.parse(event.data);
+    clockSkewMs = data.now_ms - Date.now();
+    queue(false, data.calls, data.removed);
+  });
+  source.onopen = () => setConnection("live");
+  source.onerror = () => setConnection("offline"); // EventSource reconnects by itself
+}
+
+function setConnection(state) {
+  const conn = $("conn");
+  conn.dataset.state = state;
+  conn.textContent = state === "live" ? "live" : state === "offline" ? "reconnecting" : "connecting";
+}
+
+// --- table ----------------------------------------------------------------------------------
+
+function flush() {
+  if (!pending) return;
+  const { reset, calls: changed, removed } = pending;
+  pending = null;
+  const body = $("call-rows");
+  if (reset) {
+    for (const id of [...calls.keys()]) if (!changed.has(id)) removeCall(id);
+  }
+  for (const id of removed) removeCall(id);
+  for (const call of changed.values()) {
+    const known = calls.has(call.id);
+    calls.set(call.id, call);
+    let row = rows.get(call.id);
+    if (!row) {
+      row = el("tr", { "data-call-id": call.id });
+      row.addEventListener("click", () => select(call.id));
+      rows.set(call.id, row);
+    }
+    fillRow(row, call);
+    if (known && !reset) { row.classList.remove("flash"); void row.offsetWidth; row.classList.add("flash"); }
+    if (call.id === selected) loadDetail();
+  }
+  if (changed.size) order(body);
+  updateCounts();
+}
+
+// The most recently active call on top; rows already in place are not touched.
+function order(body) {
+  const sorted = [...calls.values()].sort((a, b) => b.last_seen_ms - a.last_seen_ms || (a.id < b.id ? -1 : 1));
+  let cursor = body.firstChild;
+  for (const call of sorted) {
+    const row = rows.get(call.id);
+    if (row === cursor) cursor = cursor.nextSibling;
+    else body.insertBefore(row, cursor);
+  }
+}
+
+function removeCall(id) {
+  calls.delete(id);
+  const row = rows.get(id);
+  if (row) row.remove();
+  rows.delete(id);
+  if (id === selected) closeDetail();
+}
+
+function fillRow(row, call) {
+  const latest = call.latest;
+  row.dataset.label = latest.label;
+  row.classList.toggle("selected", call.id === selected);
+  const meter = el("span", { class: "meter" }, meterBar(latest.polarity, latest.label));
+  row.replaceChildren(
+    el("td", { class: "c-call" }, el("div", { class: "call-id" }, call.id), el("div", { class: "user" }, call.user || "—")),
+    el("td", { class: "c-text" }, latest.text),
+    el("td", { class: "c-sent" }, el("span", { class: `badge ${latest.label}` }, latest.label.toLowerCase()), meter),
+    el("td", { class: "c-keys" }, ...call.keywords.slice(0, 4).map((k) => el("span", { class: "chip" }, k))),
+    el("td", { class: "c-age", "data-seen": call.last_seen_ms }, ago(call.last_seen_ms)),
+  );
+}
+
+function meterBar(polarity, label) {
+  const width = Math.abs(polarity) * 50;
+  const left = polarity >= 0 ? 50 : 50 - width;
+  return el("i", { style: `left:${left}%;width:${Math.max(width, 2)}%;background:${COLORS[label]}` });
+}
+
+function updateCounts() {
+  const counts = { POSITIVE: 0, NEUTRAL: 0, NEGATIVE: 0 };
+  for (const call of calls.values()) counts[call.latest.label] += 1;
+  $("count-all").textContent = calls.size;
+  for (const label of LABELS) $(`count-${label.toLowerCase()}`).textContent = counts[label];
+  $("empty").hidden = calls.size > 0;
+}
+
+function tickAges() {
+  for (const cell of document.querySelectorAll("td.c-age")) cell.textContent = ago(Number(cell.dataset.seen));
+}
+
+// --- one call -------------------------------------------------------------------------------
+
+function select(id) {
+  selected = id;
+  for (const [rowId, row] of rows) row.classList.toggle("selected", rowId === id);
+  $("detail").hidden = false;
+  document.querySelector(".layout").classList.add("with-detail");
+  loadDetail();
+}
+
+function closeDetail() {
+  selected = null;
+  $("detail").hidden = true;
+  document.querySelector(".layout").classList.remove("with-detail");
+  for (const row of rows.values()) row.classList.remove("selected");
+}
+
+async function loadDetail() {
+  if (detailLoading) { detailStale = true; return; }
+  detailLoading = true;
+  const id = selected;
+  try {
+    const response = await fetch(`/api/calls/${encodeURIComponent(id)}`);
+    if (response.ok && id === selected) renderDetail(await response.json());
+  } finally {
+    detailLoading = false;
+    if (detailStale && selected) { detailStale = false; loadDetail(); }
+  }
+}
+
+function renderDetail(call) {
+  $("detail-title").textContent = call.id;
+  const mean = call.mean_polarity >= 0 ? `+${call.mean_polarity.toFixed(2)}` : call.mean_polarity.toFixed(2);
+  $("detail-sub").textContent = `${call.user || "no user id"} · ${call.turns} turns · mean polarity ${mean}`;
+  $("timeline").replaceChildren(timeline(call.transcript));
+  $("transcript").replaceChildren(...call.transcript.map(turnItem));
+}
+
+function timeline(turns) {
+  const W = 560, H = 180, L = 34, R = 12, T = 12, B = 24;
+  const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "sentiment per turn" });
+  const y = (p) => T + ((1 - p) / 2) * (H - T - B);
+  const x = (i) => L + (turns.length < 2 ? (W - L - R) / 2 : (i * (W - L - R)) / (turns.length - 1));
+  chart.append(svg("rect", { x: L, y: y(1), width: W - L - R, height: y(0) - y(1), fill: "#16a34a", "fill-opacity": 0.05 }));
+  chart.append(svg("rect", { x: L, y: y(0), width: W - L - R, height: y(-1) - y(0), fill: "#dc2626", "fill-opacity": 0.05 }));
+  for (const p of [1, 0.5, 0, -0.5, -1]) {
+    chart.append(svg("line", { class: p === 0 ? "axis" : "grid", x1: L, x2: W - R, y1: y(p), y2: y(p) }));
+    const label = svg("text", { x: L - 6, y: y(p) + 3, "text-anchor": "end" });
+    label.textContent = p > 0 ? `+${p}` : `${p}`;
+    chart.append(label);
+  }
+  const points = turns.map((t, i) => `${x(i)},${y(t.polarity)}`).join(" ");
+  if (turns.length > 1) chart.append(svg("polyline", { class: "line", points }));
+  turns.forEach((t, i) => {
+    const dot = svg("circle", { cx: x(i), cy: y(t.polarity), r: 5, fill: COLORS[t.label], stroke: "#fff", "stroke-width": 1.5, "data-label": t.label });
+    const tip = svg("title");
+    tip.textContent = `#${t.utterance} ${t.label.toLowerCase()} (${t.polarity.toFixed(2)}): ${t.text}`;
+    dot.append(tip);
+    chart.append(dot);
+    if (turns.length <= 30 || i % Math.ceil(turns.length / 30) === 0) {
+      const tick = svg("text", { x: x(i), y: H - 8, "text-anchor": "middle" });
+      tick.textContent = t.utterance;
+      chart.append(tick);
+    }
+  });
+  return chart;
+}
+
+function turnItem(turn) {
+  const weights = new Map(turn.explanation.map((w) => [w.index, w.weight]));
+  const text = el("div", { class: "text" });
+  turn.text.trim().split(/\s+/).forEach((token, i) => {
+    if (i > 0) text.append(" ");
+    const weight = weights.get(i);
+    if (weight === undefined) { text.append(token); return; }
+    const alpha = (0.18 + Math.min(Math.abs(weight), 1) * 0.55).toFixed(2);
+    text.append(el("mark", {
+      class: `expl ${weight >= 0 ? "w-pos" : "w-neg"}`, style: `--a:${alpha}`,
+      title: `weight ${weight >= 0 ? "+" : ""}${weight.toFixed(2)}`,
+    }, token));
+  });
+  const meta = el("div", { class: "meta" }, el("span", { class: `badge ${turn.label}` }, turn.label.toLowerCase()),
+    ` polarity ${turn.polarity.toFixed(2)}`, turn.keywords.length ? ` · ${turn.keywords.join(", ")}` : "");
+  return el("li", { "data-utterance": turn.utterance }, el("span", { class: "n" }, `#${turn.utterance}`), el("div", {}, text, meta));
+}
+
+$("detail-close").addEventListener("click", closeDetail);
+setInterval(tickAges, 1000);
+connect();

@@ -1,0 +1,178 @@
+"""Three-way sentiment from any Hugging Face sequence-classification sentiment model.
+
+``SentimentAnalyzer`` loads a model directory or a hub id found in the local Hugging Face cache
+(never downloads: ``HF_HUB_OFFLINE=1``, ``local_files_only``). The model's ``id2label`` names
+decide how its scores become a ``Sentiment``:
+
+* three labels named positive / neutral / negative (any case, e.g. ``LABEL_POS`` or ``negative``):
+  the label is the most probable class, polarity = p(positive) − p(negative);
+* two labels named positive / negative (SST-2 style): polarity = p(positive) − p(negative), and the
+  label is NEUTRAL when ``|polarity| < neutral_band``;
+* star ratings (``1 star`` … ``5 stars``): polarity = the expected rating mapped onto [-1, 1], the
+  label as for two labels.
+
+``score`` is the confidence of the label: its probability, or ``1 − |polarity|`` for a NEUTRAL
+that comes from the band. Anything else is refused with ``ModelUnavailable``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nlp_consumer.errors import ModelUnavailable
+
+logger = logging.getLogger(__name__)
+
+POSITIVE, NEUTRAL, NEGATIVE = "POSITIVE", "NEUTRAL", "NEGATIVE"
+_STARS = re.compile(r"^\s*(\d+)\s*stars?\s*$", re.IGNORECASE)
+WEIGHT_FILES = ("config.json", "model.safetensors", "pytorch_model.bin")
+
+
+@dataclass(frozen=True, slots=True)
+class Sentiment:
+    label: str
+    score: float  # confidence of the label, 0 … 1
+    polarity: float  # -1 (negative) … +1 (positive)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "score": round(self.score, 4), "polarity": round(self.polarity, 4)}
+
+
+@dataclass(frozen=True, slots=True)
+class LabelScheme:
+    """How class probabilities become polarity and label; built from a model's ``id2label``."""
+
+    valence: tuple[float, ...]  # per class, -1 … +1
+    neutral_class: int | None  # the NEUTRAL class of a three-way model
+    neutral_band: float
+
+    @classmethod
+    def from_labels(cls, id2label: dict[int, str], neutral_band: float) -> LabelScheme:
+        names = [str(id2label[i]) for i in sorted(id2label)]
+        stars = [_STARS.match(n) for n in names]
+        if len(names) >= 2 and all(stars):
+            counts = [int(m.group(1)) for m in stars if m]
+            low, high = min(counts), max(counts)
+            if high > low:
+                return cls(tuple(2 * (c - low) / (high - low) - 1 for c in counts), None, neutral_band)
+        kinds = [_kind(n) for n in names]
+        polar = {POSITIVE, NEGATIVE}
+        if len(names) == 2 and set(kinds) == polar:
+            return cls(tuple(1.0 if k == POSITIVE else -1.0 for k in kinds), None, neutral_band)
+        if len(names) == 3 and set(kinds) == polar | {NEUTRAL}:
+            valence = tuple({POSITIVE: 1.0, NEGATIVE: -1.0, NEUTRAL: 0.0}[k] for k in kinds if k)
+            return cls(valence, kinds.index(NEUTRAL), neutral_band)
+        raise ModelUnavailable(
+            f"labels {', '.join(names)} do not name a positive/negative (/neutral) sentiment"
+        )
+
+    def sentiment(self, probabilities: Sequence[float]) -> Sentiment:
+        polarity = max(-1.0, min(1.0, sum(p * v for p, v in zip(probabilities, self.valence, strict=True))))
+        if self.neutral_class is not None:
+            best = max(range(len(probabilities)), key=probabilities.__getitem__)
+            label = (
+                NEUTRAL if best == self.neutral_class else (POSITIVE if self.valence[best] > 0 else NEGATIVE)
+            )
+            return Sentiment(label, float(probabilities[best]), polarity)
+        if abs(polarity) < self.neutral_band:
+            return Sentiment(NEUTRAL, 1.0 - abs(polarity), polarity)
+        label = POSITIVE if polarity > 0 else NEGATIVE
+        side = sum(
+            p for p, v in zip(probabilities, self.valence, strict=True) if (v > 0) == (polarity > 0) and v
+        )
+        return Sentiment(label, float(side), polarity)
+
+
+def _kind(name: str) -> str | None:
+    lowered = name.lower()
+    for kind, stem in ((POSITIVE, "pos"), (NEGATIVE, "neg"), (NEUTRAL, "neu")):
+        if stem in lowered:
+            return kind
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyzerInfo:
+    """Which model enriched an event: ``model`` as configured, ``version`` a content hash or revision."""
+
+    model: str
+    version: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"model": self.model, "version": self.version}
+
+
+class SentimentAnalyzer:
+    """Batched sentiment of short texts with one loaded model (thread-confined: one per consumer)."""
+
+    def __init__(
+        self, model: str, neutral_band: float = 0.3, max_length: int = 64, batch_size: int = 64
+    ) -> None:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # models are installed or trained offline, never downloaded
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        self._torch = torch
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
+            self._model = AutoModelForSequenceClassification.from_pretrained(model, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelUnavailable(f"cannot load sentiment model {model}: {first}") from None
+        self._model.eval()
+        self.scheme = LabelScheme.from_labels(dict(self._model.config.id2label), neutral_band)
+        self.info = AnalyzerInfo(model, _version(model, self._model.config))
+        self.max_length = max_length
+        self.batch_size = batch_size
+
+    def analyze(self, texts: Sequence[str]) -> list[Sentiment]:
+        """One ``Sentiment`` per text, in order."""
+        return [self.scheme.sentiment(p) for p in self.probabilities(texts)]
+
+    def polarities(self, texts: Sequence[str]) -> list[float]:
+        return [s.polarity for s in self.analyze(texts)]
+
+    def probabilities(self, texts: Sequence[str]) -> list[list[float]]:
+        """Class probabilities per text; texts of similar length share a forward pass."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        result: list[list[float]] = [[] for _ in texts]
+        with self._torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start : start + self.batch_size]
+                encoded = self._tokenizer(
+                    [texts[i] for i in chunk],
+                    truncation=True,
+                    max_length=self.max_length,
+                    padding=True,
+                    return_tensors="pt",
+                )
+                for i, row in zip(chunk, self._model(**encoded).logits.softmax(-1).tolist(), strict=True):
+                    result[i] = row
+        return result
+
+
+def _version(model: str, config: Any) -> str:
+    """The training key of a model built here, the hub revision, or a hash of the weights."""
+    directory = Path(model)
+    record = directory / "training.json"
+    if record.is_file():
+        return str(json.loads(record.read_text(encoding="utf-8"))["key"])
+    if directory.is_dir():
+        digest = hashlib.sha256()
+        for name in WEIGHT_FILES:
+            if (directory / name).is_file():
+                digest.update((directory / name).read_bytes())
+        return digest.hexdigest()[:16]
+    revision = getattr(config, "_commit_hash", None)
+    return str(revision) if revision else "unknown"

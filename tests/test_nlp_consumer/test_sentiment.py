@@ -1,0 +1,91 @@
+"""Label schemes of any sentiment model, and the trained model on the sample calls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nlp_consumer.errors import ModelUnavailable
+from nlp_consumer.sentiment import LabelScheme, SentimentAnalyzer
+from nlp_consumer.train import base_model_dir
+from tests.test_nlp_consumer.conftest import Turn
+
+
+def test_two_label_model_gets_a_neutral_band() -> None:
+    scheme = LabelScheme.from_labels({0: "NEGATIVE", 1: "POSITIVE"}, neutral_band=0.3)
+    positive = scheme.sentiment([0.1, 0.9])
+    assert (positive.label, round(positive.polarity, 2), round(positive.score, 2)) == ("POSITIVE", 0.8, 0.9)
+    neutral = scheme.sentiment([0.45, 0.55])
+    assert (neutral.label, round(neutral.polarity, 2), round(neutral.score, 2)) == ("NEUTRAL", 0.1, 0.9)
+    assert scheme.sentiment([0.8, 0.2]).label == "NEGATIVE"
+
+
+def test_three_label_model_maps_labels_by_name_in_any_order() -> None:
+    scheme = LabelScheme.from_labels({0: "positive", 1: "negative", 2: "neutral"}, neutral_band=0.3)
+    assert scheme.sentiment([0.2, 0.1, 0.7]).label == "NEUTRAL"
+    result = scheme.sentiment([0.1, 0.6, 0.3])
+    assert (result.label, round(result.polarity, 2), result.score) == ("NEGATIVE", -0.5, 0.6)
+
+
+def test_star_ratings_become_polarity() -> None:
+    scheme = LabelScheme.from_labels(
+        {i: f"{i + 1} star{'s' if i else ''}" for i in range(5)}, neutral_band=0.3
+    )
+    assert scheme.sentiment([0, 0, 0, 0, 1.0]).polarity == 1.0
+    assert scheme.sentiment([0, 0, 1.0, 0, 0]).label == "NEUTRAL"
+    assert scheme.sentiment([0.9, 0.1, 0, 0, 0]).label == "NEGATIVE"
+
+
+@pytest.mark.parametrize("labels", [{0: "LABEL_0", 1: "LABEL_1"}, {0: "joy", 1: "anger", 2: "fear"}])
+def test_models_that_are_not_sentiment_classifiers_are_refused(labels: dict[int, str]) -> None:
+    with pytest.raises(ModelUnavailable, match="do not name"):
+        LabelScheme.from_labels(labels, neutral_band=0.3)
+
+
+@pytest.fixture(scope="module")
+def sst2_style_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny randomly initialised two-label (NEGATIVE/POSITIVE) model directory, built offline."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    directory = tmp_path_factory.mktemp("sst2-style")
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        id2label={0: "NEGATIVE", 1: "POSITIVE"},
+        label2id={"NEGATIVE": 0, "POSITIVE": 1},
+    )
+    BertForSequenceClassification(config).save_pretrained(str(directory))
+    AutoTokenizer.from_pretrained(str(base_model_dir())).save_pretrained(str(directory))
+    return directory
+
+
+def test_analyzer_loads_any_model_directory(sst2_style_model: Path) -> None:
+    analyzer = SentimentAnalyzer(str(sst2_style_model), neutral_band=0.3)
+    results = analyzer.analyze(["what a lovely day", "terrible", "the box is on the table"])
+    assert len(results) == 3
+    for result in results:
+        assert -1 <= result.polarity <= 1 and 0 <= result.score <= 1
+        assert result.label == "NEUTRAL" if abs(result.polarity) < 0.3 else result.label != "NEUTRAL"
+    assert analyzer.info.model == str(sst2_style_model) and len(analyzer.info.version) == 16
+
+
+def test_analyzer_says_in_one_line_what_is_missing(tmp_path: Path) -> None:
+    with pytest.raises(ModelUnavailable, match="cannot load sentiment model") as caught:
+        SentimentAnalyzer(str(tmp_path / "nowhere"))
+    assert "\n" not in caught.value.message
+
+
+@pytest.mark.timeout(1800)
+def test_trained_model_agrees_with_the_intended_labels_of_the_sample_calls(
+    trained_model: Path, manifest_turns: list[Turn]
+) -> None:
+    analyzer = SentimentAnalyzer(str(trained_model))
+    labels = [s.label for s in analyzer.analyze([t.text for t in manifest_turns])]
+    agree = sum(label == t.sentiment for label, t in zip(labels, manifest_turns, strict=True))
+    assert agree / len(manifest_turns) >= 0.8, list(
+        zip(labels, [t.sentiment for t in manifest_turns], strict=True)
+    )
