@@ -1,0 +1,1 @@
+"""Benchmarks: each module measures one thing and writes its results under ``bench/results/``."""
