@@ -246,7 +246,8 @@ class VoskRecognizer:
             finals = self._finals(self._kaldi.Result())
             self._new_utterance()
             return finals
-        self._partial = str(json.loads(self._kaldi.PartialResult()).get("partial", ""))
+        if self._options.partials:
+            self._partial = str(json.loads(self._kaldi.PartialResult()).get("partial", ""))
         return []
 
     def partial(self) -> str:
