@@ -210,6 +210,7 @@ def decoder_env(bootstrap: str, topic: str, outbox_dir: Path, **settings: str) -
         "DECODER_ENGINE": "vosk",
         "DECODER_MODEL": "ko",
         "DECODER_POOL_WARM": "1",
+        "DECODER_SESSION_RATE_PER_MIN": "0",
         "DECODER_OUTBOX_DIR": str(outbox_dir),
     }
     return env | {f"DECODER_{k.upper()}": v for k, v in settings.items()}
