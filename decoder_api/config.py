@@ -149,7 +149,10 @@ def build(cls: type[T], values: Mapping[str, Any], prefix: str) -> T:
             kwargs[f.name] = build(hint, values, prefix=f"{key}_")  # type: ignore[arg-type]
         elif key in values:
             kwargs[f.name] = convert(values[key], hint, name=key)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # a settings class's own range checks
+        raise ConfigError(f"{ENV_PREFIX}{prefix.upper()}*: {exc}") from exc
 
 
 def convert(value: Any, hint: Any, name: str) -> Any:
@@ -169,7 +172,10 @@ def _from_string(value: str, hint: Any) -> Any:
     if hint is bool:
         return parse_bool(value)
     if hint is Path:
-        return Path(value).expanduser()
+        try:
+            return Path(value).expanduser()
+        except RuntimeError as exc:  # ~user of an unknown user
+            raise ValueError(str(exc)) from None
     if typing.get_origin(hint) is tuple:
         return tuple(v.strip() for v in value.split(",") if v.strip())
     if hint in (int, float, str):

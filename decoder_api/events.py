@@ -98,7 +98,7 @@ def _dumps(document: Mapping[str, Any]) -> bytes:
 def _loads(data: bytes | str) -> Any:
     try:
         return json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise InvalidEvent(f"not UTF-8 JSON: {exc}") from None
 
 

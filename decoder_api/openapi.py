@@ -60,6 +60,11 @@ ERROR_RESPONSES: dict[int, tuple[str, str]] = {
         "Unprocessable",
         "The options cannot be applied: `unsupported_sample_rate` (model or session), `invalid_options`",
     ),
+    429: (
+        "TooManyRequests",
+        "Slow down: `rate_limited` (this client opened too many sessions in the last minute) or "
+        "`too_many_sessions` (this API key's open sessions are at their limit)",
+    ),
     503: (
         "Unavailable",
         "Try again later: `capacity` (the instance is at its session limit), `not_ready` (the model is "
@@ -70,7 +75,8 @@ ERROR_RESPONSES: dict[int, tuple[str, str]] = {
 
 def error_responses() -> dict[str, Schema]:
     responses = {name: json_body(schema("Error"), text) for name, text in ERROR_RESPONSES.values()}
-    responses["Unavailable"]["headers"] = {"Retry-After": ref("headers", "RetryAfter")}
+    for name in ("TooManyRequests", "Unavailable"):
+        responses[name]["headers"] = {"Retry-After": ref("headers", "RetryAfter")}
     return responses
 
 
@@ -207,7 +213,7 @@ def session_paths() -> dict[str, Schema]:
                 KEY_AUTH,
                 {
                     "201": ok("The session and its token", schema("SessionOpened")),
-                    **errors(400, 401, 413, 415, 422, 503),
+                    **errors(400, 401, 413, 415, 422, 429, 503),
                 },
                 operationId="openSession",
                 tags=["sessions"],
@@ -282,7 +288,7 @@ def other_paths() -> dict[str, Schema]:
                 KEY_AUTH,
                 {
                     "200": ok("The transcript", schema("Transcription")),
-                    **errors(400, 401, 413, 415, 422, 503),
+                    **errors(400, 401, 413, 415, 422, 429, 503),
                 },
                 operationId="transcribe",
                 tags=["transcription"],
@@ -307,7 +313,7 @@ def other_paths() -> dict[str, Schema]:
                 KEY_AUTH,
                 {
                     "200": ok("The current utterance's text", schema("DecodeResponse")),
-                    **errors(400, 401, 409, 413, 422, 503),
+                    **errors(400, 401, 409, 413, 422, 429, 503),
                 },
                 operationId="decode",
                 tags=["compatibility"],
@@ -322,7 +328,7 @@ def other_paths() -> dict[str, Schema]:
                     "101": {
                         "description": "Switching Protocols: the stream runs on the socket (see x-websocket)"
                     },
-                    **errors(400, 401),
+                    **errors(400, 401, 429),
                 },
                 operationId="stream",
                 tags=["streaming"],

@@ -62,6 +62,7 @@ class SessionRecord:
     finals: tuple[Final, ...]
     tail: tuple[bytes, ...]
     last_active: float = 0.0
+    created_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +192,7 @@ class RedisRegistry:
             "tail_start": record.tail_start_samples,
             "next_utterance": record.next_utterance,
             "last_active": time.time(),
+            "created_at": record.created_at,
         }
         finals = [json.dumps(final_to_record(f)) for f in record.finals]
         with self._client.pipeline(transaction=True) as pipe:
@@ -328,6 +330,7 @@ def _record(session_id: str, meta: dict[str, str], finals: list[bytes], tail: li
         tail_start_samples=int(meta.get("tail_start", 0)),
         next_utterance=int(meta.get("next_utterance", 0)),
         last_active=float(meta.get("last_active", 0.0)),
+        created_at=float(meta.get("created_at", 0.0)),
         finals=tuple(final_from_record(json.loads(f)) for f in finals),
         tail=tuple(tail),
     )

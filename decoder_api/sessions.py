@@ -318,6 +318,7 @@ class Session:
             next_utterance=len(self.finals),
             finals=tuple(self.finals),
             tail=tuple(self.tail),
+            created_at=self.created_at,
         )
 
     def restore(self, record: SessionRecord) -> list[Final]:
@@ -328,6 +329,7 @@ class Session:
         recognizer = self._open_recognizer()
         recognizer.resume(record.tail_start_samples, record.next_utterance)
         self.finals = list(record.finals)
+        self.created_at = record.created_at or self.created_at
         self._samples = self.tail_start = self._utterance_start = record.tail_start_samples
         replayed: list[Final] = []
         for chunk in record.tail:

@@ -48,7 +48,7 @@ from jsonschema.exceptions import best_match
 
 from decoder_api.auth import bearer
 from decoder_api.engines.base import Final
-from decoder_api.routes.v1 import InvalidRequest, SampleRateMismatch
+from decoder_api.routes.v1 import InvalidRequest, SampleRateMismatch, request_json
 from decoder_api.service import EXTENSION as SERVICE_EXTENSION
 from decoder_api.service import DecoderService, service
 from decoder_api.sessions import Session, SessionConfig, SessionExpired, SessionNotFound, SessionStore
@@ -219,7 +219,7 @@ def answer(partial: str, finals: Sequence[Final], finalized: bool) -> dict[str, 
 
 
 def decode_request(req: Request) -> DecodeRequest:
-    body = req.get_json(force=True, silent=True)
+    body = request_json(req, force=True)
     if not isinstance(body, dict):
         raise InvalidRequest(
             'the body must be a JSON object: {"audio": [...], "sample_rate": 16000, "id": ...}'

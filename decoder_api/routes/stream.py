@@ -39,6 +39,8 @@ Before the upgrade (plain HTTP answers, JSON body)
     * 401 when API keys are configured and none valid was sent, as ``Authorization: Bearer
       <key>`` or, for browsers that cannot set headers on a WebSocket, ``?api_key=<key>``.
     * 400 when the request is not a WebSocket upgrade.
+    * 429 (``rate_limited``, with ``Retry-After``) when this client opened too many streams or
+      sessions in the last minute.
 
 Close codes (after the error reply, if any; the close reason is the error code)
     ====  =====================================================================================
@@ -193,7 +195,7 @@ def parse_command(text: str) -> tuple[str, Any]:
     """A control frame as ``(command, value)``: exactly one of config, eof, reset."""
     try:
         message = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply to parse
         raise InvalidMessage('a text frame must be a JSON object such as {"eof": 1}') from None
     if not isinstance(message, dict):
         raise InvalidMessage('a text frame must be a JSON object such as {"eof": 1}')
@@ -204,7 +206,7 @@ def parse_command(text: str) -> tuple[str, Any]:
     if len(message) != 1:
         raise InvalidMessage("send one command per frame")
     ((command, value),) = message.items()
-    if command != "config" and (isinstance(value, str) or value != 1):
+    if command != "config" and (isinstance(value, str | bool) or value != 1):  # JSON true is not 1
         raise InvalidMessage(f'{command} takes the value 1: {{"{command}": 1}}')
     return command, value
 

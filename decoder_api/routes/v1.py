@@ -10,7 +10,6 @@ from flask import Blueprint, Request, Response, jsonify, request
 
 from decoder_api.audio import chunk_bytes, decode_bytes, iter_chunks
 from decoder_api.auth import authorize_session, bearer, session_token
-from decoder_api.config import parse_bool
 from decoder_api.engines import native_rate_hz
 from decoder_api.engines.base import InvalidAudio
 from decoder_api.errors import DecoderError, EmptyAudio
@@ -39,6 +38,7 @@ FILE_TYPES = frozenset(
     }
 )
 CHUNK_SEQ_HEADER = "X-Chunk-Seq"
+QUERY_BOOLEANS = {"true": True, "false": False}
 SERVER_ONLY_KEYS = frozenset({"model", "engine", "broker", "topic", "model_path", "path"})
 
 SESSION_SCHEMA: dict[str, Any] = {
@@ -142,6 +142,8 @@ def record_snapshot(record: SessionRecord) -> dict[str, Any]:
         "utterances": len(record.finals),
         "transcript": " ".join(f.text for f in record.finals),
         "finals": [final_to_dict(f) for f in record.finals],
+        "created_at": record.created_at,
+        "next_seq": record.next_seq,
     }
 
 
@@ -176,10 +178,11 @@ def transcribe() -> Response:
 
 
 def query_bool(req: Request, name: str) -> bool:
-    try:
-        return parse_bool(req.args.get(name, "false"))
-    except ValueError:
-        raise InvalidRequest(f"query parameter {name} must be true or false") from None
+    """A boolean query parameter, spelled ``true`` or ``false`` as the OpenAPI document says."""
+    value = QUERY_BOOLEANS.get(req.args.get(name, "false"))
+    if value is None:
+        raise InvalidRequest(f"query parameter {name} must be true or false")
+    return value
 
 
 def target_rate(svc: DecoderService) -> int:
@@ -200,10 +203,18 @@ def json_body(req: Request) -> dict[str, Any]:
         return {}
     if not req.is_json:
         raise UnsupportedMediaType("send the session options as application/json")
-    body = req.get_json(silent=True)
+    body = request_json(req)
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object")
     return body
+
+
+def request_json(req: Request, force: bool = False) -> Any:
+    """The parsed JSON body, or None when it is not JSON (including JSON nested too deeply to parse)."""
+    try:
+        return req.get_json(force=force, silent=True)
+    except RecursionError:
+        return None
 
 
 def session_config(body: dict[str, Any]) -> SessionConfig:
