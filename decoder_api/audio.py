@@ -21,6 +21,7 @@ from decoder_api.engines.base import BYTES_PER_SAMPLE, check_pcm
 from decoder_api.errors import EmptyAudio, UnsupportedAudio
 
 MAX_DECODED_SECONDS = 4 * 3600
+MIN_SOURCE_RATE_HZ = 4000  # lower is not speech audio (and would resample into huge arrays)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,8 @@ def _decode_container(container: av.container.InputContainer, rate_hz: int, name
     if not container.streams.audio:
         raise UnsupportedAudio(f"{name}: contains no audio stream")
     stream = container.streams.audio[0]
+    if (stream.codec_context is not None) and (stream.codec_context.sample_rate or 0) < MIN_SOURCE_RATE_HZ:
+        raise UnsupportedAudio(f"{name}: sample rate below {MIN_SOURCE_RATE_HZ} Hz")
     if stream.codec_context is None:  # FFmpeg has no decoder for the codec (e.g. an unknown WAV format tag)
         raise UnsupportedAudio(f"{name}: no decoder for its audio codec")
     samples, source_rate = _decode_mono_float(container, stream)

@@ -56,8 +56,9 @@ Close codes (after the error reply, if any; the close reason is the error code)
     1009  message too big: a frame over ``DECODER_MAX_BODY_BYTES``; sent by the WebSocket layer
           (a client still sending the rest of such a frame may see a reset connection instead).
     1011  internal error: an unexpected failure on the server (logged with its traceback).
-    1013  try again later: the instance is at its session limit (``capacity``) or the model is
-          still loading (``not_ready``); retry, possibly on another instance.
+    1013  try again later: the instance is at its session limit (``capacity``), the API key has
+          its maximum of open sessions (``too_many_sessions``) or the model is still loading
+          (``not_ready``); retry later, possibly on another instance.
     ====  =====================================================================================
 
 The session is flushed (its finals are recorded) and deleted whenever the socket closes, for
@@ -235,7 +236,7 @@ def close_code_for(exc: DecoderError) -> int | None:
         return exc.close_code
     if isinstance(exc, SessionEnded | SessionExpired | ShuttingDown):
         return GOING_AWAY
-    if exc.status == 503:
+    if exc.status in (429, 503):
         return TRY_AGAIN_LATER
     if isinstance(exc, UnsupportedSampleRate | InvalidOptions):
         return POLICY_VIOLATION

@@ -131,3 +131,14 @@ def test_chunking_covers_every_byte_once() -> None:
 def test_pcm_must_be_whole_samples() -> None:
     with pytest.raises(InvalidAudio):
         pcm_to_float(b"\0\0\0")
+
+
+def test_absurdly_low_sample_rates_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "one-hz.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(1)
+        out.writeframes(b"\1\0" * 1000)
+    with pytest.raises(UnsupportedAudio, match="sample rate below"):
+        decode_file(path, 16000)
