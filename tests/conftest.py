@@ -15,8 +15,8 @@ from decoder_api.audio import decode_file
 from decoder_api.engines.models import resolve_model
 from decoder_api.engines.vosk import VoskEngine
 from decoder_api.evaluation import ManifestEntry, load_manifest
-from tests.kafka import ConsumerFactory, TopicFactory, start_broker, start_redis
-from tests.servers import DecoderServer, start_decoder
+from tests.kafka import ConsumerFactory, TopicFactory, start_broker
+from tests.servers import DecoderServer, start_decoder, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"

@@ -82,27 +82,6 @@ def start_broker(log_dir: Path, port: int | None = None) -> Broker:
     return Broker(port, log_dir / f"tansu-{port}.log").start()
 
 
-@dataclass
-class RedisProcess:
-    port: int
-    process: subprocess.Popen[bytes]
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
-
-
-def start_redis(log_dir: Path) -> RedisProcess:
-    port = free_port()
-    server = RedisProcess(port, devstack.start_redis(port, log_dir / f"redis-{port}.log"))
-    devstack.wait_for_redis(server.url, process=server.process)
-    return server
-
-
 class TopicFactory:
     """New topics with unique names on one broker."""
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import requests
 
+from decoder_api import devstack
+
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 120.0
 
@@ -109,42 +111,14 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            cwd=self.workdir,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self._wait_ready()
+        self.process = devstack.start_redis(self.port, self.workdir / f"redis-{self.port}.log")
+        devstack.wait_for_redis(self.url, process=self.process)
         return self
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=30)
-
-    def _wait_ready(self) -> None:
-        import redis
-
-        client = redis.Redis.from_url(self.url, socket_timeout=1)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if client.ping():
-                    return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise TimeoutError("redis-server did not start")
 
 
 def start_redis(workdir: Path) -> RedisServer:
