@@ -40,6 +40,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 
         return dashboard_main([], environment)
     stop = install_stop_signals()
+    # Idle OpenMP threads of the model sleep instead of spinning (read when torch loads): spinning
+    # threads starve the Kafka client's and each other on a busy or CPU-limited node.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         run_consumer(environment, stop)
     except ConfigError as exc:

@@ -5,6 +5,10 @@ word alone is dropped from the sentence, ``polarity(text) − polarity(text with
 positive weights pushed towards POSITIVE and negative ones towards NEGATIVE. In the spirit of
 anchor explanations only the few words that move the decision most are kept (``top_k``, at least
 ``min_weight``). All variants of all sentences of a batch go through the model in one call.
+Grammatical function words (articles, pronouns, prepositions, auxiliaries: ``FUNCTION_WORDS``)
+are not occluded: they never carry the sentiment of a sentence, and skipping them takes about
+half the model work out of an explanation. Negators, intensifiers and politeness words ("not",
+"never", "very", "please", "thanks") are not function words here and are always weighed.
 
 Keywords (``extract_keywords``): a small RAKE (rapid automatic keyword extraction) without any
 language data download. Candidate phrases are the runs of words between stop words and
@@ -52,6 +56,17 @@ STOP_WORDS = frozenset(
 )
 
 
+FUNCTION_WORDS = frozenset(
+    """
+    a an the of to in on at for by with from into onto about as than and or so if then that this these
+    those there here it its it's i i'm i've i'd i'll me my mine myself you you're you've your yours we
+    we're we've our ours us he he's him his she she's her hers they they're they've them their theirs
+    is am are was were be been being do does did have has had having will would shall should can could
+    may might must which who whom whose what when where how
+    """.split()  # noqa: SIM905 (a word list reads better as text)
+)
+
+
 @dataclass(frozen=True, slots=True)
 class WordWeight:
     word: str
@@ -85,7 +100,7 @@ class OcclusionExplainer:
             tokens = text.split()
             for i, token in enumerate(tokens[: self.max_words]):
                 word = _WORD_EDGE.sub("", token)
-                if word:
+                if word and word.lower() not in FUNCTION_WORDS:
                     variants.append(" ".join(tokens[:i] + tokens[i + 1 :]))
                     owners.append((t, i, word))
         weights: list[list[WordWeight]] = [[] for _ in texts]

@@ -29,10 +29,24 @@ def test_occlusion_weights_are_the_polarity_each_word_carries() -> None:
     texts = ["The food was great, the service awful.", "Nothing to see here"]
     explanations = explainer.explain(texts, lexicon_polarity(texts))
 
-    assert calls == [7 + 4]  # every variant of every text in one call
+    # every variant of every text in one call; function words (the, was, to, here) are not occluded
+    assert calls == [4 + 2]
     words = [(w.word, round(w.weight, 2), w.index) for w in explanations[0]]
     assert words == [("awful", -0.9, 6), ("great", 0.8, 3)]
     assert explanations[1] == []  # nothing moves a neutral sentence
+
+
+def test_negators_are_weighed_and_function_words_are_not() -> None:
+    seen: list[str] = []
+
+    def recorded(texts: Sequence[str]) -> list[float]:
+        seen.extend(texts)
+        return lexicon_polarity(texts)
+
+    text = "It was not great at all"
+    [words] = OcclusionExplainer(recorded, top_k=5, min_weight=0.05).explain([text], lexicon_polarity([text]))
+    assert [(w.word, round(w.weight, 2)) for w in words] == [("great", 0.8), ("not", -0.2)]
+    assert seen == ["It was great at all", "It was not at all", "It was not great at"]
 
 
 def test_occlusion_strips_punctuation_from_words_and_keeps_token_positions() -> None:
