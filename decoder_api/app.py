@@ -56,7 +56,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 def build_service(settings: Settings, background: bool) -> DecoderService:
     resolve_model(settings.engine, settings.model, settings.model_dir)  # a missing model fails at start
     metrics = DecoderMetrics()
-    pool = PoolSettings(settings.pool_max_idle, settings.pool_idle_ttl_s, settings.pool_warm)
+    pool = PoolSettings(
+        settings.pool_max_idle,
+        settings.pool_idle_ttl_s,
+        settings.pool_warm,
+        max_audio_s=settings.pool_max_audio_s,
+    )
     loader = EngineLoader(lambda: load_engine(settings), pool)
     limits = SessionLimits(
         max_sessions=settings.max_sessions,
@@ -93,7 +98,11 @@ def build_registry(settings: Settings) -> Registry:
         return LocalRegistry()
     session_ttl_s = settings.session_idle_s * 3 + 60
     return RedisRegistry(
-        settings.redis_url, settings.instance_id, settings.registry_heartbeat_ttl_s, session_ttl_s
+        settings.redis_url,
+        settings.instance_id,
+        settings.registry_heartbeat_ttl_s,
+        session_ttl_s,
+        ssl_ca_certs=settings.redis_ssl_ca_certs,
     )
 
 

@@ -89,12 +89,20 @@ def _add_serve(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
-    """Replace this process with gunicorn: one worker, gthread, settings passed as DECODER_* env."""
+    """Replace this process with gunicorn: one worker, gthread, settings passed as DECODER_* env.
+
+    Kaldi and CTranslate2 allocate from many threads; ``MALLOC_ARENA_MAX=2`` (unless set) keeps
+    glibc from giving each thread an arena that holds on to its own free memory.
+    """
     from decoder_api.engines.models import resolve_model
+    from decoder_api.registry import check_tls
 
     resolve_model(settings.engine, settings.model, settings.model_dir)
+    check_tls(settings.redis_url, settings.redis_ssl_ca_certs)  # a certificate that does not verify
     env = dict(os.environ)
     env.update({f"DECODER_{k.upper()}": str(v) for k, v in _serve_overrides(args).items() if v is not None})
+    # glibc reads this at process start, so gunicorn's raw_env would be too late for it.
+    env.setdefault("MALLOC_ARENA_MAX", "2")
     conf = Path(__file__).resolve().parent / "gunicorn.conf.py"
     argv = [sys.executable, "-m", "gunicorn", "--config", str(conf)]
     os.execve(sys.executable, argv, env)

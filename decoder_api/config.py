@@ -28,7 +28,7 @@ FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
 
 T = TypeVar("T")
 
-UNPREFIXED = {"REDIS_URL": "redis_url"}
+UNPREFIXED = {"REDIS_URL": "redis_url", "REDIS_SSL_CA_CERTS": "redis_ssl_ca_certs"}
 # The standard Kafka client variables, shared with the recorder and the NLP consumer.
 UNPREFIXED |= {
     f"KAFKA_{name.upper()}": f"kafka_{name}"
@@ -96,11 +96,13 @@ class Settings:
     pool_max_idle: int = 8
     pool_idle_ttl_s: float = 600.0
     pool_warm: int = 2
+    pool_max_audio_s: float = 120.0
     # auth: keys from the variable and/or a mounted file (one key per line)
     api_keys: tuple[str, ...] = ()
     api_keys_file: Path | None = None
     # session registry (Redis); none means one instance with nothing shared
     redis_url: str | None = None
+    redis_ssl_ca_certs: Path | None = None  # CA bundle verifying a rediss:// server (else the system's)
     registry_heartbeat_ttl_s: float = 6.0
     # transcript events to Kafka (see publisher.py); no bootstrap servers: publishing disabled
     kafka_bootstrap_servers: str | None = None
@@ -135,7 +137,20 @@ def load_settings(env: Mapping[str, str], overrides: Mapping[str, Any] | None = 
     values = {field: env[name] for name, field in UNPREFIXED.items() if name in env}
     values |= {k[len(ENV_PREFIX) :].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)}
     values.update({k.lower(): v for k, v in (overrides or {}).items() if v is not None})
-    return build(Settings, values, prefix="")
+    settings = build(Settings, values, prefix="")
+    check_redis_tls(settings)
+    return settings
+
+
+def check_redis_tls(settings: Settings) -> None:
+    """A CA file for Redis needs a ``rediss://`` URL and must exist (it is never taken from clients)."""
+    ca_file = settings.redis_ssl_ca_certs
+    if ca_file is None or not settings.redis_url:
+        return
+    if not settings.redis_url.startswith("rediss://"):
+        raise ConfigError("REDIS_SSL_CA_CERTS is set, but REDIS_URL is not a rediss:// (TLS) URL")
+    if not ca_file.is_file():
+        raise ConfigError(f"REDIS_SSL_CA_CERTS: {ca_file} is not a file")
 
 
 def build(cls: type[T], values: Mapping[str, Any], prefix: str) -> T:

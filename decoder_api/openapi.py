@@ -53,6 +53,10 @@ ERROR_RESPONSES: dict[int, tuple[str, str]] = {
     401: ("Unauthorized", "An API key (or the session's token) is required and was missing or not valid"),
     403: ("Forbidden", "The token or API key does not belong to this session"),
     404: ("NotFound", "No such session (`session_not_found`), or it expired (`session_expired`)"),
+    408: (
+        "RequestTimeout",
+        "The request body did not arrive within `DECODER_REQUEST_TIMEOUT_S` (`request_timeout`)",
+    ),
     409: ("Conflict", "The session has ended (`session_ended`) or another request holds it (`session_busy`)"),
     413: ("PayloadTooLarge", "The body is over `DECODER_MAX_BODY_BYTES`"),
     415: ("UnsupportedMediaType", "The Content-Type is not accepted here, or the audio cannot be decoded"),
@@ -213,7 +217,7 @@ def session_paths() -> dict[str, Schema]:
                 KEY_AUTH,
                 {
                     "201": ok("The session and its token", schema("SessionOpened")),
-                    **errors(400, 401, 413, 415, 422, 429, 503),
+                    **errors(400, 401, 408, 413, 415, 422, 429, 503),
                 },
                 operationId="openSession",
                 tags=["sessions"],
@@ -248,7 +252,7 @@ def session_paths() -> dict[str, Schema]:
                 SESSION_AUTH,
                 {
                     "200": ok("The partial and any finals", schema("ChunkResult")),
-                    **errors(400, 401, 403, 404, 409, 413, 415, 422),
+                    **errors(400, 401, 403, 404, 408, 409, 413, 415, 422),
                 },
                 operationId="feedAudio",
                 tags=["sessions"],
@@ -288,7 +292,7 @@ def other_paths() -> dict[str, Schema]:
                 KEY_AUTH,
                 {
                     "200": ok("The transcript", schema("Transcription")),
-                    **errors(400, 401, 413, 415, 422, 429, 503),
+                    **errors(400, 401, 408, 413, 415, 422, 429, 503),
                 },
                 operationId="transcribe",
                 tags=["transcription"],
@@ -313,7 +317,7 @@ def other_paths() -> dict[str, Schema]:
                 KEY_AUTH,
                 {
                     "200": ok("The current utterance's text", schema("DecodeResponse")),
-                    **errors(400, 401, 409, 413, 422, 429, 503),
+                    **errors(400, 401, 408, 409, 413, 422, 429, 503),
                 },
                 operationId="decode",
                 tags=["compatibility"],

@@ -103,10 +103,12 @@ class Outbox(Protocol):
     def close(self) -> None: ...
 
 
-def open_outbox(redis_url: str | None, directory: Path, name: str) -> Outbox:
+def open_outbox(
+    redis_url: str | None, directory: Path, name: str, redis_ca_file: Path | None = None
+) -> Outbox:
     """The Redis outbox when ``redis_url`` is set, else the SQLite journal in ``directory``."""
     if redis_url:
-        return RedisOutbox.connect(redis_url, name)
+        return RedisOutbox.connect(redis_url, name, redis_ca_file)
     return SqliteOutbox.open(directory)
 
 
@@ -292,9 +294,11 @@ class RedisOutbox:
         self._parked = f"{self._stream}:parked"
 
     @classmethod
-    def connect(cls, url: str, name: str) -> RedisOutbox:
+    def connect(cls, url: str, name: str, ca_file: Path | None = None) -> RedisOutbox:
+        """``ca_file`` verifies a ``rediss://`` server (else the system's CA store)."""
+        tls = {} if ca_file is None else {"ssl_ca_certs": str(ca_file)}
         client = redis.Redis.from_url(
-            url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
+            url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30, **tls
         )
         try:
             client.ping()

@@ -74,6 +74,9 @@ UNDELIVERABLE = frozenset(
     {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD}
 )
 UNREACHABLE = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._AUTHENTICATION, KafkaError._SSL})
+# The broker no longer accepts this producer's id/epoch (e.g. it lost its producer state): no
+# retry with the same producer can succeed, a new one (a new producer id) is needed.
+PRODUCER_REJECTED = frozenset({KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
 
 
 class LibrdkafkaLog:
@@ -470,6 +473,8 @@ class TranscriptPublisher:
             if error.code() in UNDELIVERABLE:
                 self._reject(entry_id, error)
             else:
+                if error.code() in PRODUCER_REJECTED:
+                    self._fatal = error  # the relay replaces the producer
                 self._failed(error)
         self._wake.set()
 
@@ -670,7 +675,9 @@ def build_publisher(settings: Settings, registry: CollectorRegistry) -> Transcri
         logger.warning("kafka_publishing_disabled reason=KAFKA_BOOTSTRAP_SERVERS is not set")
         return None
     limits = OutboxLimits(settings.outbox_max_events, settings.outbox_hard_max_events)
-    outbox = open_outbox(settings.redis_url, settings.outbox_dir, settings.outbox_name)
+    outbox = open_outbox(
+        settings.redis_url, settings.outbox_dir, settings.outbox_name, settings.redis_ssl_ca_certs
+    )
     try:
         publisher = TranscriptPublisher(
             config, outbox, PublisherMetrics(registry), limits, settings.kafka_unready_after_s

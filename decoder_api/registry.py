@@ -16,14 +16,19 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
+from decoder_api.config import ConfigError
 from decoder_api.engines.base import Final, Word
 from decoder_api.errors import DecoderError
 
@@ -97,6 +102,10 @@ class Registry(Protocol):
 
     def owner_alive(self, owner: str) -> bool: ...
 
+    def now(self) -> float:
+        """Seconds since the epoch on the registry's clock, the one every instance compares with."""
+        ...
+
     def claim(self, session_id: str, expected_owner: str) -> bool: ...
 
     def remove(self, session_id: str) -> None: ...
@@ -127,6 +136,9 @@ class LocalRegistry:
 
     def owner_alive(self, owner: str) -> bool:
         return True
+
+    def now(self) -> float:
+        return time.time()
 
     def claim(self, session_id: str, expected_owner: str) -> bool:
         return False
@@ -163,14 +175,23 @@ class RedisRegistry:
     shared = True
 
     def __init__(
-        self, url: str, instance_id: str, heartbeat_ttl_s: float, session_ttl_s: float, timeout_s: float = 2.0
+        self,
+        url: str,
+        instance_id: str,
+        heartbeat_ttl_s: float,
+        session_ttl_s: float,
+        timeout_s: float = 2.0,
+        ssl_ca_certs: Path | None = None,
     ) -> None:
         self.instance_id = instance_id
-        self._client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self._client = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **tls_options(ssl_ca_certs)
+        )
         self._heartbeat_ttl_s = heartbeat_ttl_s
         self._session_ttl_ms = int(session_ttl_s * 1000)
         self._claim = self._client.register_script(CLAIM_SCRIPT)
         self._available = True
+        self._clock_offset_s = 0.0  # Redis server time minus this host's wall clock
         self._draining = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -191,7 +212,7 @@ class RedisRegistry:
             "position": record.position_samples,
             "tail_start": record.tail_start_samples,
             "next_utterance": record.next_utterance,
-            "last_active": time.time(),
+            "last_active": self.now(),
             "created_at": record.created_at,
         }
         finals = [json.dumps(final_to_record(f)) for f in record.finals]
@@ -218,7 +239,7 @@ class RedisRegistry:
             fields: dict[Any, Any] = {
                 "next_seq": update.next_seq,
                 "position": update.position_samples,
-                "last_active": time.time(),
+                "last_active": self.now(),
                 "next_utterance": update.next_utterance,
                 "tail_start": update.tail_start_samples,
             }
@@ -241,6 +262,11 @@ class RedisRegistry:
         """True while the owner heartbeats and is not draining."""
         raw = self._run(lambda: self._client.get(f"{PREFIX}instance:{owner}"))
         return raw is not None and not json.loads(raw).get("draining", False)
+
+    def now(self) -> float:
+        """The Redis server's clock (this host's, corrected by the offset measured at each
+        heartbeat): instances whose clocks disagree still agree on how long a call was idle."""
+        return time.time() + self._clock_offset_s
 
     def claim(self, session_id: str, expected_owner: str) -> bool:
         """Atomically take ownership from ``expected_owner``; False if someone else was faster."""
@@ -296,6 +322,13 @@ class RedisRegistry:
         ttl_ms = int(self._heartbeat_ttl_s * 1000)
         with contextlib.suppress(RegistryUnavailable):
             self._run(lambda: self._client.set(f"{PREFIX}instance:{self.instance_id}", value, px=ttl_ms))
+            self._measure_clock()
+
+    def _measure_clock(self) -> None:
+        before = time.time()
+        seconds, microseconds = self._run(self._client.time)
+        after = time.time()
+        self._clock_offset_s = seconds + microseconds / 1e6 - (before + after) / 2
 
     def _expire(self, pipe: Any, session_id: str) -> None:
         key = _key(session_id)
@@ -312,6 +345,55 @@ class RedisRegistry:
             raise RegistryUnavailable("the session registry (Redis) is unreachable") from exc
         self._available = True
         return result
+
+
+def tls_options(ca_file: Path | None) -> dict[str, Any]:
+    """redis-py options for a ``rediss://`` URL: verify the server against ``ca_file`` (if given)."""
+    return {} if ca_file is None else {"ssl_ca_certs": str(ca_file)}
+
+
+def check_tls(url: str | None, ca_file: Path | None, timeout_s: float = 5.0) -> None:
+    """At start-up: a ``rediss://`` server whose certificate does not verify is a ``ConfigError``.
+
+    Only a failed TLS handshake is reported; an unreachable Redis is an outage, which the
+    registry rides out (``/readyz`` degraded) and the outbox reports itself.
+    """
+    if not url or not url.startswith("rediss://"):
+        return
+    client = redis.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        **tls_options(ca_file),
+    )
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        reason = _tls_failure(exc)
+        if reason is not None:
+            hint = (
+                "REDIS_SSL_CA_CERTS"
+                if ca_file is not None
+                else "the system CA store (set REDIS_SSL_CA_CERTS)"
+            )
+            raise ConfigError(
+                f"REDIS_URL: TLS with the Redis server failed ({reason}); checked against {hint}"
+            ) from None
+    finally:
+        client.close()
+
+
+def _tls_failure(exc: BaseException) -> str | None:
+    """The TLS error behind a redis-py error, if that is what it is."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return f"certificate verify failed: {seen.verify_message}"
+        if isinstance(seen, ssl.SSLError):
+            return seen.reason or str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return "TLS handshake failed" if "SSL" in str(exc) else None
 
 
 def _key(session_id: str) -> str:

@@ -67,7 +67,7 @@ class DecoderServer:
             try:
                 if requests.get(f"{self.url}/readyz", timeout=1).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or busy
                 pass
             time.sleep(0.1)
         raise TimeoutError(f"decoder not ready after {READY_TIMEOUT_S} s: {self.log.read_text()[-2000:]}")
