@@ -28,12 +28,19 @@ T = TypeVar("T")
 @dataclass(frozen=True, slots=True)
 class PoolSettings:
     """``max_idle`` recognizers are kept between calls (all option sets together); one unused
-    for ``idle_ttl_s`` is freed; ``warm`` are created and warmed when the pool starts."""
+    for ``idle_ttl_s`` is freed; ``warm`` are created and warmed when the pool starts.
+
+    One that has decoded ``max_audio_s`` of audio in its life is freed instead of reused: a
+    Vosk recognizer's decoding-graph cache grows with every second it decodes (about 60 MiB
+    after 10 s, 150 MiB after 100 s), so without this the pool would bound how many
+    recognizers exist but not how much memory each holds.
+    """
 
     max_idle: int = 8
     idle_ttl_s: float = 600.0
     warm: int = 2
     warm_audio_ms: int = 3000
+    max_audio_s: float = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +57,7 @@ class _Idle:
     recognizer: Recognizer
     options: RecognizerOptions
     since: float
+    audio_s: float  # decoded in its life
 
 
 class RecognizerPool:
@@ -81,7 +89,7 @@ class RecognizerPool:
             with self._lock:
                 self._in_use -= 1
             raise
-        return PooledRecognizer(inner, options, self._give_back)
+        return PooledRecognizer(inner, options, self._give_back, found.audio_s if found else 0.0)
 
     def warm(self, options: RecognizerOptions) -> None:
         """Create ``settings.warm`` recognizers for ``options`` and decode a little audio on each."""
@@ -120,13 +128,16 @@ class RecognizerPool:
                 return self._idle.pop(index)
         return None
 
-    def _give_back(self, recognizer: Recognizer, options: RecognizerOptions, healthy: bool) -> None:
-        reusable = healthy and self._restart(recognizer)
+    def _give_back(
+        self, recognizer: Recognizer, options: RecognizerOptions, healthy: bool, audio_s: float
+    ) -> None:
+        worn = audio_s >= self._settings.max_audio_s
+        reusable = healthy and not worn and self._restart(recognizer)
         evicted: list[_Idle] = []
         with self._lock:
             self._in_use -= 1
             if reusable and not self._closed and self._settings.max_idle > 0:
-                self._idle.append(_Idle(recognizer, options, self._clock()))
+                self._idle.append(_Idle(recognizer, options, self._clock(), audio_s))
                 keep = self._settings.max_idle
                 evicted, self._idle = self._idle[:-keep], self._idle[-keep:]
                 kept = True
@@ -162,18 +173,21 @@ class PooledRecognizer:
         self,
         inner: Recognizer,
         options: RecognizerOptions,
-        give_back: Callable[[Recognizer, RecognizerOptions, bool], None],
+        give_back: Callable[[Recognizer, RecognizerOptions, bool, float], None],
+        audio_s: float = 0.0,
     ) -> None:
         self._inner: Recognizer | None = inner
         self._options = options
         self._give_back = give_back
         self._healthy = True
+        self.audio_s = audio_s  # decoded by the inner recognizer in its life, this borrower included
 
     @property
     def sample_rate_hz(self) -> int:
         return self._options.sample_rate_hz
 
     def accept(self, pcm: bytes) -> list[Final]:
+        self.audio_s += len(pcm) / 2 / self._options.sample_rate_hz
         return self._guarded(lambda r: r.accept(pcm))
 
     def partial(self) -> str:
@@ -194,7 +208,7 @@ class PooledRecognizer:
     def close(self) -> None:
         inner, self._inner = self._inner, None
         if inner is not None:
-            self._give_back(inner, self._options, self._healthy)
+            self._give_back(inner, self._options, self._healthy, self.audio_s)
 
     def _guarded(self, call: Callable[[Recognizer], T]) -> T:
         if self._inner is None:

@@ -6,7 +6,7 @@ import pytest
 
 from decoder_api.audio import iter_chunks
 from decoder_api.engines.base import InvalidAudio, RecognizerOptions
-from decoder_api.engines.pool import PoolSettings, RecognizerPool
+from decoder_api.engines.pool import PoolSettings, PoolStats, RecognizerPool
 from decoder_api.engines.vosk import VoskEngine
 from decoder_api.engines.whisper import WhisperEngine
 from decoder_api.transcripts import stream_pcm
@@ -140,3 +140,19 @@ def data_pcm() -> bytes:
     from tests.conftest import DATA
 
     return decode_file(DATA / "librivox-0930.wav", RATE_HZ).pcm
+
+
+def test_a_recognizer_worn_by_audio_is_freed_not_reused(
+    vosk_engine: VoskEngine, korean_call: SpokenCall
+) -> None:
+    """Its decoding-graph cache grows with the audio it decodes, so reuse is bounded by audio."""
+    pool = RecognizerPool(vosk_engine, PoolSettings(warm=0, max_audio_s=1.0))
+    short = pool.acquire(OPTIONS)
+    short.accept(korean_call.pcm[:6400])  # 0.2 s
+    short.close()
+    assert pool.stats().idle == 1
+    worn = pool.acquire(OPTIONS)
+    assert worn.audio_s == pytest.approx(0.2)
+    worn.accept(korean_call.pcm[: RATE_HZ * 2])  # 1 s more
+    worn.close()
+    assert pool.stats() == PoolStats(idle=0, in_use=0, hits=1, misses=1, discarded=0)
