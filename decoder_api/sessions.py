@@ -145,6 +145,16 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class _Mark:
+    """Where a session stood before an operation, to go back to when its finals are refused."""
+
+    samples: int
+    utterance_start: int
+    next_seq: int
+    finals: int
+
+
 class Session:
     """One call: its recognizer, finals so far and clocks, guarded by ``lock``."""
 
@@ -217,11 +227,12 @@ class Session:
         """Decode one chunk (caller holds the lock)."""
         recognizer = self._open_recognizer()
         self.last_active = self._clock()
+        before = self._mark()
         finals = recognizer.accept(pcm)
         self._samples += len(pcm) // 2
         finals += self._enforce_utterance_limit(recognizer, finals)
         self.next_seq += 1
-        self._record(finals)
+        self._record(finals, undo=before)
         self._track_tail(pcm, clear=bool(finals), finals=finals)
         partial = recognizer.partial()
         if self._on_partial is not None and partial and partial != self._last_partial:
@@ -252,10 +263,11 @@ class Session:
 
     def finalize(self) -> list[Final]:
         """Finalise the open utterance now; the stream stays open for the next one (caller holds the lock)."""
+        before = self._mark()
         finals = self._open_recognizer().flush()
         self._utterance_start = self._samples
         self.last_active = self._clock()
-        self._record(finals)
+        self._record(finals, undo=before)
         self._track_tail(b"", clear=True, finals=finals)
         return finals
 
@@ -263,8 +275,9 @@ class Session:
         """Finalise the stream and release the recognizer (caller holds the lock)."""
         if self.state != "open":
             return []
+        before = self._mark()
         finals = self._open_recognizer().flush()
-        self._record(finals)
+        self._record(finals, undo=before)
         self.state = state
         self.last_active = self._clock()
         self.release()
@@ -354,10 +367,42 @@ class Session:
         )
         self._on_chunk(self, update)
 
-    def _record(self, finals: list[Final]) -> None:
+    def _record(self, finals: list[Final], undo: _Mark | None = None) -> None:
+        """Keep and hand on new finals. When the sink refuses them (the outbox cannot journal:
+        disk full, Redis down) and ``undo`` is given, the session goes back to where it was
+        before the operation, so the client's retry decodes the same audio again and no final
+        is lost or skipped."""
         if finals:
             self.finals.extend(finals)
-            self._on_finals(self, finals)
+            try:
+                self._on_finals(self, finals)
+            except Exception:
+                if undo is not None:
+                    self._undo(undo)
+                raise
+
+    def _mark(self) -> _Mark:
+        return _Mark(self._samples, self._utterance_start, self.next_seq, len(self.finals))
+
+    def _undo(self, mark: _Mark) -> None:
+        """Back to ``mark``: the recognizer is rebuilt from the audio since the last final, as a
+        takeover does (exact for Vosk)."""
+        self._samples, self._utterance_start, self.next_seq = (
+            mark.samples,
+            mark.utterance_start,
+            mark.next_seq,
+        )
+        del self.finals[mark.finals :]
+        recognizer = self._open_recognizer()
+        recognizer.resume(self.tail_start, len(self.finals))
+        for chunk in self.tail:
+            recognizer.accept(chunk)
+        logger.warning(
+            "finals_not_journaled session_id=%s next_seq=%d replayed_chunks=%d",
+            self.id,
+            self.next_seq,
+            len(self.tail),
+        )
 
 
 class SessionStore:
@@ -518,7 +563,7 @@ class SessionStore:
             record = None if session_id in local else self._registry.load(session_id)
             if record is None or self._registry.owner_alive(record.owner):
                 continue
-            if time.time() - record.last_active < self._limits.idle_s:
+            if self._registry.now() - record.last_active < self._limits.idle_s:
                 continue
             try:
                 session = self._take_over(session_id)

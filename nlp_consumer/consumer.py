@@ -43,6 +43,9 @@ MIN_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
 CLOSE_TIMEOUT_S = 10.0
 FATAL_CODES = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.TOPIC_AUTHORIZATION_FAILED})
+# The broker no longer accepts the producer's id/epoch (e.g. it lost its producer state): only a
+# new producer (a new producer id) can deliver again.
+PRODUCER_REJECTED = frozenset({KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
 
 
 class DeliveryFailed(NlpError):
@@ -54,10 +57,12 @@ class _Deliveries:
     """Delivery reports of one batch."""
 
     failed: list[str] = field(default_factory=list)
+    producer_rejected: bool = False
 
     def __call__(self, error: KafkaError | None, message: Message) -> None:
         if error is not None:
             self.failed.append(f"{message.topic()}: {error.str()}")
+            self.producer_rejected |= error.code() in PRODUCER_REJECTED
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,17 +112,14 @@ class EnrichmentConsumer:
                 "stats_cb": metrics.on_stats,
             },
         )
-        self._producer = _create(
-            Producer,
-            common
-            | {
-                "acks": "all",
-                "enable.idempotence": True,
-                "linger.ms": 5,
-                "message.timeout.ms": int(settings.delivery_timeout_s * 1000),
-                "partitioner": "murmur2_random",  # the Java client's: same key, same partition
-            },
-        )
+        self._producer_config = common | {
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "message.timeout.ms": int(settings.delivery_timeout_s * 1000),
+            "partitioner": "murmur2_random",  # the Java client's: same key, same partition
+        }
+        self._producer = _create(Producer, self._producer_config)
 
     def run(self, stop: threading.Event) -> None:
         """Consume and enrich until ``stop``; the batch in hand is finished and committed first."""
@@ -222,6 +224,10 @@ class EnrichmentConsumer:
         remaining = self._producer.flush(self.settings.delivery_timeout_s + 5)
         if remaining or deliveries.failed:
             what = deliveries.failed[0] if deliveries.failed else f"{remaining} not acknowledged"
+            if deliveries.producer_rejected:
+                logger.warning("producer_rejected error=%s; creating a new producer", what)
+                self._producer.purge()
+                self._producer = _create(Producer, self._producer_config)
             raise DeliveryFailed(what)
         return len(enriched), len(dead)
 
