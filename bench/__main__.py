@@ -1,0 +1,59 @@
+"""Every benchmark, one after the other: ``python -m bench`` (what ``make bench`` runs).
+
+Each benchmark runs in a process of its own (``python -m bench.<name>``), so no figure carries
+memory or threads left over by the one before; each writes ``<name>.md`` and ``<name>.json`` to
+``--out``. The plot of all of them comes last. A benchmark that fails is reported and the others
+still run; the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "bench" / "results"
+# In order: the engine baseline first, the plot of everything last.
+BENCHMARKS = ("engines", "service", "churn", "memory", "kafka_path", "recovery", "accuracy", "plot")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory")
+    parser.add_argument(
+        "--only", action="append", choices=BENCHMARKS, help="run only this benchmark (repeatable)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    selected = [name for name in BENCHMARKS if not args.only or name in args.only]
+    failed: list[str] = []
+    for name in selected:
+        console.rule(f"bench.{name}")
+        command = [sys.executable, "-m", f"bench.{name}", "--out", str(args.out)]
+        started = time.monotonic()
+        result = subprocess.run([*command, *(["--quick"] if args.quick else [])], cwd=ROOT, check=False)
+        elapsed = time.monotonic() - started
+        if result.returncode:
+            failed.append(name)
+            console.print(f"[red]bench.{name} failed with exit code {result.returncode}[/red]")
+        console.print(f"bench.{name}: {elapsed:.0f} s")
+    if failed:
+        console.print(f"[red]failed: {', '.join(failed)}[/red]")
+        return 1
+    console.print(f"results in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""Accuracy: word error rate per engine, sentiment accuracy, and the sentiment model's build time.
+
+``python -m bench.accuracy`` gathers, without decoding anything again when it can:
+
+* **WER** per engine and per group of ``data/`` (real speech: LibriVox, Moonshine, commands;
+  synthetic speech: the sample calls) from ``engines.json`` written by ``python -m bench.engines``
+  (the file in ``--out``, else the committed one in ``bench/results``; when there is none, that
+  benchmark is run first). Streaming (partials on) beside the offline decode (finals only).
+* **Sentiment accuracy** on the held-out split of the training corpus, from the trained model's
+  ``training.json``, beside the majority-class rate of the same split; and the agreement, turn by
+  turn, of the model's labels with the labels the sample calls were written to carry
+  (``manifest.tsv``), as written and in speech-recogniser style, beside the majority label's share.
+* **Build time** of the sentiment model (``training.json``) beside the time a second
+  ``make install`` spends finding it in the cache (measured here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.figures import Figure, Result, build_result, figure, print_figures, write_result
+from bench.kafka_path import sentiment_model
+from decoder_api.evaluation import load_manifest
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+MANIFEST = ROOT / "data" / "manifest.tsv"
+DEFAULT_OUT = ROOT / "bench" / "results"
+COMMITTED = ROOT / "bench" / "results" / "engines.json"
+GROUP_NAMES = {
+    "overall": "all of data/",
+    "librivox": "LibriVox (real speech)",
+    "moonshine": "Moonshine samples (real speech)",
+    "commands": "commands (real speech)",
+    "calls": "sample calls (synthetic speech)",
+}
+
+
+# --- word error rate ----------------------------------------------------------------------------
+
+
+def engines_report(out: Path, quick: bool) -> tuple[dict[str, Any], str]:
+    """``engines.json`` of ``out`` or the committed one; otherwise run ``bench.engines`` into ``out``."""
+    for path in dict.fromkeys([out / "engines.json", COMMITTED]):
+        if path.is_file():
+            report: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+            return report, str(path)
+    logger.info("no engines.json: running python -m bench.engines first")
+    command = [sys.executable, "-m", "bench.engines", "--out", str(out), *(["--quick"] if quick else [])]
+    subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    report = json.loads((out / "engines.json").read_text(encoding="utf-8"))
+    return report, str(out / "engines.json")
+
+
+def wer_table(report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per engine: model, language, and per group the WER streaming and offline (None: not English)."""
+    table = {}
+    for name, result in report["engines"].items():
+        on, off = result["partials_on"]["wer"], result["partials_off"]["wer"]
+        table[name] = {
+            "model": result["model"],
+            "model_language": result["model_language"],
+            "audio_s": {"overall": result["audio_s"], **result["groups"]},
+            "streaming": on,
+            "offline": off,
+        }
+    return table
+
+
+def wer_figures(table: Mapping[str, Mapping[str, Any]]) -> list[Figure]:
+    figures = []
+    for engine, row in table.items():
+        if row["streaming"] is None:
+            continue
+        for group, wer in row["streaming"].items():
+            offline = (row["offline"] or {}).get(group)
+            figures.append(
+                figure(
+                    f"WER {engine}, {GROUP_NAMES.get(group, group)}",
+                    "%",
+                    wer * 100,
+                    None if offline is None else offline * 100,
+                    "same engine, finals only (offline)",
+                )
+            )
+    return figures
+
+
+# --- sentiment ------------------------------------------------------------------------------------
+
+
+def majority_rate(confusion: Mapping[str, Mapping[str, int]], labels: Sequence[str] = ()) -> float | None:
+    """Accuracy of always answering the most frequent true label (rows of ``confusion``, or of ``labels``)."""
+    totals = [sum(row.values()) for label, row in confusion.items() if not labels or label in labels]
+    return max(totals) / sum(totals) if totals and sum(totals) else None
+
+
+def held_out_scores(block: Mapping[str, Any]) -> dict[str, Any]:
+    """The held-out scores of one text variant of ``training.json``, whichever way it is written.
+
+    Older records hold three-way scores only; newer ones a headline two-label accuracy on the
+    sentences people rated positive or negative (as SST-2) with the three-way scores under
+    ``three_way``. Each accuracy comes with the majority-class rate of the same sentences.
+    """
+    three_way = block.get("three_way", block)
+    confusion = three_way.get("confusion") or {}
+    three_majority = majority_rate(confusion) if confusion else None
+    polar = "three_way" in block
+    return {
+        "accuracy": block["accuracy"],
+        "kind": "positive vs negative" if polar else "three-way",
+        "majority_rate": majority_rate(confusion, ("NEGATIVE", "POSITIVE")) if polar else three_majority,
+        "three_way_accuracy": three_way.get("accuracy"),
+        "three_way_majority_rate": three_majority,
+        "macro_f1": three_way.get("macro_f1"),
+        "pearson": block.get("pearson"),
+    }
+
+
+def call_turns() -> list[tuple[str, str]]:
+    """(text, intended label) of every turn of the sample calls."""
+    return [
+        (e.transcript, e.sentiment)
+        for e in load_manifest(MANIFEST)
+        if e.turn is not None and e.path.stem.startswith("call") and e.sentiment
+    ]
+
+
+def turn_agreement(model: Path, turns: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """The model's labels of the call turns against the intended ones, as written and ASR style."""
+    if "torch" not in sys.modules:  # as the consumer's entry point: idle OpenMP threads sleep, not spin
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from nlp_consumer.config import ModelSettings
+    from nlp_consumer.corpus import asr_style
+    from nlp_consumer.sentiment import SentimentAnalyzer
+
+    analyzer = SentimentAnalyzer(str(model), neutral_band=ModelSettings().neutral_band)
+    intended = [label for _, label in turns]
+    result: dict[str, Any] = {"turns": len(turns), "labels": dict(Counter(intended))}
+    for variant, texts in (
+        ("as_written", [text for text, _ in turns]),
+        ("asr_style", [asr_style(text) for text, _ in turns]),
+    ):
+        labels = [s.label for s in analyzer.analyze(texts)]
+        agree = sum(a == b for a, b in zip(labels, intended, strict=True))
+        result[variant] = {
+            "agreement": agree / len(turns),
+            "disagreements": [
+                {"text": t, "intended": b, "model": a}
+                for t, a, b in zip(texts, labels, intended, strict=True)
+                if a != b
+            ],
+        }
+    result["majority_rate"] = max(Counter(intended).values()) / len(turns)
+    return result
+
+
+def cache_check_s(env: Mapping[str, str]) -> float:
+    """What a second ``make install`` spends deciding the model is built: the cache key, computed."""
+    from nlp_consumer.errors import ModelUnavailable
+    from nlp_consumer.train import default_cache_dir, default_model_dir
+
+    started = time.perf_counter()
+    with contextlib.suppress(ModelUnavailable):  # the key was computed all the same
+        default_model_dir(default_cache_dir(env))
+    return time.perf_counter() - started
+
+
+def sentiment_details(env: Mapping[str, str]) -> dict[str, Any]:
+    model, source = sentiment_model(env)
+    record = json.loads((model / "training.json").read_text(encoding="utf-8"))
+    metrics = record["metrics"]
+    held_out = metrics["held_out"]
+    return {
+        "model_path": str(model),
+        "model_source": source,
+        "model_key": record["key"],
+        "training_config": record["config"],
+        "held_out_sentences": metrics["sentences"],
+        "training_sentences": metrics.get("training_sentences"),
+        "held_out": {variant: held_out_scores(held_out[variant]) for variant in ("as_written", "asr_style")},
+        "training_seconds": metrics.get("training_seconds"),
+        "cache_check_s": cache_check_s(env),
+        "call_turns": turn_agreement(model, call_turns()),
+    }
+
+
+def percent_or_none(rate: float | None) -> float | None:
+    return None if rate is None else rate * 100
+
+
+def sentiment_figures(s: Mapping[str, Any]) -> list[Figure]:
+    figures = []
+    for variant, label in (("asr_style", "ASR style"), ("as_written", "as written")):
+        held = s["held_out"][variant]
+        figures.append(
+            figure(
+                f"Sentiment accuracy, held-out split, {held['kind']} ({label})",
+                "%",
+                held["accuracy"] * 100,
+                percent_or_none(held["majority_rate"]),
+                "majority class",
+                better="higher",
+            )
+        )
+        if held["kind"] != "three-way" and held["three_way_accuracy"] is not None:
+            figures.append(
+                figure(
+                    f"Sentiment accuracy, held-out split, three-way ({label})",
+                    "%",
+                    held["three_way_accuracy"] * 100,
+                    percent_or_none(held["three_way_majority_rate"]),
+                    "majority class",
+                    better="higher",
+                )
+            )
+    turns = s["call_turns"]
+    for variant, label in (("as_written", "as written"), ("asr_style", "ASR style")):
+        figures.append(
+            figure(
+                f"Sentiment agreement with the calls' intended labels ({label})",
+                "%",
+                turns[variant]["agreement"] * 100,
+                turns["majority_rate"] * 100,
+                "majority label",
+                better="higher",
+            )
+        )
+    figures.append(
+        figure(
+            "Sentiment model build time",
+            "s",
+            s["training_seconds"],
+            s["cache_check_s"],
+            "finding it built (a second make install)",
+        )
+    )
+    return figures
+
+
+INTRO = [
+    "Gathered with `python -m bench.accuracy` from the engine benchmark's results and the trained "
+    "sentiment model's record; the call turns are labelled by the model here.",
+]
+
+
+def notes(details: Mapping[str, Any]) -> list[str]:
+    s = details["sentiment"]
+    turns = s["call_turns"]
+    lines = [
+        f"- WER from `{details['engines_json']}` (measured {details['engines_date']}): corpus WER after "
+        "Whisper's English normaliser; *streaming* decodes with partials on, as a live call, *offline* "
+        "with finals only.",
+    ]
+    for engine, row in details["wer"].items():
+        if row["streaming"] is None:
+            lines.append(
+                f"- {engine} ({row['model']}): a {row['model_language']} model; `data/` is English, so it "
+                "has no WER here."
+            )
+    held = s["held_out"]["asr_style"]
+    lines += [
+        f"- Sentiment model `{s['model_key']}` ({s['model_path']}, found by {s['model_source']}): "
+        f"{s['held_out_sentences']} held-out sentences; headline accuracy {held['kind']}"
+        + ("" if held["macro_f1"] is None else f", three-way macro F1 {held['macro_f1']:.3f} (ASR style)")
+        + ("" if held["pearson"] is None else f", Pearson r with the mean human rating {held['pearson']:.3f}")
+        + ". Majority class: always answering the most frequent label of the same sentences.",
+        f"- Call turns: {turns['turns']} turns of `data/call*.wav` "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(turns['labels'].items()))}); "
+        f"{len(turns['as_written']['disagreements'])} disagree as written.",
+        f"- Build time: `training_seconds` of `training.json` (wall clock on the machine that built it, "
+        f"{s['training_sentences']} training sentences); the baseline is computing the cache key "
+        "(reading the corpus and fingerprinting the base model), measured here.",
+    ]
+    return lines
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.accuracy", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="when engines.json must be made, make it quick")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory (bench/results)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logger.setLevel(logging.INFO)
+    report, source = engines_report(args.out, args.quick)
+    wer = wer_table(report)
+    details: dict[str, Any] = {
+        "engines_json": source,
+        "engines_date": report["machine"]["date"],
+        "engines_quick": report["quick"],
+        "wer": wer,
+        "sentiment": sentiment_details(os.environ),
+    }
+    settings = {
+        "engines_json": Path(source).name,
+        "engines_quick": report["quick"],
+        "sentiment_model": details["sentiment"]["model_key"],
+    }
+    result: Result = build_result(
+        "accuracy",
+        "Accuracy: WER and sentiment",
+        args.quick,
+        settings,
+        wer_figures(wer) + sentiment_figures(details["sentiment"]),
+        details,
+    )
+    for path in write_result(result, args.out, INTRO, notes(details)):
+        logger.info("wrote %s", path)
+    print_figures(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""``python -m bench.kafka_path --quick``: a real broker and consumer, both result files written and sane."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.figures import Figure, Result
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    out = tmp_path_factory.mktemp("bench")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.kafka_path", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=540,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done
+
+
+@pytest.fixture(scope="module")
+def result(quick_run: tuple[Path, subprocess.CompletedProcess[str]]) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((quick_run[0] / "kafka_path.json").read_text(encoding="utf-8"))
+    return loaded
+
+
+def test_result_shape(result: dict[str, Any]) -> None:
+    assert set(result) == set(Result.__annotations__)
+    assert result["benchmark"] == "kafka_path"
+    assert result["quick"] is True
+    assert result["machine"]["cores"] >= 1
+    for f in result["figures"]:
+        assert set(f) == set(Figure.__annotations__)
+
+
+def test_every_event_came_out_enriched(result: dict[str, Any]) -> None:
+    details = result["details"]
+    assert details["paced"], "no paced run"
+    for run in details["paced"]:
+        assert run["sent"] > 0
+        assert run["delivered"] == run["sent"]
+        assert run["complete"] is True
+        assert 0 < run["hop_p50_ms"] <= run["hop_p99_ms"]
+        assert 0 < run["enriched_p50_ms"] <= run["enriched_p99_ms"] <= run["enriched_max_ms"]
+    through = details["throughput"]
+    assert through["batches"] >= 2
+    assert through["consumer_events_per_s"] > 0
+    assert through["bare_events_per_s"] > 0
+
+
+def test_figures_carry_their_baselines(result: dict[str, Any]) -> None:
+    by_name = {f["name"]: f for f in result["figures"]}
+    throughput = by_name["Consumer throughput"]
+    assert throughput["ratio"] == pytest.approx(throughput["value"] / throughput["baseline"])
+    assert throughput["target"] == "ratio >= 0.8"
+    assert isinstance(throughput["met"], bool)
+    latency = [f for f in result["figures"] if f["unit"] == "ms"]
+    assert len(latency) == 2 * len(result["details"]["paced"])
+    assert all(f["baseline"] > 0 and f["value"] > 0 for f in latency)
+
+
+def test_markdown_and_terminal_table(
+    quick_run: tuple[Path, subprocess.CompletedProcess[str]], result: dict[str, Any]
+) -> None:
+    out, done = quick_run
+    markdown = (out / "kafka_path.md").read_text(encoding="utf-8")
+    assert "| Consumer throughput |" in markdown
+    assert result["machine"]["cpu"] in markdown
+    assert "Consumer" in done.stdout

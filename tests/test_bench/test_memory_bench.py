@@ -1,0 +1,83 @@
+"""``python -m bench.memory --quick``: served and bare measurements written and sane."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.memory import BareResult, MemoryReport, ServerResult
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    out = tmp_path_factory.mktemp("memory")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.memory", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return out, done
+
+
+@pytest.fixture(scope="module")
+def report(quick_run: tuple[Path, subprocess.CompletedProcess[str]]) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads((quick_run[0] / "memory.json").read_text(encoding="utf-8"))
+    return result
+
+
+def test_report_shape(report: dict[str, Any]) -> None:
+    assert set(report) == set(MemoryReport.__annotations__)
+    assert report["quick"] is True
+    assert report["machine"]["cores"] >= 1
+    assert {(s["engine"], s["pool"]) for s in report["servers"]} == {
+        ("vosk", True),
+        ("vosk", False),
+        ("whisper", True),
+    }
+
+
+def test_server_numbers_are_sane(report: dict[str, Any]) -> None:
+    for server in report["servers"]:
+        assert set(server) == set(ServerResult.__annotations__)
+        assert server["rss_loaded_mib"] > 50
+        assert server["rss_warm_mib"] >= server["rss_loaded_mib"] * 0.9
+        assert server["churn_ratio"] == pytest.approx(server["rss_after_churn_mib"] / server["rss_warm_mib"])
+        assert server["live_sessions"] >= 1
+        assert server["rss_live_mib"] > 0
+        assert server["rss_after_live_closed_mib"] > 0
+
+
+def test_bare_engine_numbers_are_sane(report: dict[str, Any]) -> None:
+    bare = report["bare"]
+    assert [b["variant"] for b in bare] == ["default", "max-active=1000"]
+    for result in bare:
+        assert set(result) == set(BareResult.__annotations__)
+        assert result["rss_model_mib"] > 100
+        assert result["rss_per_recognizer_mib"] > 0
+        assert result["fresh_cpu_s"] > 0
+        assert result["reused_cpu_s"] > 0
+        assert len(result["transcripts"]) == report["sizes"]["recognizers"]
+    assert bare[0]["agreement_wer"] is None
+    assert bare[1]["conf"] == {"max-active": "1000"}
+    assert bare[1]["agreement_wer"] is None or bare[1]["agreement_wer"] >= 0
+
+
+def test_markdown_files_and_terminal_table(
+    quick_run: tuple[Path, subprocess.CompletedProcess[str]], report: dict[str, Any]
+) -> None:
+    out, done = quick_run
+    assert report["machine"]["cpu"] in (out / "memory.md").read_text(encoding="utf-8")
+    findings = (out / "memory-report.md").read_text(encoding="utf-8")
+    assert "## What one recognizer consists of" in findings
+    assert "max-active=1000" in findings
+    assert "Memory of the served decoder" in done.stdout

@@ -1,0 +1,72 @@
+"""``python -m bench.plot``: one panel per readable result file, the others skipped."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench import plot
+from bench.figures import build_result, figure
+from tests.conftest import ROOT
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write_result(directory: Path, name: str) -> None:
+    result = build_result(
+        name,
+        f"Benchmark {name}",
+        True,
+        {"size": 1},
+        [
+            figure("latency", "ms", 120.0, 20.0, "broker hop"),
+            figure(
+                "throughput", "events/s", 30.0, 32.0, "bare", better="higher", target="ratio >= 0.8", met=True
+            ),
+            figure("words lost", "words", 0.0, 0.0, "uninterrupted"),
+            figure("not measured", "s", None, 1.0, "bound"),
+        ],
+        {},
+    )
+    (directory / f"{name}.json").write_text(json.dumps(result), encoding="utf-8")
+
+
+def test_every_readable_result_becomes_a_panel(tmp_path: Path) -> None:
+    write_result(tmp_path, "first")
+    write_result(tmp_path, "second")
+    shutil.copy(ROOT / "bench" / "results" / "engines.json", tmp_path / "engines.json")
+    (tmp_path / "broken.json").write_text("{not json", encoding="utf-8")
+    (tmp_path / "other.json").write_text('{"unrelated": true}', encoding="utf-8")
+    compared = {"title": "Other shape", "comparisons": [{"figure": "rss", "value": 2, "baseline": 1}]}
+    (tmp_path / "shaped.json").write_text(json.dumps(compared), encoding="utf-8")
+
+    found = plot.panels(tmp_path)
+
+    titles = [title for title, _ in found]
+    assert titles == ["Engine baseline", "Benchmark first (quick)", "Benchmark second (quick)", "Other shape"]
+    first = dict(found)["Benchmark first (quick)"]
+    assert [f["name"] for f in first] == ["latency", "throughput", "words lost"]  # no value: not drawn
+    assert [(f["name"], f["ratio"]) for f in dict(found)["Other shape"]] == [("rss", 2.0)]
+
+    assert plot.main(["--out", str(tmp_path)]) == 0
+    image = tmp_path / "bench.png"
+    assert image.read_bytes()[:8] == PNG_MAGIC
+    assert image.stat().st_size > 10_000
+
+
+def test_missing_results_are_an_error_not_a_crash(tmp_path: Path) -> None:
+    assert plot.main(["--out", str(tmp_path)]) == 1
+    assert not (tmp_path / "bench.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "baseline", "expected"),
+    [(120.0, 20.0, (6.0, 1.0)), (0.0, 0.0, (0.0, 0.0)), (3.0, None, (3.0, 0.0))],
+)
+def test_bars_are_relative_to_the_baseline(
+    value: float, baseline: float | None, expected: tuple[float, float]
+) -> None:
+    assert plot.relative(figure("x", "", value, baseline, "b")) == pytest.approx(expected)

@@ -1,0 +1,76 @@
+"""``python -m bench.recovery --quick``: an owner killed mid-call, the call finished by the survivor."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.figures import Figure, Result
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    out = tmp_path_factory.mktemp("bench")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.recovery", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=540,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done
+
+
+@pytest.fixture(scope="module")
+def result(quick_run: tuple[Path, subprocess.CompletedProcess[str]]) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((quick_run[0] / "recovery.json").read_text(encoding="utf-8"))
+    return loaded
+
+
+def test_result_shape(result: dict[str, Any]) -> None:
+    assert set(result) == set(Result.__annotations__)
+    assert result["benchmark"] == "recovery"
+    assert result["quick"] is True
+    assert result["settings"]["heartbeat_ttl_s"] > 0
+    for f in result["figures"]:
+        assert set(f) == set(Figure.__annotations__)
+
+
+def test_the_call_survives_the_kill_without_losing_words(result: dict[str, Any]) -> None:
+    details = result["details"]
+    assert details["expected_finals"], "the uninterrupted decode produced no final"
+    assert details["uninterrupted"]["words_lost"] == 0
+    assert len(details["repetitions"]) == result["settings"]["repetitions"]
+    for repetition in details["repetitions"]:
+        assert repetition["words_lost"] == 0
+        assert repetition["transcript_identical"] is True
+        assert repetition["first_reply_s"] > 0
+        assert repetition["first_partial_s"] >= repetition["first_reply_s"]
+        assert repetition["back_on_schedule_s"] >= 0
+
+
+def test_figures_carry_their_baselines(result: dict[str, Any]) -> None:
+    figures = {f["name"]: f for f in result["figures"]}
+    lost = figures["Words lost per call, max"]
+    assert lost["value"] == 0 and lost["met"] is True
+    first = figures["Kill → first reply of the new owner, median"]
+    assert first["baseline"] == result["settings"]["heartbeat_ttl_s"]
+    assert first["ratio"] == pytest.approx(first["value"] / first["baseline"])
+    summary = result["details"]["summary"]
+    assert summary["first_reply_s_median"] <= summary["first_reply_s_max"]
+
+
+def test_markdown(quick_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    markdown = (quick_run[0] / "recovery.md").read_text(encoding="utf-8")
+    assert "| Words lost per call, max |" in markdown
+    assert "Repetition 1:" in markdown

@@ -1,0 +1,107 @@
+"""``python -m bench.service --quick``: overhead, capacity and peer figures written, shaped and sane."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.service import CapacityResult, EngineReport, OverheadRow, Report, Throughput
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    out = tmp_path_factory.mktemp("bench")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.service", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done
+
+
+@pytest.fixture(scope="module")
+def report(quick_run: tuple[Path, subprocess.CompletedProcess[str]]) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads((quick_run[0] / "service.json").read_text(encoding="utf-8"))
+    return result
+
+
+def test_report_names_the_machine_targets_and_peer(report: dict[str, Any]) -> None:
+    assert set(report) == set(Report.__annotations__)
+    assert report["quick"] is True
+    assert report["chunk_ms"] == 200
+    assert report["targets"] == {"overhead": 0.90, "capacity": 0.85}
+    assert "not installable offline" in report["peer"]
+    assert report["machine"]["usable_cores"] >= 1
+    assert set(report["engines"]) == {"vosk", "whisper"}
+    assert report["profile"] is None  # never in quick runs
+
+
+def assert_throughput(measured: dict[str, Any], bare: dict[str, Any]) -> None:
+    assert set(measured) == set(Throughput.__annotations__)
+    assert measured["throughput"] > 0
+    assert measured["wall_s"] > 0
+    assert measured["errors"] == 0
+    assert measured["ratio"] == pytest.approx(measured["throughput"] / bare["throughput"])
+
+
+@pytest.mark.parametrize("engine", ["vosk", "whisper"])
+def test_overhead_against_the_bare_engine_of_the_same_run(report: dict[str, Any], engine: str) -> None:
+    result = report["engines"][engine]
+    assert set(result) == set(EngineReport.__annotations__)
+    cores = report["machine"]["usable_cores"]
+    assert cores in [row["callers"] for row in result["overhead"]]
+    for row in result["overhead"]:
+        assert set(row) == set(OverheadRow.__annotations__)
+        assert row["bare"]["ratio"] == 1.0
+        for path in ("http", "websocket", "peer"):
+            if path == "peer" and engine != "vosk":
+                assert row["peer"] is None
+                continue
+            assert_throughput(row[path], row["bare"])
+
+
+@pytest.mark.parametrize("engine", ["vosk", "whisper"])
+def test_capacity_against_the_bound(report: dict[str, Any], engine: str) -> None:
+    result = report["engines"][engine]
+    bound = result["bound"]
+    assert bound["bare_rtf"] > 0
+    assert bound["callers"] == pytest.approx(bound["cores"] / bound["bare_rtf"])
+    expected = {"bare_engine", "service_websocket"} | ({"peer_websocket"} if engine == "vosk" else set())
+    assert set(result["capacity"]) == expected
+    for found in result["capacity"].values():
+        assert set(found) == set(CapacityResult.__annotations__)
+        assert found["steps"], "the search probed at least once"
+        assert found["ratio"] == pytest.approx(found["callers"] / bound["callers"])
+        assert found["peak_rss_mib"] > 0
+        for step in found["steps"]:
+            assert step["callers"] >= 1
+            assert 0 <= step["latency_p50_ms"] <= step["latency_p95_ms"] <= step["latency_max_ms"]
+            assert step["first_chunk_p50_ms"] >= 0
+        assert {step["search"] for step in found["steps"]} <= {"latency", "keeping_up"}
+        passed = [s["callers"] for s in found["steps"] if s["passed"] and s["search"] == "latency"]
+        assert found["callers"] == max(passed, default=0)
+        if found["callers_keeping_up"] is not None:  # searched only when no caller met the latency limit
+            assert found["callers"] == 0
+            assert found["callers_keeping_up"] >= 0
+    assert set(result["idle_rss_mib"]) == ({"service", "peer"} if engine == "vosk" else {"service"})
+
+
+def test_markdown_and_terminal_tables(
+    quick_run: tuple[Path, subprocess.CompletedProcess[str]], report: dict[str, Any]
+) -> None:
+    out, done = quick_run
+    markdown = (out / "service.md").read_text(encoding="utf-8")
+    assert report["machine"]["cpu"] in markdown
+    assert "vosk-server design re-implemented in bench/" in markdown
+    assert "| bare-engine bound |" in markdown
+    assert "Ratio to bare" in done.stdout
