@@ -21,7 +21,6 @@ It writes ``churn.md`` and ``churn.json`` to ``--out`` and prints the tables.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -32,9 +31,8 @@ from pathlib import Path
 from typing import TypedDict
 
 from rich.console import Console
-from rich.table import Table
 
-from bench.report import Machine, machine_info, markdown_table
+from bench.report import Machine, machine_info, markdown_table, rich_table, write_outputs
 from bench.server import POOL_OFF, ServedDecoder, served
 from bench.streams import (
     CHUNK_MS,
@@ -376,20 +374,11 @@ def print_tables(report: ChurnReport, console: Console | None = None) -> None:
         ),
         ("Session churn runs", RUN_HEADER, run_rows(report["runs"])),
     ):
-        table = Table(title=title + (" (quick)" if report["quick"] else ""))
-        for column in header:
-            table.add_column(column)
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
+        console.print(rich_table(title + (" (quick)" if report["quick"] else ""), header, rows))
 
 
 def write_report(report: ChurnReport, out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    as_json, as_markdown = out / "churn.json", out / "churn.md"
-    as_json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    as_markdown.write_text(render_markdown(report), encoding="utf-8")
-    return [as_markdown, as_json]
+    return write_outputs(out, "churn", render_markdown(report), report)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 from rich.console import Console
-from rich.table import Table
 
-from bench.report import Machine, machine_info
+from bench.report import Machine, machine_info, rich_table, write_outputs
 
 Better = Literal["lower", "higher"]
 
@@ -154,21 +153,12 @@ def render_markdown(result: Result, intro: Sequence[str], notes: Sequence[str]) 
 
 def write_result(result: Result, out: Path, intro: Sequence[str], notes: Sequence[str]) -> list[Path]:
     """``<benchmark>.json`` and ``<benchmark>.md`` in ``out`` (created when missing)."""
-    out.mkdir(parents=True, exist_ok=True)
-    name = result["benchmark"]
-    as_json, as_markdown = out / f"{name}.json", out / f"{name}.md"
-    as_json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    as_markdown.write_text(render_markdown(result, intro, notes), encoding="utf-8")
-    return [as_markdown, as_json]
+    return write_outputs(out, result["benchmark"], render_markdown(result, intro, notes), result)
 
 
 def print_figures(result: Result, console: Console | None = None) -> None:
-    table = Table(title=result["title"] + (" (quick)" if result["quick"] else ""))
-    for i, header in enumerate(HEADER):
-        table.add_column(header, justify="left" if i in (0, 4) else "right")
-    for row in figure_rows(result["figures"]):
-        table.add_row(*row)
-    (console or Console()).print(table)
+    title = result["title"] + (" (quick)" if result["quick"] else "")
+    (console or Console()).print(rich_table(title, HEADER, figure_rows(result["figures"]), {0, 4}))
 
 
 def percentile(values: Sequence[float], q: float) -> float:

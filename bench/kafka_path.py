@@ -29,7 +29,6 @@ import logging
 import math
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ import requests
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from bench.figures import Figure, Result, build_result, figure, percentile, print_figures, write_result
+from bench.load import stop_group
 from decoder_api import devstack
 from decoder_api.evaluation import load_manifest
 from decoder_api.events import TranscriptEvent, rfc3339_utc
@@ -323,14 +323,7 @@ class ConsumerProcess:
             time.sleep(0.2)  # poll interval
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_group(self.process)
 
 
 # --- the sentiment model ------------------------------------------------------------------------------

@@ -15,13 +15,11 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -32,27 +30,20 @@ from typing import Any, Protocol
 
 import websocket
 
-from decoder_api.audio import decode_file
+from bench.figures import percentile
 from decoder_api.engines.base import RecognizerOptions
 from decoder_api.engines.pool import RecognizerPool
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "data"
 RATE_HZ = 16000
 CHUNK_MS = 200
 CHUNK_BYTES = RATE_HZ * 2 * CHUNK_MS // 1000
 BEHIND_S = 1.0  # a paced caller whose last reply comes this long after its audio ended fell behind
 READY_TIMEOUT_S = 120.0
 REPLY_TIMEOUT_S = 60.0
-KOREAN_TURNS = ("안녕하세요", "감사합니다", "네 알겠습니다", "오늘 날씨가 좋습니다", "잠시만 기다려 주세요")
-PAUSE_MS = 900
 
 
 # --- Audio ------------------------------------------------------------------------------------
-
-
-def silence(ms: int) -> bytes:
-    return b"\0\0" * (RATE_HZ * ms // 1000)
 
 
 def repeated_to(pcm: bytes, seconds: float) -> bytes:
@@ -60,25 +51,6 @@ def repeated_to(pcm: bytes, seconds: float) -> bytes:
     chunks = max(1, round(seconds * 1000 / CHUNK_MS))
     size = chunks * CHUNK_BYTES
     return (pcm * (size // len(pcm) + 1))[:size]
-
-
-def korean_speech(seconds: float) -> bytes:
-    """Korean turns spoken by espeak-ng with pauses between them (what the Korean Vosk model gets)."""
-    if shutil.which("espeak-ng") is None:
-        raise RuntimeError("espeak-ng is missing: install the Debian package espeak-ng")
-    pcm = silence(300)
-    with tempfile.TemporaryDirectory(prefix="bench-speech-") as tmp:
-        for n, text in enumerate(KOREAN_TURNS):
-            wav = Path(tmp) / f"turn-{n}.wav"
-            subprocess.run(["espeak-ng", "-v", "ko", "-s", "130", "-w", str(wav), text], check=True)
-            pcm += decode_file(wav, RATE_HZ).pcm + silence(PAUSE_MS)
-    return repeated_to(pcm, seconds)
-
-
-def english_speech(seconds: float) -> bytes:
-    """The sample calls of ``data/`` one after the other (what whisper gets)."""
-    pcm = b"".join(decode_file(path, RATE_HZ).pcm for path in sorted(DATA.glob("call*.wav")))
-    return repeated_to(pcm, seconds)
 
 
 def rotated(pcm: bytes, caller: int, callers: int) -> bytes:
@@ -375,12 +347,6 @@ def run_paced(factory: StreamFactory, pcm: bytes, callers: int) -> PacedRun:
     )
 
 
-def percentile(sorted_values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile of already sorted values."""
-    rank = max(0, min(len(sorted_values) - 1, round(pct / 100 * len(sorted_values) + 0.5) - 1))
-    return sorted_values[rank]
-
-
 # --- Capacity search --------------------------------------------------------------------------
 
 
@@ -541,20 +507,26 @@ class ServerProcess:
         return self.log.read_text(encoding="utf-8", errors="replace")[-2000:]
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_group(self.process)
 
     def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def stop_group(process: subprocess.Popen[Any] | None, timeout_s: float = 30) -> None:
+    """SIGTERM the process group of ``process`` (started in a session of its own), SIGKILL it if it
+    has not exited within ``timeout_s``."""
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def http_ready(url: str) -> Callable[[], bool]:

@@ -41,9 +41,8 @@ from typing import TypedDict
 
 import websocket
 from rich.console import Console
-from rich.table import Table
 
-from bench.report import Machine, machine_info, markdown_table
+from bench.report import Machine, machine_info, markdown_table, rich_table, write_outputs
 from bench.server import POOL_OFF, ServedDecoder, served
 from bench.streams import (
     CHUNK_MS,
@@ -467,23 +466,16 @@ def print_tables(report: MemoryReport, console: Console | None = None) -> None:
         ("Memory of the served decoder", SERVER_HEADER, server_rows(report["servers"])),
         ("Memory of the bare Vosk engine", BARE_HEADER, bare_rows(report["bare"])),
     ):
-        table = Table(title=title + (" (quick)" if report["quick"] else ""))
-        for column in header:
-            table.add_column(column)
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
+        console.print(rich_table(title + (" (quick)" if report["quick"] else ""), header, rows))
 
 
 def write_report(report: MemoryReport, out: Path) -> list[Path]:
     from bench.memory_findings import render_findings
 
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "memory.md", out / "memory.json", out / "memory-report.md"]
-    paths[0].write_text(render_markdown(report), encoding="utf-8")
-    paths[1].write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    paths[2].write_text(render_findings(report), encoding="utf-8")
-    return paths
+    paths = write_outputs(out, "memory", render_markdown(report), report)
+    findings = out / "memory-report.md"
+    findings.write_text(render_findings(report), encoding="utf-8")
+    return [*paths, findings]
 
 
 def build_parser() -> argparse.ArgumentParser:

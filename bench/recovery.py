@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import socket
 import statistics
@@ -40,8 +39,10 @@ import jiwer
 import requests
 
 from bench.figures import Figure, Result, build_result, figure, print_figures, write_result
+from bench.load import stop_group
+from bench.streams import espeak_korean, silence
 from decoder_api import devstack
-from decoder_api.audio import chunk_bytes, decode_file, iter_chunks
+from decoder_api.audio import chunk_bytes, iter_chunks
 from decoder_api.config import load_settings
 from decoder_api.engines.base import RecognizerOptions
 from decoder_api.engines.models import resolve_model
@@ -93,22 +94,14 @@ class SpokenCall:
         return list(iter_chunks(self.pcm, chunk_bytes(RATE_HZ, CHUNK_MS)))
 
 
-def silence(ms: int) -> bytes:
-    return b"\0\0" * (RATE_HZ * ms // 1000)
-
-
 def speak_call(turns: Sequence[str], workdir: Path) -> SpokenCall:
     """The turns spoken by espeak-ng's Korean voice, separated by pauses, as 16 kHz PCM."""
-    if shutil.which("espeak-ng") is None:
-        raise RuntimeError("espeak-ng is missing: install the Debian package espeak-ng")
-    pcm, spans = silence(300), []
-    for i, text in enumerate(turns):
-        wav = workdir / f"turn-{i}.wav"
-        subprocess.run(["espeak-ng", "-v", "ko", "-s", "130", "-w", str(wav), text], check=True)
+    pcm, spans = silence(0.3), []
+    for text in turns:
         start = len(pcm) // 32
-        pcm += decode_file(wav, RATE_HZ).pcm
+        pcm += espeak_korean(text, workdir, speed=130)
         spans.append((start, len(pcm) // 32))
-        pcm += silence(PAUSE_MS)
+        pcm += silence(PAUSE_MS / 1000)
     return SpokenCall(pcm, tuple(spans))
 
 
@@ -183,13 +176,7 @@ class Decoder:
             self.process.wait()
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        stop_group(self.process)
 
 
 class Route:

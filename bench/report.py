@@ -7,7 +7,7 @@ import importlib.metadata
 import json
 import os
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
@@ -114,11 +114,7 @@ def build_report(results: list[EngineResult], quick: bool, chunk_ms: int) -> Rep
 
 def write_report(report: Report, out: Path) -> list[Path]:
     """``engines.json`` and ``engines.md`` in ``out`` (created when missing)."""
-    out.mkdir(parents=True, exist_ok=True)
-    as_json, as_markdown = out / "engines.json", out / "engines.md"
-    as_json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    as_markdown.write_text(render_markdown(report), encoding="utf-8")
-    return [as_markdown, as_json]
+    return write_outputs(out, "engines", render_markdown(report), report)
 
 
 def percent(value: float | None) -> str:
@@ -174,6 +170,27 @@ def wer_rows(result: EngineResult) -> list[list[str]]:
     on, off = result["partials_on"]["wer"] or {}, result["partials_off"]["wer"] or {}
     seconds = {"overall": result["audio_s"], **result["groups"]}
     return [[group, f"{seconds[group]:.1f}", percent(on[group]), percent(off.get(group))] for group in on]
+
+
+def write_outputs(out: Path, name: str, markdown: str, data: Mapping[str, Any]) -> list[Path]:
+    """``<name>.md`` and ``<name>.json`` in ``out`` (created when missing)."""
+    out.mkdir(parents=True, exist_ok=True)
+    as_json, as_markdown = out / f"{name}.json", out / f"{name}.md"
+    as_json.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    as_markdown.write_text(markdown, encoding="utf-8")
+    return [as_markdown, as_json]
+
+
+def rich_table(
+    title: str, header: Sequence[str], rows: Iterable[Sequence[str]], left: Container[int] | None = None
+) -> Table:
+    """A terminal table; the columns in ``left`` (default: all) are left-aligned, the others right."""
+    table = Table(title=title)
+    for n, column in enumerate(header):
+        table.add_column(column, justify="left" if left is None or n in left else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -254,9 +271,5 @@ def print_tables(report: Report, console: Console | None = None) -> None:
     console.print(summary)
     for result in engines:
         if result["partials_on"]["wer"] is not None:
-            table = Table(title=f"Word error rate, {result['engine']}")
-            for header in ("Group", "Audio (s)", "partials on", "finals only"):
-                table.add_column(header, justify="left" if header == "Group" else "right")
-            for row in wer_rows(result):
-                table.add_row(*row)
-            console.print(table)
+            header = ("Group", "Audio (s)", "partials on", "finals only")
+            console.print(rich_table(f"Word error rate, {result['engine']}", header, wer_rows(result), {0}))

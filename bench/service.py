@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import json
+import functools
 import logging
 import math
 import os
@@ -59,7 +59,8 @@ from bench.load import (
     UnpacedRun,
     WebSocketStream,
 )
-from bench.report import Machine, machine_info, markdown_table
+from bench.report import Machine, machine_info, markdown_table, rich_table, write_outputs
+from bench.streams import DATA, english_speech, korean_speech
 from decoder_api import devstack
 from decoder_api.config import load_settings
 from decoder_api.engines import load_engine
@@ -104,15 +105,22 @@ class Sizes:
     overhead_rounds: int  # the best of these rounds counts
 
 
+CALL_FILES = tuple(sorted(path.name for path in DATA.glob("call*.wav")))
 ENGINES = {
     "vosk": EngineSpec(
         "vosk",
         "ko",
-        load.korean_speech,
-        "espeak-ng Korean speech (5 turns with pauses)",
+        korean_speech,
+        "espeak-ng Korean speech (sentences with pauses)",
         True,
     ),
-    "whisper": EngineSpec("whisper", "tiny.en", load.english_speech, "English calls of data/", False),
+    "whisper": EngineSpec(
+        "whisper",
+        "tiny.en",
+        functools.partial(english_speech, files=CALL_FILES),
+        "English calls of data/",
+        False,
+    ),
 }
 DEFAULT_SIZES = Sizes(
     overhead_cores={"vosk": (1, 4), "whisper": (1,)},
@@ -754,12 +762,7 @@ def print_tables(report: Report, console: Console | None = None) -> None:
             (f"Overhead, {title}", OVERHEAD_HEADER, overhead_rows(result)),
             (f"Capacity per pod, {title}", CAPACITY_HEADER, capacity_rows(result)),
         ):
-            table = Table(title=name + (" (quick)" if report["quick"] else ""))
-            for n, column in enumerate(header):
-                table.add_column(column, justify="left" if n < 2 else "right")
-            for row in rows:
-                table.add_row(*row)
-            console.print(table)
+            console.print(rich_table(name + (" (quick)" if report["quick"] else ""), header, rows, {0, 1}))
     if report["profile"] is not None:
         table = Table(title="Profile of the service under load")
         table.add_column("Category")
@@ -770,11 +773,7 @@ def print_tables(report: Report, console: Console | None = None) -> None:
 
 
 def write_report(report: Report, out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    as_json, as_markdown = out / f"{NAME}.json", out / f"{NAME}.md"
-    as_json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    as_markdown.write_text(render_markdown(report), encoding="utf-8")
-    return [as_markdown, as_json]
+    return write_outputs(out, NAME, render_markdown(report), report)
 
 
 # --- Entry point ------------------------------------------------------------------------------

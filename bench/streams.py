@@ -12,8 +12,9 @@ chunk's reply took.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import statistics
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -26,6 +27,7 @@ from typing import Literal, TypedDict
 import requests
 import websocket
 
+from bench.figures import percentile
 from decoder_api.audio import chunk_bytes, decode_file, iter_chunks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,20 +58,25 @@ def loop_to(pcm: bytes, seconds: float) -> bytes:
     return (pcm * (size // len(pcm) + 1))[:size]
 
 
+def espeak_korean(text: str, workdir: Path, speed: int = 140) -> bytes:
+    """``text`` spoken by espeak-ng's Korean voice, as 16 kHz PCM."""
+    if shutil.which("espeak-ng") is None:
+        raise RuntimeError("espeak-ng is missing: install the Debian package espeak-ng")
+    wav = workdir / f"ko-{hashlib.sha1(text.encode()).hexdigest()[:12]}-{speed}.wav"
+    subprocess.run(["espeak-ng", "-v", "ko", "-s", str(speed), "-w", str(wav), text], check=True)
+    return decode_file(wav, RATE_HZ).pcm
+
+
 def korean_speech(seconds: float) -> bytes:
     """espeak-ng Korean sentences separated by pauses, looped to ``seconds``."""
-    spoken = b""
     with tempfile.TemporaryDirectory(prefix="bench-speech-") as tmp:
-        for index, text in enumerate(KOREAN_SENTENCES):
-            wav = Path(tmp) / f"ko-{index}.wav"
-            subprocess.run(["espeak-ng", "-v", "ko", "-s", "140", "-w", str(wav), text], check=True)
-            spoken += decode_file(wav, RATE_HZ).pcm + silence(PAUSE_S)
+        spoken = b"".join(espeak_korean(text, Path(tmp)) + silence(PAUSE_S) for text in KOREAN_SENTENCES)
     return loop_to(spoken, seconds)
 
 
-def english_speech(seconds: float) -> bytes:
-    """LibriVox sentences of ``data/`` separated by pauses, looped to ``seconds``."""
-    spoken = b"".join(decode_file(DATA / name, RATE_HZ).pcm + silence(PAUSE_S) for name in ENGLISH_FILES)
+def english_speech(seconds: float, files: Sequence[str] = ENGLISH_FILES) -> bytes:
+    """Files of ``data/`` (LibriVox sentences by default) separated by pauses, looped to ``seconds``."""
+    spoken = b"".join(decode_file(DATA / name, RATE_HZ).pcm + silence(PAUSE_S) for name in files)
     return loop_to(spoken, seconds)
 
 
@@ -110,8 +117,7 @@ def summarize(values_s: Sequence[float]) -> LatencySummary:
     if not values_s:
         return LatencySummary(count=0, p50_ms=0.0, p95_ms=0.0, max_ms=0.0)
     ms = sorted(v * 1000 for v in values_s)
-    p95 = statistics.quantiles(ms, n=20, method="inclusive")[18] if len(ms) > 1 else ms[0]
-    return LatencySummary(count=len(ms), p50_ms=statistics.median(ms), p95_ms=p95, max_ms=ms[-1])
+    return LatencySummary(count=len(ms), p50_ms=percentile(ms, 50), p95_ms=percentile(ms, 95), max_ms=ms[-1])
 
 
 class Pacer:

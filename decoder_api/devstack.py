@@ -79,11 +79,13 @@ def start_tansu(port: int, log: Path) -> subprocess.Popen[bytes]:
     return _spawn([*argv, "--storage-engine", "memory://tansu/"], log)
 
 
-def start_redis(port: int, log: Path) -> subprocess.Popen[bytes]:
-    """A redis-server on 127.0.0.1:``port`` that keeps nothing on disk."""
+def start_redis(port: int, log: Path, durable: bool = False) -> subprocess.Popen[bytes]:
+    """A redis-server on 127.0.0.1:``port`` that keeps nothing on disk, or, ``durable``, an
+    append-only file in ``log``'s directory synced on every write (it restarts with its data)."""
     if shutil.which("redis-server") is None:
         raise DevStackError("redis-server is missing: install the Debian package redis-server")
-    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", *persistence]
     return _spawn(argv, log)
 
 

@@ -100,10 +100,12 @@ def start_decoder(log_dir: Path, **settings: str) -> DecoderServer:
 
 @dataclass
 class RedisServer:
-    """A throwaway redis-server on loopback (no persistence) that tests can stop and restart."""
+    """A redis-server on loopback that tests can stop, kill and restart: throwaway, or ``durable``
+    (an append-only file in ``workdir``, so a killed server restarts with its data)."""
 
     port: int
     workdir: Path
+    durable: bool = False
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -111,9 +113,16 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        self.process = devstack.start_redis(self.port, self.workdir / f"redis-{self.port}.log")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = self.workdir / f"redis-{self.port}.log"
+        self.process = devstack.start_redis(self.port, log, durable=self.durable)
         devstack.wait_for_redis(self.url, process=self.process)
         return self
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=30)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

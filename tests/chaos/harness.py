@@ -35,7 +35,7 @@ from decoder_api.engines.vosk import VoskEngine
 from decoder_api.transcripts import stream_pcm
 from tests.conftest import RATE_HZ, SpokenCall, join_turns
 from tests.kafka import Broker, readyz, wait_for
-from tests.servers import DecoderServer, free_port
+from tests.servers import DecoderServer, RedisServer, free_port
 from tests.test_nlp_consumer.conftest import ConsumerRun, ConsumerRunner, metric
 
 TRANSCRIPTS = "transcripts.v1"
@@ -110,54 +110,6 @@ def call_scripts(engine: VoskEngine, call: SpokenCall) -> list[Script]:
 # --- services that a test can break ------------------------------------------------------------
 
 
-@dataclass
-class DurableRedis:
-    """redis-server with an append-only file synced on every write (as the outbox needs), on a fixed
-    port and directory, so that a killed server restarts with its data."""
-
-    port: int
-    workdir: Path
-    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> DurableRedis:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        argv = [
-            "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(self.workdir),
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-        ]
-        with (self.workdir / "redis.log").open("ab") as out:
-            self.process = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-            )
-        devstack.wait_for_redis(self.url, process=self.process)
-        return self
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
-
-
 def kill_broker(broker: Broker) -> None:
     """SIGKILL: Tansu's memory storage loses everything, like a broker whose disk was replaced."""
     assert broker.process is not None
@@ -191,7 +143,7 @@ class Pipeline:
 
     workdir: Path
     broker: Broker
-    redis: DurableRedis
+    redis: RedisServer
     runner: ConsumerRunner
     instances: dict[str, Instance] = field(default_factory=dict)
     consumers: list[ConsumerRun] = field(default_factory=list)
@@ -280,7 +232,7 @@ def start_pipeline(
     pipeline = Pipeline(
         workdir,
         broker,
-        DurableRedis(free_port(), workdir / "redis").start(),
+        RedisServer(free_port(), workdir / "redis", durable=True).start(),
         ConsumerRunner(broker.bootstrap, model, workdir),
     )
     try:

@@ -2,37 +2,22 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench.churn import ChurnReport, Comparison, RunResult
-from tests.conftest import ROOT
+from tests.test_bench.quick import QuickRun, load_result, run_quick
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    out = tmp_path_factory.mktemp("churn")
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.churn", "--quick", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return out, done
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
+    return run_quick("churn", tmp_path_factory.mktemp("churn"), timeout_s=600)
 
 
 @pytest.fixture(scope="module")
-def report(quick_run: tuple[Path, subprocess.CompletedProcess[str]]) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads((quick_run[0] / "churn.json").read_text(encoding="utf-8"))
-    return result
+def report(quick_run: QuickRun) -> dict[str, Any]:
+    return load_result(quick_run, "churn")
 
 
 def test_report_shape_and_machine(report: dict[str, Any]) -> None:
@@ -87,9 +72,7 @@ def test_each_figure_has_its_baseline_and_ratio(report: dict[str, Any]) -> None:
     assert len(throughput) == 6  # vosk ws/http and whisper ws, pool on and off
 
 
-def test_markdown_and_terminal_table(
-    quick_run: tuple[Path, subprocess.CompletedProcess[str]], report: dict[str, Any]
-) -> None:
+def test_markdown_and_terminal_table(quick_run: QuickRun, report: dict[str, Any]) -> None:
     out, done = quick_run
     markdown = (out / "churn.md").read_text(encoding="utf-8")
     assert "## Against the in-run baselines" in markdown

@@ -2,39 +2,24 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench.report import EngineResult, PassResult
-from tests.conftest import ROOT
+from tests.test_bench.quick import QuickRun, load_result, run_quick
 
 QUICK_FILES = 3
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    out = tmp_path_factory.mktemp("bench")
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.engines", "--quick", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return out, done
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
+    return run_quick("engines", tmp_path_factory.mktemp("bench"), timeout_s=300)
 
 
 @pytest.fixture(scope="module")
-def report(quick_run: tuple[Path, subprocess.CompletedProcess[str]]) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads((quick_run[0] / "engines.json").read_text(encoding="utf-8"))
-    return result
+def report(quick_run: QuickRun) -> dict[str, Any]:
+    return load_result(quick_run, "engines")
 
 
 def assert_positive(record: dict[str, Any], keys: set[str]) -> None:
@@ -84,9 +69,7 @@ def test_wer_only_where_the_model_speaks_the_audio_language(report: dict[str, An
         assert vosk[key]["wer"] is None
 
 
-def test_markdown_and_terminal_table(
-    quick_run: tuple[Path, subprocess.CompletedProcess[str]], report: dict[str, Any]
-) -> None:
+def test_markdown_and_terminal_table(quick_run: QuickRun, report: dict[str, Any]) -> None:
     out, done = quick_run
     markdown = (out / "engines.md").read_text(encoding="utf-8")
     assert "| Model load (s) |" in markdown

@@ -2,39 +2,24 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench.figures import Figure, Result
-from tests.conftest import ROOT
+from tests.test_bench.quick import QuickRun, load_result, run_quick
 
 pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    out = tmp_path_factory.mktemp("bench")
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.kafka_path", "--quick", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=540,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out, done
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
+    return run_quick("kafka_path", tmp_path_factory.mktemp("bench"), timeout_s=540)
 
 
 @pytest.fixture(scope="module")
-def result(quick_run: tuple[Path, subprocess.CompletedProcess[str]]) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads((quick_run[0] / "kafka_path.json").read_text(encoding="utf-8"))
-    return loaded
+def result(quick_run: QuickRun) -> dict[str, Any]:
+    return load_result(quick_run, "kafka_path")
 
 
 def test_result_shape(result: dict[str, Any]) -> None:
@@ -72,9 +57,7 @@ def test_figures_carry_their_baselines(result: dict[str, Any]) -> None:
     assert all(f["baseline"] > 0 and f["value"] > 0 for f in latency)
 
 
-def test_markdown_and_terminal_table(
-    quick_run: tuple[Path, subprocess.CompletedProcess[str]], result: dict[str, Any]
-) -> None:
+def test_markdown_and_terminal_table(quick_run: QuickRun, result: dict[str, Any]) -> None:
     out, done = quick_run
     markdown = (out / "kafka_path.md").read_text(encoding="utf-8")
     assert "| Consumer throughput |" in markdown

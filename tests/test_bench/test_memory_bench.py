@@ -2,37 +2,22 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench.memory import BareResult, MemoryReport, ServerResult
-from tests.conftest import ROOT
+from tests.test_bench.quick import QuickRun, load_result, run_quick
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    out = tmp_path_factory.mktemp("memory")
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.memory", "--quick", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return out, done
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
+    return run_quick("memory", tmp_path_factory.mktemp("memory"), timeout_s=600)
 
 
 @pytest.fixture(scope="module")
-def report(quick_run: tuple[Path, subprocess.CompletedProcess[str]]) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads((quick_run[0] / "memory.json").read_text(encoding="utf-8"))
-    return result
+def report(quick_run: QuickRun) -> dict[str, Any]:
+    return load_result(quick_run, "memory")
 
 
 def test_report_shape(report: dict[str, Any]) -> None:
@@ -72,9 +57,7 @@ def test_bare_engine_numbers_are_sane(report: dict[str, Any]) -> None:
     assert bare[1]["agreement_wer"] is None or bare[1]["agreement_wer"] >= 0
 
 
-def test_markdown_files_and_terminal_table(
-    quick_run: tuple[Path, subprocess.CompletedProcess[str]], report: dict[str, Any]
-) -> None:
+def test_markdown_files_and_terminal_table(quick_run: QuickRun, report: dict[str, Any]) -> None:
     out, done = quick_run
     assert report["machine"]["cpu"] in (out / "memory.md").read_text(encoding="utf-8")
     findings = (out / "memory-report.md").read_text(encoding="utf-8")

@@ -2,39 +2,24 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench.figures import Figure, Result
-from tests.conftest import ROOT
+from tests.test_bench.quick import QuickRun, load_result, run_quick
 
 pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    out = tmp_path_factory.mktemp("bench")
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.recovery", "--quick", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=540,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out, done
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
+    return run_quick("recovery", tmp_path_factory.mktemp("bench"), timeout_s=540)
 
 
 @pytest.fixture(scope="module")
-def result(quick_run: tuple[Path, subprocess.CompletedProcess[str]]) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads((quick_run[0] / "recovery.json").read_text(encoding="utf-8"))
-    return loaded
+def result(quick_run: QuickRun) -> dict[str, Any]:
+    return load_result(quick_run, "recovery")
 
 
 def test_result_shape(result: dict[str, Any]) -> None:
@@ -70,7 +55,7 @@ def test_figures_carry_their_baselines(result: dict[str, Any]) -> None:
     assert summary["first_reply_s_median"] <= summary["first_reply_s_max"]
 
 
-def test_markdown(quick_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+def test_markdown(quick_run: QuickRun) -> None:
     markdown = (quick_run[0] / "recovery.md").read_text(encoding="utf-8")
     assert "| Words lost per call, max |" in markdown
     assert "Repetition 1:" in markdown

@@ -2,37 +2,22 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench.service import CapacityResult, EngineReport, OverheadRow, Report, Throughput
-from tests.conftest import ROOT
+from tests.test_bench.quick import QuickRun, load_result, run_quick
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    out = tmp_path_factory.mktemp("bench")
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.service", "--quick", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out, done
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
+    return run_quick("service", tmp_path_factory.mktemp("bench"), timeout_s=300)
 
 
 @pytest.fixture(scope="module")
-def report(quick_run: tuple[Path, subprocess.CompletedProcess[str]]) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads((quick_run[0] / "service.json").read_text(encoding="utf-8"))
-    return result
+def report(quick_run: QuickRun) -> dict[str, Any]:
+    return load_result(quick_run, "service")
 
 
 def test_report_names_the_machine_targets_and_peer(report: dict[str, Any]) -> None:
@@ -96,9 +81,7 @@ def test_capacity_against_the_bound(report: dict[str, Any], engine: str) -> None
     assert set(result["idle_rss_mib"]) == ({"service", "peer"} if engine == "vosk" else {"service"})
 
 
-def test_markdown_and_terminal_tables(
-    quick_run: tuple[Path, subprocess.CompletedProcess[str]], report: dict[str, Any]
-) -> None:
+def test_markdown_and_terminal_tables(quick_run: QuickRun, report: dict[str, Any]) -> None:
     out, done = quick_run
     markdown = (out / "service.md").read_text(encoding="utf-8")
     assert report["machine"]["cpu"] in markdown
