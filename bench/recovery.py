@@ -477,8 +477,10 @@ def notes(details: Mapping[str, Any], size: Size) -> list[str]:
         "- *First reply of the new owner*: from the kill to the first audio reply received afterwards "
         "(the client's resent chunk, or the next one, after the takeover and the replay of the "
         "un-finalised tail). The owner cannot be replaced before its heartbeat expires, so the TTL "
-        "(`DECODER_REGISTRY_HEARTBEAT_TTL_S`, refreshed every TTL/3) is the baseline; the client's "
-        "back-off (exponential from 0.25 s, with jitter) between its `wrong_instance` retries adds to it.",
+        "(`DECODER_REGISTRY_HEARTBEAT_TTL_S`, refreshed every TTL/3) is the baseline. The surviving "
+        "instance answers `409 wrong_instance` with a `Retry-After` of what is left of the dead owner's "
+        "heartbeat, rounded up to whole seconds, and the client retries then; the rounding, the "
+        "connection attempts to the dead instance and the replay of the tail add to the TTL.",
         "- *Back on real time*: until the client has sent the audio it buffered during the outage.",
         "- *Words lost*: deletions + substitutions of the final transcript against an uninterrupted decode "
         "of the same audio by the same model in this process. Baseline: the same call through the same "

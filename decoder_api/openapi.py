@@ -57,7 +57,11 @@ ERROR_RESPONSES: dict[int, tuple[str, str]] = {
         "RequestTimeout",
         "The request body did not arrive within `DECODER_REQUEST_TIMEOUT_S` (`request_timeout`)",
     ),
-    409: ("Conflict", "The session has ended (`session_ended`) or another request holds it (`session_busy`)"),
+    409: (
+        "Conflict",
+        "The session has ended (`session_ended`), another request holds it (`session_busy`), or another "
+        "instance still owns it (`wrong_instance`; `Retry-After` says when its heartbeat lapses)",
+    ),
     413: ("PayloadTooLarge", "The body is over `DECODER_MAX_BODY_BYTES`"),
     415: ("UnsupportedMediaType", "The Content-Type is not accepted here, or the audio cannot be decoded"),
     422: (
@@ -79,7 +83,7 @@ ERROR_RESPONSES: dict[int, tuple[str, str]] = {
 
 def error_responses() -> dict[str, Schema]:
     responses = {name: json_body(schema("Error"), text) for name, text in ERROR_RESPONSES.values()}
-    for name in ("TooManyRequests", "Unavailable"):
+    for name in ("Conflict", "TooManyRequests", "Unavailable"):
         responses[name]["headers"] = {"Retry-After": ref("headers", "RetryAfter")}
     return responses
 

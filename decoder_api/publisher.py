@@ -591,7 +591,8 @@ class TranscriptPublisher:
 
 
 class GuardedRecognizer:
-    """A recognizer that asks ``admit`` before decoding audio (flushing is never refused)."""
+    """A recognizer that asks ``admit`` before decoding new audio (flushing and replaying are never
+    refused)."""
 
     def __init__(self, inner: Recognizer, admit: Callable[[], None]) -> None:
         self._inner = inner
@@ -619,6 +620,11 @@ class GuardedRecognizer:
 
     def resume(self, position_samples: int, next_utterance: int) -> None:
         self._inner.resume(position_samples, next_utterance)
+
+    def replay(self, pcm: bytes) -> list[Final]:
+        """Not admitted again: a session rolled back or taken over must be able to rebuild its
+        state while the outbox is full, or it would be left half replayed."""
+        return self._inner.replay(pcm)
 
     def close(self) -> None:
         self._inner.close()

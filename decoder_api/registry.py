@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import ssl
 import threading
 import time
@@ -100,7 +101,9 @@ class Registry(Protocol):
 
     def load(self, session_id: str) -> SessionRecord | None: ...
 
-    def owner_alive(self, owner: str) -> bool: ...
+    def owner_lease_s(self, owner: str) -> float:
+        """Seconds until ``owner`` stops counting as alive; 0 when it is gone or draining."""
+        ...
 
     def now(self) -> float:
         """Seconds since the epoch on the registry's clock, the one every instance compares with."""
@@ -134,8 +137,8 @@ class LocalRegistry:
     def load(self, session_id: str) -> SessionRecord | None:
         return None
 
-    def owner_alive(self, owner: str) -> bool:
-        return True
+    def owner_lease_s(self, owner: str) -> float:
+        return math.inf
 
     def now(self) -> float:
         return time.time()
@@ -258,10 +261,16 @@ class RedisRegistry:
             return None
         return _record(session_id, {k.decode(): v.decode() for k, v in meta.items()}, finals, tail)
 
-    def owner_alive(self, owner: str) -> bool:
-        """True while the owner heartbeats and is not draining."""
-        raw = self._run(lambda: self._client.get(f"{PREFIX}instance:{owner}"))
-        return raw is not None and not json.loads(raw).get("draining", False)
+    def owner_lease_s(self, owner: str) -> float:
+        """What is left of the owner's heartbeat TTL; 0 once it lapsed or the owner is draining."""
+        name = f"{PREFIX}instance:{owner}"
+        with self._client.pipeline(transaction=False) as pipe:
+            pipe.get(name)
+            pipe.pttl(name)
+            raw, pttl_ms = self._run(pipe.execute)
+        if raw is None or json.loads(raw).get("draining", False):
+            return 0.0
+        return max(int(pttl_ms), 0) / 1000.0
 
     def now(self) -> float:
         """The Redis server's clock (this host's, corrected by the offset measured at each

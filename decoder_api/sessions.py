@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 import threading
 import time
@@ -346,7 +347,7 @@ class Session:
         self._samples = self.tail_start = self._utterance_start = record.tail_start_samples
         replayed: list[Final] = []
         for chunk in record.tail:
-            replayed += recognizer.accept(chunk)
+            replayed += recognizer.replay(chunk)
             self._samples += len(chunk) // 2
             self.tail.append(chunk)
         self.next_seq = record.next_seq
@@ -396,7 +397,7 @@ class Session:
         recognizer = self._open_recognizer()
         recognizer.resume(self.tail_start, len(self.finals))
         for chunk in self.tail:
-            recognizer.accept(chunk)
+            recognizer.replay(chunk)
         logger.warning(
             "finals_not_journaled session_id=%s next_seq=%d replayed_chunks=%d",
             self.id,
@@ -561,7 +562,7 @@ class SessionStore:
         count = 0
         for session_id in self._registry.session_ids():
             record = None if session_id in local else self._registry.load(session_id)
-            if record is None or self._registry.owner_alive(record.owner):
+            if record is None or self._registry.owner_lease_s(record.owner) > 0:
                 continue
             if self._registry.now() - record.last_active < self._limits.idle_s:
                 continue
@@ -604,8 +605,13 @@ class SessionStore:
             record = self._registry.load(session_id)
             if record is None:
                 raise SessionNotFound("no such session")
-            if record.owner != self.instance_id and self._registry.owner_alive(record.owner):
-                raise WrongInstance("another instance owns this session", owner=record.owner)
+            lease_s = 0.0 if record.owner == self.instance_id else self._registry.owner_lease_s(record.owner)
+            if lease_s > 0:
+                # The owner's heartbeat may just have stopped: retrying once it lapses finds the
+                # call free to take over, not sooner.
+                raise WrongInstance(
+                    "another instance owns this session", owner=record.owner, retry_after=math.ceil(lease_s)
+                )
             if not self._registry.claim(session_id, record.owner):
                 raise WrongInstance("another instance took this session over", owner=record.owner)
             return self._rebuild(record)

@@ -101,6 +101,11 @@ class Recognizer(Protocol):
         on the original recognizer (exactly so for Vosk)."""
         ...
 
+    def replay(self, pcm: bytes) -> list[Final]:
+        """Decode tail audio again after ``resume``: as ``accept``, but never refused for
+        capacity, because the audio was admitted when it was first sent."""
+        ...
+
     def close(self) -> None:
         """Release engine resources; the recognizer is unusable afterwards."""
         ...

@@ -190,6 +190,10 @@ class PooledRecognizer:
         self.audio_s += len(pcm) / 2 / self._options.sample_rate_hz
         return self._guarded(lambda r: r.accept(pcm))
 
+    def replay(self, pcm: bytes) -> list[Final]:
+        self.audio_s += len(pcm) / 2 / self._options.sample_rate_hz
+        return self._guarded(lambda r: r.replay(pcm))
+
     def partial(self) -> str:
         return self._guarded(lambda r: r.partial())
 

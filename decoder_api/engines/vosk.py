@@ -296,6 +296,9 @@ class VoskRecognizer:
         self._next_utterance = next_utterance
         self._partial = ""
 
+    def replay(self, pcm: bytes) -> list[Final]:
+        return self.accept(pcm)
+
     def close(self) -> None:
         self._kaldi = None
         release_free_heap()

@@ -369,6 +369,9 @@ class WhisperRecognizer:
         self._position = position_samples * WHISPER_RATE_HZ // self._rate_hz
         self._next_index = next_utterance
 
+    def replay(self, pcm: bytes) -> list[Final]:
+        return self.accept(pcm)
+
     def close(self) -> None:
         """Free the buffers; the recognizer is unusable afterwards."""
         self._closed = True

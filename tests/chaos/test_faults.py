@@ -11,6 +11,7 @@ through the real decoders (Vosk), with numbered chunks, and retry as a client be
 from __future__ import annotations
 
 import logging
+import math
 import re
 import signal
 import threading
@@ -309,3 +310,4 @@ def _assert_wrong_instance(caller: Caller, other: Instance) -> None:
     )
     assert response.status_code == 409, response.text
     assert response.json()["error"] == "wrong_instance"
+    assert 1 <= int(response.headers["Retry-After"]) <= math.ceil(HEARTBEAT_TTL_S)

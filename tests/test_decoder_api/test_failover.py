@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from collections.abc import Iterator
@@ -68,6 +69,7 @@ class Caller:
         self.sid = self.token = ""
         self.finals: list[dict[str, Any]] = []
         self.wrong_instance = 0
+        self.retry_after_s: list[int] = []  # the Retry-After of every wrong_instance
 
     def open(self) -> None:
         body = self.http.post(f"{self.urls[0]}/v1/sessions", json={"words": True}, timeout=30).json()
@@ -90,6 +92,7 @@ class Caller:
                 continue
             if response.status_code == 409 and response.json()["error"] == "wrong_instance":
                 self.wrong_instance += 1
+                self.retry_after_s.append(int(response.headers["Retry-After"]))
                 time.sleep(0.2)
                 continue
             assert response.status_code == 200, response.text
@@ -131,6 +134,9 @@ def test_takeover_after_sigkill_reproduces_the_call(
     assert [f["text"] for f in caller.finals] == expected
     assert [f["utterance"] for f in caller.finals] == list(range(len(expected)))
     assert ended["transcript"] == " ".join(expected)
+    # Refusals while the dead owner's heartbeat lasts say when it lapses (never later than its TTL).
+    longest = math.ceil(float(HEARTBEAT_TTL_S))
+    assert all(1 <= s <= longest for s in caller.retry_after_s), caller.retry_after_s
 
 
 def test_draining_owner_hands_its_calls_over(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -13,9 +13,11 @@ from prometheus_client import CollectorRegistry
 
 from decoder_api.config import load_settings
 from decoder_api.engines.base import Final, RecognizerOptions
+from decoder_api.engines.vosk import VoskEngine
 from decoder_api.events import EventSource, PartialTranscriptEvent, TranscriptEvent, events_from_finals
 from decoder_api.outbox import Outbox, OutboxRecord, RedisOutbox, SqliteOutbox
 from decoder_api.publisher import (
+    GuardedRecognizer,
     KafkaClientError,
     KafkaConfig,
     OutboxFull,
@@ -25,9 +27,11 @@ from decoder_api.publisher import (
     TranscriptSink,
     kafka_config,
 )
-from decoder_api.sessions import SessionConfig
+from decoder_api.sessions import Session, SessionConfig, SessionLimits
+from tests.conftest import RATE_HZ, SpokenCall
 from tests.kafka import ConsumerFactory, TopicFactory, consume_until, event_value, wait_for
 from tests.test_decoder_api.test_events import schema_validator
+from tests.test_decoder_api.test_failover import chunks_of, uninterrupted
 
 ORIGIN = EventSource("vosk", "vosk-model-small-ko-0.22", "ko")
 UNREACHABLE = "127.0.0.1:1"
@@ -277,8 +281,50 @@ def test_a_full_outbox_refuses_new_sessions_then_audio_but_keeps_every_final(
         recognizer.accept(b"\0\0")
     assert caught.value.status == 503
     assert recognizer.flush() == []  # ending a session is never refused
+    assert recognizer.replay(b"\0\0") == []  # nor is rebuilding one from its tail
     publisher.publish(finals_events("call", 1, start=3))  # and its last final is still journaled
     assert publisher.pending == 4
+
+
+def test_a_rolled_back_session_rebuilds_its_tail_even_above_the_hard_cap(
+    vosk_engine: VoskEngine, korean_call: SpokenCall
+) -> None:
+    """The journal refuses a final (disk full) while the outbox is over its hard cap: the session
+    still goes back to where it was, tail replayed, and once the outbox drains the client's retry
+    gives exactly the transcript of an uninterrupted call."""
+    over_cap = False
+
+    def admit() -> None:
+        if over_cap:
+            raise OutboxFull("finals are waiting for Kafka", retry_after=10)
+
+    journaled: list[Final] = []
+
+    def journal(session: Session, finals: Sequence[Final]) -> None:
+        nonlocal over_cap
+        if not over_cap and not journaled:
+            over_cap = True
+            raise OSError(28, "No space left on device")
+        journaled.extend(finals)
+
+    recognizer = GuardedRecognizer(vosk_engine.create(RecognizerOptions(RATE_HZ)), admit)
+    session = Session("call", "hash", SessionConfig(), recognizer, SessionLimits(), journal)
+    chunks = chunks_of(korean_call)
+    seq = refused = 0
+    while seq < len(chunks):
+        try:
+            with session.locked():
+                session.feed_numbered(seq, chunks[seq])
+            seq += 1
+        except OSError:
+            refused += 1  # the client retries the same chunk
+        except OutboxFull:
+            over_cap = False  # Kafka came back and the outbox drained
+    with session.locked():
+        session.end()
+    assert refused == 1
+    assert [f.text for f in journaled] == uninterrupted(vosk_engine, korean_call.pcm)
+    assert [f.utterance for f in journaled] == list(range(len(journaled)))
 
 
 class FakeRecognizer:
@@ -301,6 +347,9 @@ class FakeRecognizer:
 
     def resume(self, position_samples: int, next_utterance: int) -> None:
         pass
+
+    def replay(self, pcm: bytes) -> list[Final]:
+        return []
 
     def close(self) -> None:
         pass
