@@ -42,6 +42,7 @@ from recorder.config import (
     parse_brokers,
     parse_float,
     parse_int,
+    parse_kafka_security,
     parse_pause,
     parse_server_url,
     parse_user_id,
@@ -87,6 +88,11 @@ environment (flags win over these):
   KAFKA_BROKERS    Kafka bootstrap servers, as -b
   KAFKA_TOPIC      Kafka topic, as -t
   DECODER_API_KEY  API key, as --api-key (preferred: command lines are visible to other users)
+  KAFKA_SECURITY_PROTOCOL, KAFKA_SSL_CA_LOCATION, KAFKA_SSL_CERTIFICATE_LOCATION,
+  KAFKA_SSL_KEY_LOCATION, KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD or
+  KAFKA_SASL_PASSWORD_FILE
+                   TLS and SASL for the Kafka producer, as for the decoder (no flags: secrets
+                   stay off the command line)
 
 exit status: 0 done (also after Ctrl-C/SIGTERM), 1 a call, a source or Kafka failed, 2 bad
 options or environment, 70 internal error, 130 interrupted twice.
@@ -307,7 +313,9 @@ def kafka_settings(args: argparse.Namespace, env: Mapping[str, str]) -> KafkaSet
     topic = topic or DEFAULT_TOPIC
     if len(topic) > 249 or not all(c.isalnum() or c in "._-" for c in topic):
         raise ConfigError(f"Kafka topic {topic!r}: use up to 249 letters, digits, '.', '_' or '-'")
-    return KafkaSettings(brokers=parse_brokers(brokers, brokers_name), topic=topic)
+    return KafkaSettings(
+        brokers=parse_brokers(brokers, brokers_name), topic=topic, security=parse_kafka_security(env)
+    )
 
 
 def make_transport(settings: RecorderSettings, stop: threading.Event) -> Transport:

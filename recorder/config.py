@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -58,6 +59,38 @@ class StreamSettings:
         return max(1, self.sample_rate_hz * self.chunk_ms // 1000) * 2
 
 
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSecurity:
+    """TLS and SASL for the recorder's producer, from the standard ``KAFKA_*`` client variables
+    the decoder and the NLP consumer read too; never from flags (a password on a command line is
+    visible to every user of the machine)."""
+
+    protocol: str | None = None
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+
+    def client_config(self) -> dict[str, str]:
+        """The librdkafka properties that are set."""
+        properties = {
+            "security.protocol": self.protocol,
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password,
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+        }
+        return {name: value for name, value in properties.items() if value is not None}
+
+
 @dataclass(frozen=True, slots=True)
 class KafkaSettings:
     """Where the recorder also publishes its finals; ``delivery_timeout_s`` bounds the final flush."""
@@ -65,6 +98,7 @@ class KafkaSettings:
     brokers: str
     topic: str
     delivery_timeout_s: float = 30.0
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +212,62 @@ def parse_brokers(value: str, name: str) -> str:
     if not brokers:
         raise ConfigError(f"{name} is empty: expected HOST:PORT[,HOST:PORT...]")
     return ",".join(brokers)
+
+
+def parse_kafka_security(env: Mapping[str, str]) -> KafkaSecurity:
+    """``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_{MECHANISM,USERNAME,PASSWORD,PASSWORD_FILE}`` and
+    ``KAFKA_SSL_{CA,CERTIFICATE,KEY}_LOCATION``; every file is checked to be readable here, so a
+    wrong path is one line at start-up rather than a connection that never comes up."""
+
+    def value(name: str) -> str | None:
+        return env.get(name, "").strip() or None
+
+    protocol = value("KAFKA_SECURITY_PROTOCOL")
+    if protocol is not None:
+        protocol = protocol.upper()
+        if protocol not in KAFKA_SECURITY_PROTOCOLS:
+            expected = ", ".join(KAFKA_SECURITY_PROTOCOLS)
+            raise ConfigError(f"KAFKA_SECURITY_PROTOCOL {protocol!r}: expected one of {expected}")
+    mechanism = value("KAFKA_SASL_MECHANISM")
+    if mechanism is not None:
+        mechanism = mechanism.upper()
+        if mechanism not in KAFKA_SASL_MECHANISMS:
+            expected = ", ".join(KAFKA_SASL_MECHANISMS)
+            raise ConfigError(f"KAFKA_SASL_MECHANISM {mechanism!r}: expected one of {expected}")
+    password = env.get("KAFKA_SASL_PASSWORD") or None
+    password_file = value("KAFKA_SASL_PASSWORD_FILE")
+    if password_file is not None:
+        password = _read_secret(password_file, "KAFKA_SASL_PASSWORD_FILE")
+    files = {
+        name: _readable(path, name)
+        for name in ("KAFKA_SSL_CA_LOCATION", "KAFKA_SSL_CERTIFICATE_LOCATION", "KAFKA_SSL_KEY_LOCATION")
+        if (path := value(name)) is not None
+    }
+    return KafkaSecurity(
+        protocol=protocol,
+        sasl_mechanism=mechanism,
+        sasl_username=value("KAFKA_SASL_USERNAME"),
+        sasl_password=password,
+        ssl_ca_location=files.get("KAFKA_SSL_CA_LOCATION"),
+        ssl_certificate_location=files.get("KAFKA_SSL_CERTIFICATE_LOCATION"),
+        ssl_key_location=files.get("KAFKA_SSL_KEY_LOCATION"),
+    )
+
+
+def _read_secret(path: str, name: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{name} {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _readable(path: str, name: str) -> str:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{name} {path!r}: {exc.strerror}") from None
+    return path
 
 
 def parse_user_id(value: str, name: str = "--user-id") -> str:

@@ -74,7 +74,7 @@ class TranscriptPublisher:
 
     def __init__(self, settings: KafkaSettings) -> None:
         self._settings = settings
-        config = {
+        config = settings.security.client_config() | {
             "bootstrap.servers": settings.brokers,
             "acks": "all",
             "enable.idempotence": True,

@@ -19,7 +19,21 @@ from decoder_api.transcripts import stream_pcm
 from tests.conftest import RATE_HZ, SpokenCall
 
 ROOT = Path(__file__).resolve().parents[2]
-RECORDER_ENV = ("HOST", "DO_SIMULATE", "KAFKA_BROKERS", "KAFKA_TOPIC", "DECODER_API_KEY")
+RECORDER_ENV = (
+    "HOST",
+    "DO_SIMULATE",
+    "KAFKA_BROKERS",
+    "KAFKA_TOPIC",
+    "DECODER_API_KEY",
+    "KAFKA_SECURITY_PROTOCOL",
+    "KAFKA_SASL_MECHANISM",
+    "KAFKA_SASL_USERNAME",
+    "KAFKA_SASL_PASSWORD",
+    "KAFKA_SASL_PASSWORD_FILE",
+    "KAFKA_SSL_CA_LOCATION",
+    "KAFKA_SSL_CERTIFICATE_LOCATION",
+    "KAFKA_SSL_KEY_LOCATION",
+)
 CHUNK_MS = 200
 
 

@@ -113,12 +113,45 @@ def test_environment_and_precedence() -> None:
     assert default_topic.topic == "transcripts.v1"
 
 
+def test_kafka_tls_and_sasl_come_from_the_environment_only(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    password_file = tmp_path / "password"
+    password_file.write_text("s3cret\n")
+    env = {
+        "KAFKA_BROKERS": "k:9093",
+        "KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+        "KAFKA_SSL_CA_LOCATION": str(ca),
+        "KAFKA_SASL_MECHANISM": "scram-sha-512",
+        "KAFKA_SASL_USERNAME": "recorder",
+        "KAFKA_SASL_PASSWORD": "from-env",
+        "KAFKA_SASL_PASSWORD_FILE": str(password_file),
+    }
+    kafka = settings(**env).kafka
+    assert kafka is not None
+    assert kafka.security.client_config() == {
+        "security.protocol": "SASL_SSL",
+        "ssl.ca.location": str(ca),
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "recorder",
+        "sasl.password": "s3cret",  # the file wins over the variable
+    }
+    assert "s3cret" not in repr(kafka)
+    plain = settings(KAFKA_BROKERS="k:9092").kafka
+    assert plain is not None
+    assert plain.security.client_config() == {}
+    with pytest.raises(SystemExit):  # no flag can carry a secret
+        build_parser().parse_args(["--sasl-password", "x"])
+
+
 def test_help_explains_every_option() -> None:
     done = recorder("--help")
     assert done.returncode == 0
     for flag in ORIGINAL_FLAGS + NEW_FLAGS:
         assert f"{flag} " in done.stdout or f"{flag}," in done.stdout, flag
-    for variable in ("HOST", "DO_SIMULATE", "KAFKA_BROKERS", "KAFKA_TOPIC", "DECODER_API_KEY"):
+    variables = ("HOST", "DO_SIMULATE", "KAFKA_BROKERS", "KAFKA_TOPIC", "DECODER_API_KEY")
+    security = ("KAFKA_SECURITY_PROTOCOL", "KAFKA_SSL_CA_LOCATION", "KAFKA_SASL_PASSWORD_FILE")
+    for variable in variables + security:
         assert variable in done.stdout
 
 
@@ -153,6 +186,10 @@ BAD_INVOCATIONS = [
     ([], {"HOST": "h:x"}, "HOST"),
     ([], {"KAFKA_TOPIC": "t"}, "broker"),
     ([], {"KAFKA_BROKERS": "h", "KAFKA_TOPIC": "t"}, "KAFKA_BROKERS"),
+    ([], {"KAFKA_BROKERS": "h:1", "KAFKA_SECURITY_PROTOCOL": "TLS"}, "KAFKA_SECURITY_PROTOCOL"),
+    ([], {"KAFKA_BROKERS": "h:1", "KAFKA_SASL_MECHANISM": "GSSAPI"}, "KAFKA_SASL_MECHANISM"),
+    ([], {"KAFKA_BROKERS": "h:1", "KAFKA_SSL_CA_LOCATION": "/no/such/ca.pem"}, "KAFKA_SSL_CA_LOCATION"),
+    ([], {"KAFKA_BROKERS": "h:1", "KAFKA_SASL_PASSWORD_FILE": "/no/such/file"}, "KAFKA_SASL_PASSWORD_FILE"),
 ]
 
 

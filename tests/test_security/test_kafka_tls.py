@@ -17,12 +17,14 @@ from confluent_kafka import Consumer, Message
 from prometheus_client import CollectorRegistry
 
 from decoder_api.config import load_settings
+from decoder_api.events import TranscriptEvent
 from decoder_api.publisher import TranscriptPublisher, build_publisher
 from nlp_consumer.config import load_consumer_settings
 from tests.conftest import RATE_HZ, SpokenCall
 from tests.kafka import SESSION_TIMEOUT_MS, Call, consume_until, decoder_env, launch_decoder, readyz, wait_for
-from tests.servers import free_port
+from tests.servers import DecoderServer, free_port
 from tests.test_nlp_consumer.conftest import ConsumerRun, ServiceProcess
+from tests.test_recorder.conftest import json_lines, recorder, write_wav
 from tests.test_security.tls import TlsFiles, TlsKafka
 
 CHUNK_BYTES = RATE_HZ * 2 // 5  # 200 ms
@@ -84,6 +86,34 @@ def test_decoder_and_nlp_consumer_work_over_tls(
         nlp.process.stop()
         decoder.stop()
     assert "Traceback" not in nlp.process.output()
+
+
+def test_the_recorder_publishes_its_finals_over_tls(
+    tls_kafka: TlsKafka,
+    tls_files: TlsFiles,
+    vosk_server: DecoderServer,
+    korean_call: SpokenCall,
+    tmp_path: Path,
+) -> None:
+    topic = f"tls-recorder-{uuid.uuid4().hex}"
+    tls_kafka.create_topics(topic)
+    wav = write_wav(tmp_path / "call.wav", korean_call.pcm)
+    env = {
+        "KAFKA_BROKERS": tls_kafka.bootstrap,
+        "KAFKA_TOPIC": topic,
+        "KAFKA_SECURITY_PROTOCOL": "SSL",
+        "KAFKA_SSL_CA_LOCATION": str(tls_files.ca),
+    }
+    done = recorder("-H", vosk_server.url, "-f", str(wav), "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    finals = [e["text"] for e in json_lines(done.stdout) if e["type"] == "final" and e["text"]]
+    assert finals
+    output = tls_consumer(tls_kafka, topic)
+    try:
+        messages = consume_until(output, lambda got: len(got) >= len(finals), timeout_s=60)
+    finally:
+        output.close()
+    assert [TranscriptEvent.from_json(m.value() or b"").text for m in messages] == finals
 
 
 def publisher_for(env: dict[str, str], tmp_path: Path) -> TranscriptPublisher:
