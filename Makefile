@@ -11,7 +11,7 @@ export PIPENV_VERBOSITY := -1
 VENV        := .venv
 PY          := $(VENV)/bin/python
 CATEGORIES  := packages decoder recorder nlp dev-packages
-APT_PACKAGES := pocketsphinx-testdata redis-server espeak-ng sox portaudio19-dev alsa-utils libasound2-plugins \
+APT_PACKAGES := pocketsphinx-testdata redis-server libjemalloc2 espeak-ng sox portaudio19-dev alsa-utils libasound2-plugins \
                 chromium fonts-dejavu-core openssl stunnel4
 STAMP       := $(VENV)/.installed
 

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from decoder_api.audio import DecodedAudio, decode_file
-from decoder_api.config import Settings, load_settings
+from decoder_api.config import ConfigError, Settings, load_settings
 from decoder_api.engines import Engine, RecognizerOptions, load_engine, native_rate_hz
 from decoder_api.engines.base import check_pcm
 from decoder_api.errors import DecoderError, EmptyAudio, UnsupportedAudio
@@ -88,12 +88,48 @@ def _add_serve(commands: Any, common: argparse.ArgumentParser) -> None:
     cmd.set_defaults(run=run_serve)
 
 
-def run_serve(args: argparse.Namespace, settings: Settings) -> int:
-    """Replace this process with gunicorn: one worker, gthread, settings passed as DECODER_* env.
+JEMALLOC_LIBRARIES = (
+    Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),  # Debian/Ubuntu package libjemalloc2
+    Path("/usr/lib/aarch64-linux-gnu/libjemalloc.so.2"),
+    Path("/usr/lib64/libjemalloc.so.2"),  # RHEL/UBI package jemalloc
+    Path("/usr/lib/libjemalloc.so.2"),
+)
+# Freed pages go back to the system within about a second, from jemalloc's own thread.
+JEMALLOC_CONF = "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0"
+ALLOCATORS = ("auto", "jemalloc", "glibc")
 
-    Kaldi and CTranslate2 allocate from many threads; ``MALLOC_ARENA_MAX=2`` (unless set) keeps
-    glibc from giving each thread an arena that holds on to its own free memory.
+
+def allocator_env(
+    choice: str, env: Mapping[str, str], libraries: Sequence[Path] = JEMALLOC_LIBRARIES
+) -> dict[str, str]:
+    """The environment that gives the server process its memory allocator.
+
+    Kaldi allocates and frees small blocks from every decoding thread. glibc's malloc then either
+    contends on a few arenas (``MALLOC_ARENA_MAX=2``: half the throughput at 8 streams on 2 cores)
+    or keeps free memory in many. jemalloc does neither (see ``bench/results/service.md``), so
+    ``auto`` preloads it when the library is installed and falls back to glibc with two arenas.
+    An ``LD_PRELOAD`` or ``MALLOC_*`` already in the environment is left alone.
     """
+    if choice not in ALLOCATORS:
+        raise ConfigError(f"DECODER_ALLOCATOR={choice!r}: expected one of {', '.join(ALLOCATORS)}")
+    extra: dict[str, str] = {}
+    library = next((path for path in libraries if path.is_file()), None)
+    if choice == "jemalloc" and library is None:
+        raise ConfigError(
+            "DECODER_ALLOCATOR=jemalloc: libjemalloc.so.2 is not installed "
+            "(Debian: apt-get install libjemalloc2)"
+        )
+    if choice != "glibc" and library is not None and "LD_PRELOAD" not in env:
+        extra["LD_PRELOAD"] = str(library)
+        extra["MALLOC_CONF"] = env.get("MALLOC_CONF", JEMALLOC_CONF)
+    # glibc reads this at process start, so gunicorn's raw_env would be too late for it.
+    extra["MALLOC_ARENA_MAX"] = env.get("MALLOC_ARENA_MAX", "2")
+    return extra
+
+
+def run_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Replace this process with gunicorn: one worker, gthread, settings passed as DECODER_* env,
+    with the memory allocator of ``allocator_env``."""
     from decoder_api.engines.models import resolve_model
     from decoder_api.registry import check_tls
 
@@ -101,8 +137,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     check_tls(settings.redis_url, settings.redis_ssl_ca_certs)  # a certificate that does not verify
     env = dict(os.environ)
     env.update({f"DECODER_{k.upper()}": str(v) for k, v in _serve_overrides(args).items() if v is not None})
-    # glibc reads this at process start, so gunicorn's raw_env would be too late for it.
-    env.setdefault("MALLOC_ARENA_MAX", "2")
+    env.update(allocator_env(settings.allocator, env))
     conf = Path(__file__).resolve().parent / "gunicorn.conf.py"
     argv = [sys.executable, "-m", "gunicorn", "--config", str(conf)]
     os.execve(sys.executable, argv, env)

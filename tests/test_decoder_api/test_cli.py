@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import wave
@@ -10,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from decoder_api.cli import JEMALLOC_CONF, allocator_env
+from decoder_api.config import ConfigError
 from decoder_api.evaluation import MANIFEST_COLUMNS, ManifestEntry, normalize, word_error_rate
 from tests.conftest import ROOT, SpokenCall
+from tests.servers import DecoderServer
 
 REAL_SPEECH = ("librivox-0930.wav", "beckett.wav")
 
@@ -180,3 +184,32 @@ def _env() -> dict[str, str]:
     import os
 
     return dict(os.environ)
+
+
+def test_serve_preloads_jemalloc_unless_told_otherwise(tmp_path: Path) -> None:
+    library = tmp_path / "libjemalloc.so.2"
+    library.write_bytes(b"")
+    auto = allocator_env("auto", {}, [tmp_path / "missing.so", library])
+    assert auto == {"LD_PRELOAD": str(library), "MALLOC_CONF": JEMALLOC_CONF, "MALLOC_ARENA_MAX": "2"}
+    assert allocator_env("auto", {}, [tmp_path / "missing.so"]) == {"MALLOC_ARENA_MAX": "2"}
+    assert allocator_env("glibc", {"MALLOC_ARENA_MAX": "8"}, [library]) == {"MALLOC_ARENA_MAX": "8"}
+    mine = allocator_env("jemalloc", {"LD_PRELOAD": "/opt/other.so"}, [library])
+    assert "LD_PRELOAD" not in mine  # an operator's preload is left alone
+    tuned = allocator_env("auto", {"MALLOC_CONF": "narenas:2"}, [library])
+    assert tuned["MALLOC_CONF"] == "narenas:2"
+    with pytest.raises(ConfigError, match=r"libjemalloc\.so\.2 is not installed"):
+        allocator_env("jemalloc", {}, [tmp_path / "missing.so"])
+    with pytest.raises(ConfigError, match="expected one of auto, jemalloc, glibc"):
+        allocator_env("tcmalloc", {}, [library])
+
+
+def test_the_served_decoder_runs_on_jemalloc(vosk_server: DecoderServer) -> None:
+    """``make install`` installs libjemalloc2, so the suite's decoders run on what production runs."""
+    workers = Path(f"/proc/{vosk_server.pid()}/task/{vosk_server.pid()}/children").read_text().split()
+    maps = Path(f"/proc/{workers[0]}/maps").read_text()
+    assert "libjemalloc.so.2" in maps
+
+
+def test_an_unknown_allocator_is_one_line() -> None:
+    result = run("serve", "--port", "1", env={**os.environ, "DECODER_ALLOCATOR": "tcmalloc"})
+    assert_one_line_error(result, "DECODER_ALLOCATOR")
