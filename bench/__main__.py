@@ -2,8 +2,9 @@
 
 Each benchmark runs in a process of its own (``python -m bench.<name>``), so no figure carries
 memory or threads left over by the one before; each writes ``<name>.md`` and ``<name>.json`` to
-``--out``. The plot of all of them comes last. A benchmark that fails is reported and the others
-still run; the exit status is then 1.
+``--out``. The plot of all of them and the summary table come last; a full-size run into the
+default results directory also puts that table in the README. A benchmark that fails is reported
+and the others still run; the exit status is then 1.
 """
 
 from __future__ import annotations
@@ -20,7 +21,18 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results"
 # In order: the engine baseline first, the plot of everything last.
-BENCHMARKS = ("engines", "service", "churn", "memory", "kafka_path", "recovery", "accuracy", "plot")
+BENCHMARKS = (
+    "engines",
+    "service",
+    "churn",
+    "memory",
+    "kafka_path",
+    "recovery",
+    "accuracy",
+    "plot",
+    "summary",
+)
+README = ROOT / "README.md"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,8 +53,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in selected:
         console.rule(f"bench.{name}")
         command = [sys.executable, "-m", f"bench.{name}", "--out", str(args.out)]
+        if args.quick:
+            command.append("--quick")
+        elif name == "summary" and args.out.resolve() == DEFAULT_OUT.resolve():
+            command += ["--readme", str(README)]
         started = time.monotonic()
-        result = subprocess.run([*command, *(["--quick"] if args.quick else [])], cwd=ROOT, check=False)
+        result = subprocess.run(command, cwd=ROOT, check=False)
         elapsed = time.monotonic() - started
         if result.returncode:
             failed.append(name)

@@ -33,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +42,7 @@ from typing import TypedDict
 import websocket
 from rich.console import Console
 
+from bench.figures import Figure, figure
 from bench.report import Machine, machine_info, markdown_table, rich_table, write_outputs
 from bench.server import POOL_OFF, ServedDecoder, served
 from bench.streams import (
@@ -64,6 +65,7 @@ LIVE_AUDIO_S = 2.0
 BARE_AUDIO_S = 4.0
 RETURN_TARGET = 1.05  # RSS after churn / warm baseline
 SETTLE_S = 0.5  # after the last session closed, before reading RSS
+CURVE_POINTS = 10  # RSS read after every tenth of the churn
 # name -> (model.conf overrides, extra environment)
 BARE_VARIANTS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
     "default": ({}, {}),
@@ -104,6 +106,10 @@ class ServerResult(TypedDict):
     churn_wall_s: float
     rss_after_churn_mib: float
     churn_ratio: float  # rss_after_churn / rss_warm
+    churn_curve: list[tuple[int, float]]  # (sessions so far, RSS MiB) at CURVE_POINTS checkpoints
+    rss_first_half_mib: float  # mean RSS at the checkpoints of the churn's first half
+    rss_second_half_mib: float  # ... and of its second half
+    second_half_ratio: float  # second half / first half: a leak keeps growing, a bounded cache does not
     live_sessions: int
     rss_live_mib: float
     rss_per_live_session_mib: float  # (rss_live - rss_after_churn) / live_sessions
@@ -136,6 +142,8 @@ class MemoryReport(TypedDict):
     load_average_1min: tuple[float, float]
     servers: list[ServerResult]
     bare: list[BareResult]
+    service_env: dict[str, str]  # extra environment of the served decoder (--service-env)
+    figures: list[Figure]  # the headline figures, each beside its baseline (bench.plot, bench.summary)
 
 
 # --- the bare engine, in a process of its own ---------------------------------------------------
@@ -301,22 +309,47 @@ def churn(decoder: ServedDecoder, pieces: Sequence[bytes], parallel: int) -> flo
     return time.perf_counter() - started
 
 
+def halves(curve: Sequence[tuple[int, float]]) -> tuple[float, float]:
+    """Mean RSS over the first and over the second half of the checkpoints."""
+    middle = max(1, len(curve) // 2)
+    first, second = curve[:middle], curve[middle:] or curve[-1:]
+    return sum(rss for _, rss in first) / len(first), sum(rss for _, rss in second) / len(second)
+
+
+def churn_with_curve(
+    decoder: ServedDecoder, pieces: Sequence[bytes], parallel: int
+) -> tuple[float, list[tuple[int, float]]]:
+    """``churn`` in ``CURVE_POINTS`` parts, RSS read after each: (wall seconds, the curve)."""
+    wall_s = 0.0
+    curve: list[tuple[int, float]] = []
+    bounds = sorted({round(len(pieces) * i / CURVE_POINTS) for i in range(1, CURVE_POINTS + 1)})
+    done = 0
+    for bound in bounds:
+        wall_s += churn(decoder, pieces[done:bound], parallel)
+        done = bound
+        curve.append((done, settled_rss(decoder)))
+    return wall_s, curve
+
+
 def settled_rss(decoder: ServedDecoder) -> float:
     time.sleep(SETTLE_S)
     return decoder.rss_mib()
 
 
-def measure_server(engine: str, pool: bool, churn_count: int, live: int, parallel: int) -> ServerResult:
+def measure_server(
+    engine: str, pool: bool, churn_count: int, live: int, parallel: int, env: Mapping[str, str]
+) -> ServerResult:
     speech = speech_for(engine, 120.0)
     short = slices(speech, CHURN_AUDIO_S, churn_count)
-    with served(engine, {} if pool else POOL_OFF) as decoder:
+    with served(engine, {} if pool else POOL_OFF, env) as decoder:
         rss_loaded = decoder.rss_mib()
         for _ in range(2):
             churn(decoder, short[:parallel], parallel)
         rss_warm = settled_rss(decoder)
         logger.info("churn engine=%s pool=%s sessions=%d", engine, pool, churn_count)
-        churn_wall = churn(decoder, short, parallel)
-        rss_churned = settled_rss(decoder)
+        churn_wall, curve = churn_with_curve(decoder, short, parallel)
+        rss_churned = curve[-1][1]
+        first, second = halves(curve)
         sessions = LiveSessions(decoder.ws_url, slices(speech, LIVE_AUDIO_S, live))
         rss_live = settled_rss(decoder)
         sessions.close()
@@ -332,6 +365,10 @@ def measure_server(engine: str, pool: bool, churn_count: int, live: int, paralle
         churn_wall_s=churn_wall,
         rss_after_churn_mib=rss_churned,
         churn_ratio=rss_churned / rss_warm,
+        churn_curve=curve,
+        rss_first_half_mib=first,
+        rss_second_half_mib=second,
+        second_half_ratio=second / first,
         live_sessions=live,
         rss_live_mib=rss_live,
         rss_per_live_session_mib=(rss_live - rss_churned) / live,
@@ -340,14 +377,14 @@ def measure_server(engine: str, pool: bool, churn_count: int, live: int, paralle
     )
 
 
-def measure_servers(sizes: Sizes, engines: Sequence[str]) -> list[ServerResult]:
+def measure_servers(sizes: Sizes, engines: Sequence[str], env: Mapping[str, str]) -> list[ServerResult]:
     results = []
     if "vosk" in engines:
-        results.append(measure_server("vosk", True, sizes.churn, sizes.live, sizes.parallel))
-        results.append(measure_server("vosk", False, sizes.churn_pool_off, sizes.live, sizes.parallel))
+        results.append(measure_server("vosk", True, sizes.churn, sizes.live, sizes.parallel, env))
+        results.append(measure_server("vosk", False, sizes.churn_pool_off, sizes.live, sizes.parallel, env))
     if "whisper" in engines:
         results.append(
-            measure_server("whisper", True, sizes.whisper_churn, sizes.whisper_live, sizes.parallel)
+            measure_server("whisper", True, sizes.whisper_churn, sizes.whisper_live, sizes.parallel, env)
         )
     return results
 
@@ -362,6 +399,7 @@ SERVER_HEADER = [
     "Churn",
     "RSS after churn (MiB)",
     "After churn / warm",
+    "2nd half / 1st half of churn",
     "Live sessions",
     "RSS per live session (MiB)",
     "RSS after they closed (MiB)",
@@ -388,6 +426,7 @@ def server_rows(servers: list[ServerResult]) -> list[list[str]]:
             f"{s['churn_sessions']} x {s['churn_audio_s']:g} s in {s['churn_wall_s']:.0f} s",
             f"{s['rss_after_churn_mib']:.0f}",
             f"{s['churn_ratio']:.3f}" + (" ✓" if s["churn_ratio"] <= RETURN_TARGET else " ✗"),
+            f"{s['second_half_ratio']:.3f}" + (" ✓" if s["second_half_ratio"] <= RETURN_TARGET else " ✗"),
             str(s["live_sessions"]),
             f"{s['rss_per_live_session_mib']:.1f}",
             f"{s['rss_after_live_closed_mib']:.0f}",
@@ -418,7 +457,10 @@ MEMORY_NOTES = (
     "session of a phase closed. Warm baseline: after two unmeasured rounds of parallel sessions.",
     f"- Churn: sessions of {CHURN_AUDIO_S:g} s of speech over the WebSocket, sent as fast as the server "
     f"answers, several at a time; the target is RSS after churn within {RETURN_TARGET - 1:.0%} of the "
-    "warm baseline.",
+    "warm baseline. *2nd half / 1st half* compares the mean RSS at "
+    f"the {CURVE_POINTS // 2} checkpoints of the churn's second half with its first half: a leak "
+    "grows in both halves, a bounded cache stops growing (the pool frees a "
+    "recognizer after `DECODER_POOL_MAX_AUDIO_S` of audio, so its graph cache cannot grow without end).",
     f"- Live sessions: opened together, each fed {LIVE_AUDIO_S:g} s of speech and held open; per session is "
     "(RSS with them open - RSS before they opened) / K. With the pool on, a live session beyond the "
     "idle recognizers gets a new one.",
@@ -444,6 +486,8 @@ def render_markdown(report: MemoryReport) -> str:
         f"({machine['usable_cores']} usable), {machine['platform']}; "
         f"load average (1 min) before / after: {load}",
         f"- **Software:** Python {machine['python']}; {libraries}",
+        "- **Served decoder's extra environment:** "
+        + (", ".join(f"`{k}={v}`" for k, v in report["service_env"].items()) or "none"),
         "",
         "## Served decoder",
         "",
@@ -469,6 +513,47 @@ def print_tables(report: MemoryReport, console: Console | None = None) -> None:
         console.print(rich_table(title + (" (quick)" if report["quick"] else ""), header, rows))
 
 
+def headline_figures(servers: Sequence[ServerResult], bare: Sequence[BareResult]) -> list[Figure]:
+    """RSS after churn against the warm baseline, and the churn's second half against its first
+    (the targets), and RSS per live session against the bare engine's RSS per recognizer."""
+    target = f"ratio <= {RETURN_TARGET:.2f}"
+    per_recognizer = bare[0]["rss_per_recognizer_mib"] if bare else None
+    figures: list[Figure] = []
+    for s in servers:
+        where = f"{s['engine']}, pool {'on' if s['pool'] else 'off'}"
+        figures += [
+            figure(
+                f"RSS after {s['churn_sessions']} sessions, {where}",
+                "MiB",
+                s["rss_after_churn_mib"],
+                s["rss_warm_mib"],
+                "warm baseline",
+                target=target,
+                met=s["churn_ratio"] <= RETURN_TARGET,
+            ),
+            figure(
+                f"RSS in the 2nd half of {s['churn_sessions']} sessions, {where}",
+                "MiB",
+                s["rss_second_half_mib"],
+                s["rss_first_half_mib"],
+                "1st half (mean of checkpoints)",
+                target=f"{target} (no leak)",
+                met=s["second_half_ratio"] <= RETURN_TARGET,
+            ),
+        ]
+        if s["engine"] == "vosk" and per_recognizer:
+            figures.append(
+                figure(
+                    f"RSS per live session, {where}",
+                    "MiB",
+                    s["rss_per_live_session_mib"],
+                    per_recognizer,
+                    "bare engine, RSS per recognizer",
+                )
+            )
+    return figures
+
+
 def write_report(report: MemoryReport, out: Path) -> list[Path]:
     from bench.memory_findings import render_findings
 
@@ -487,6 +572,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--bare", choices=tuple(BARE_VARIANTS), help="measure one bare variant here; print JSON"
     )
     parser.add_argument("--recognizers", type=int, help="bare engine: recognizers held at once")
+    parser.add_argument("--churn", type=int, help=f"served Vosk: sessions of churn ({DEFAULT_SIZES.churn})")
+    parser.add_argument(
+        "--service-env",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the served decoder, e.g. MALLOC_ARENA_MAX=16",
+    )
+    parser.add_argument("--no-bare", action="store_true", help="skip the bare-engine variants")
     return parser
 
 
@@ -495,19 +589,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     logger.setLevel(logging.INFO)
     sizes = QUICK_SIZES if args.quick else DEFAULT_SIZES
+    if args.churn:
+        sizes = dataclasses.replace(sizes, churn=args.churn)
     count = args.recognizers or sizes.recognizers
+    service_env = dict(item.split("=", 1) for item in args.service_env if "=" in item)
     if args.bare:
         print(json.dumps(measure_bare(args.bare, count), ensure_ascii=False), flush=True)
         return 0
     load_before = os.getloadavg()[0]
-    servers = measure_servers(sizes, [args.engine] if args.engine else ["vosk", "whisper"])
-    variants = QUICK_VARIANTS if args.quick else tuple(BARE_VARIANTS)
+    servers = measure_servers(sizes, [args.engine] if args.engine else ["vosk", "whisper"], service_env)
+    variants = () if args.no_bare else QUICK_VARIANTS if args.quick else tuple(BARE_VARIANTS)
     try:
         bare = [run_bare(variant, count) for variant in variants]
     except subprocess.CalledProcessError as err:
         print(f"error: bare engine measurement failed (exit {err.returncode})", file=sys.stderr)
         return 1
-    for result in bare[1:]:
+    for result in bare[1:]:  # compared with the default variant
         result["agreement_wer"] = agreement(bare[0], result)
     report = MemoryReport(
         quick=args.quick,
@@ -516,6 +613,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_average_1min=(load_before, os.getloadavg()[0]),
         servers=servers,
         bare=bare,
+        service_env=service_env,
+        figures=headline_figures(servers, bare),
     )
     for path in write_report(report, args.out):
         logger.info("wrote %s", path)

@@ -48,6 +48,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import load
+from bench.figures import Figure, figure
 from bench.load import (
     BareStream,
     Capacity,
@@ -214,6 +215,7 @@ class Report(TypedDict):
     engines: dict[str, EngineReport]
     profile: Profile | None
     service_env: dict[str, str]  # extra environment given to the service (--service-env)
+    figures: list[Figure]  # the headline figures, each beside its baseline (bench.plot, bench.summary)
 
 
 # --- Measurements -----------------------------------------------------------------------------
@@ -772,6 +774,56 @@ def print_tables(report: Report, console: Console | None = None) -> None:
         console.print(table)
 
 
+CAPACITY_LABELS = {
+    "bare_engine": "bare engine, in-process",
+    "service_websocket": "service, WebSocket",
+    "service_http": "service, HTTP v1",
+    "peer_websocket": "peer (vosk-server design)",
+}
+PATH_LABELS = {"http": "HTTP v1", "websocket": "WebSocket", "peer": "peer (vosk-server design)"}
+
+
+def headline_figures(engines: Mapping[str, EngineReport]) -> list[Figure]:
+    """Throughput of each path against the bare engine at the same number of callers, and each
+    capacity against the bound; the service's paths carry the targets, the peer is for comparison."""
+    figures: list[Figure] = []
+    for name, result in engines.items():
+        for row in result["overhead"]:
+            paths = {"http": row["http"], "websocket": row["websocket"], "peer": row["peer"]}
+            for path, measured in paths.items():
+                label = PATH_LABELS[path]
+                if measured is None:
+                    continue
+                targeted = path != "peer"
+                figures.append(
+                    figure(
+                        f"{name}: throughput over {label}, {row['callers']} callers",
+                        "audio s/s",
+                        measured["throughput"],
+                        row["bare"]["throughput"],
+                        "bare engine, same callers",
+                        better="higher",
+                        target=f"ratio >= {OVERHEAD_TARGET:.2f}" if targeted else "",
+                        met=measured["ratio"] >= OVERHEAD_TARGET if targeted else None,
+                    )
+                )
+        for key, found in result["capacity"].items():
+            targeted = key.startswith("service_")
+            figures.append(
+                figure(
+                    f"{name}: capacity, {CAPACITY_LABELS.get(key, key)}",
+                    "callers",
+                    float(found["callers"]),
+                    result["bound"]["callers"],
+                    "cores ÷ bare RTF",
+                    better="higher",
+                    target=f"ratio >= {CAPACITY_TARGET:.2f}" if targeted else "",
+                    met=found["ratio"] >= CAPACITY_TARGET if targeted else None,
+                )
+            )
+    return figures
+
+
 def write_report(report: Report, out: Path) -> list[Path]:
     return write_outputs(out, NAME, render_markdown(report), report)
 
@@ -838,6 +890,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         engines=engines,
         profile=profile,
         service_env=service_env,
+        figures=headline_figures(engines),
     )
     for path in write_report(report, args.out):
         logger.info("wrote %s", path)

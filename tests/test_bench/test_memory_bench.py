@@ -37,9 +37,27 @@ def test_server_numbers_are_sane(report: dict[str, Any]) -> None:
         assert server["rss_loaded_mib"] > 50
         assert server["rss_warm_mib"] >= server["rss_loaded_mib"] * 0.9
         assert server["churn_ratio"] == pytest.approx(server["rss_after_churn_mib"] / server["rss_warm_mib"])
+        curve = server["churn_curve"]
+        assert [done for done, _ in curve] == sorted({done for done, _ in curve})
+        assert curve[-1] == [server["churn_sessions"], server["rss_after_churn_mib"]]
+        assert 0.5 < server["second_half_ratio"] < 2
+        assert server["second_half_ratio"] == pytest.approx(
+            server["rss_second_half_mib"] / server["rss_first_half_mib"]
+        )
         assert server["live_sessions"] >= 1
         assert server["rss_live_mib"] > 0
         assert server["rss_after_live_closed_mib"] > 0
+
+
+def test_headline_figures(report: dict[str, Any]) -> None:
+    names = [f["name"] for f in report["figures"]]
+    churn = report["servers"][0]["churn_sessions"]
+    assert f"RSS after {churn} sessions, vosk, pool on" in names
+    assert f"RSS in the 2nd half of {churn} sessions, vosk, pool on" in names
+    assert "RSS per live session, vosk, pool on" in names
+    for f in report["figures"]:
+        if f["target"]:
+            assert f["met"] is (f["value"] / f["baseline"] <= 1.05)
 
 
 def test_bare_engine_numbers_are_sane(report: dict[str, Any]) -> None:

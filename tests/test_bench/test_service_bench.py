@@ -81,6 +81,19 @@ def test_capacity_against_the_bound(report: dict[str, Any], engine: str) -> None
     assert set(result["idle_rss_mib"]) == ({"service", "peer"} if engine == "vosk" else {"service"})
 
 
+def test_headline_figures_carry_the_targets(report: dict[str, Any]) -> None:
+    figures = {f["name"]: f for f in report["figures"]}
+    websocket = figures["vosk: throughput over WebSocket, 2 callers"]
+    row = next(r for r in report["engines"]["vosk"]["overhead"] if r["callers"] == 2)
+    assert websocket["value"] == row["websocket"]["throughput"]
+    assert websocket["baseline"] == row["bare"]["throughput"]
+    assert websocket["met"] is (row["websocket"]["ratio"] >= 0.90)
+    assert figures["vosk: throughput over peer (vosk-server design), 2 callers"]["target"] == ""
+    capacity = figures["whisper: capacity, service, WebSocket"]
+    assert capacity["baseline"] == report["engines"]["whisper"]["bound"]["callers"]
+    assert capacity["target"] == "ratio >= 0.85"
+
+
 def test_markdown_and_terminal_tables(quick_run: QuickRun, report: dict[str, Any]) -> None:
     out, done = quick_run
     markdown = (out / "service.md").read_text(encoding="utf-8")
