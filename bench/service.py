@@ -186,7 +186,7 @@ class EngineReport(TypedDict):
     bound: Bound
     capacity: dict[str, CapacityResult]  # service_websocket, service_http, peer_websocket
     idle_rss_mib: dict[str, float]  # service, peer: after start, before any call
-    service_malloc_arena_max: str  # as the gunicorn worker has it (glibc's default when unset)
+    service_allocator: str  # the gunicorn worker's: jemalloc (preloaded) or glibc with its arena count
 
 
 class ProfileRow(TypedDict):
@@ -294,6 +294,18 @@ class Warmer:
             self.warmed = callers
 
 
+def process_allocator(environ: Mapping[str, str]) -> str:
+    """Which malloc a process with this environment uses."""
+    if "jemalloc" in environ.get("LD_PRELOAD", ""):
+        return "jemalloc (preloaded)"
+    return f"glibc malloc, MALLOC_ARENA_MAX={environ.get('MALLOC_ARENA_MAX', 'glibc default')}"
+
+
+def worker_allocator(pid: int) -> str:
+    environ = {name: load.environ_of(pid, name) or "" for name in ("LD_PRELOAD", "MALLOC_ARENA_MAX")}
+    return process_allocator({k: v for k, v in environ.items() if v})
+
+
 def bare_engine(spec: EngineSpec) -> Engine:
     settings = load_settings(os.environ, {"engine": spec.name, "model": spec.model})
     return load_engine(settings)
@@ -329,7 +341,7 @@ def measure_engine(
         for server in (service, peer):
             if server is not None:
                 server.wait_ready()
-        arenas = load.environ_of(load.process_tree(service.pid)[-1], "MALLOC_ARENA_MAX") or "glibc default"
+        allocator = worker_allocator(load.process_tree(service.pid)[-1])
         idle = {"service": load.rss_mib(service.pid)} | ({"peer": load.rss_mib(peer.pid)} if peer else {})
         port = load.port_of(service)
         paths: dict[str, StreamFactory] = {
@@ -384,7 +396,7 @@ def measure_engine(
         bound=bound,
         capacity=found,
         idle_rss_mib=idle,
-        service_malloc_arena_max=arenas,
+        service_allocator=allocator,
     )
 
 
@@ -683,9 +695,9 @@ def render_markdown(report: Report) -> str:
             "",
             f"Bound: {bound['cores']} cores / bare RTF {bound['bare_rtf']:.3f} (each stream's, with "
             f"{bound['cores']} decoding at once) = {bound['callers']:.1f} callers. RSS after start, "
-            f"before any call: {idle}. The service's worker runs with MALLOC_ARENA_MAX="
-            f"{result['service_malloc_arena_max']}; the benchmark's own process (the bare engine) with "
-            f"MALLOC_ARENA_MAX={os.environ.get('MALLOC_ARENA_MAX', 'glibc default')}.",
+            f"before any call: {idle}. The service's worker runs on "
+            f"{result['service_allocator']}; the benchmark's own process (the bare engine) on "
+            f"{process_allocator(dict(os.environ))}.",
             "",
             *markdown_table(CAPACITY_HEADER, capacity_rows(result)),
             "",
@@ -746,10 +758,11 @@ NOTES = [
     "once per second of audio), a second search without it says how many callers keep up with real time.",
     "- RSS is of the server's whole process tree (gunicorn master + worker), sampled every 0.25 s; for the "
     "bare engine it is the benchmark's own process (the model, recognizers and the clients' threads).",
-    "- The service runs as `python -m decoder_api serve` starts it, including its glibc allocator setting "
-    "(`MALLOC_ARENA_MAX`, shown per engine above); `--service-env MALLOC_ARENA_MAX=16` (any KEY=VALUE) "
-    "measures it with another. Kaldi allocates on every chunk from many threads, so few arenas cost "
-    "latency under load.",
+    "- The service runs as `python -m decoder_api serve` starts it, including its allocator "
+    "(`DECODER_ALLOCATOR`, shown per engine above); `--service-env DECODER_ALLOCATOR=glibc` (any "
+    "KEY=VALUE) measures it with another. Kaldi allocates on every chunk from many threads: glibc with "
+    "few arenas costs latency under load, jemalloc does not. The bare engine runs in this process, "
+    "on glibc's allocator, so a service on jemalloc can beat it.",
     "- Overhead and capacity of the service over HTTP v1 use one keep-alive connection per caller; "
     "`--http-capacity` adds the HTTP capacity search (off by default to keep the run short).",
     "- Numbers on a machine shared with other work are noisy: compare ratios measured in the same run.",
