@@ -15,7 +15,7 @@ from decoder_api.cli import JEMALLOC_CONF, allocator_env
 from decoder_api.config import ConfigError
 from decoder_api.evaluation import MANIFEST_COLUMNS, ManifestEntry, normalize, word_error_rate
 from tests.conftest import ROOT, SpokenCall
-from tests.servers import DecoderServer
+from tests.servers import DecoderServer, free_port
 
 REAL_SPEECH = ("librivox-0930.wav", "beckett.wav")
 
@@ -199,15 +199,25 @@ def test_serve_preloads_jemalloc_unless_told_otherwise(tmp_path: Path) -> None:
     assert tuned["MALLOC_CONF"] == "narenas:2"
     with pytest.raises(ConfigError, match=r"libjemalloc\.so\.2 is not installed"):
         allocator_env("jemalloc", {}, [tmp_path / "missing.so"])
-    with pytest.raises(ConfigError, match="expected one of auto, jemalloc, glibc"):
+    with pytest.raises(ConfigError, match="expected one of glibc, jemalloc, auto"):
         allocator_env("tcmalloc", {}, [library])
 
 
-def test_the_served_decoder_runs_on_jemalloc(vosk_server: DecoderServer) -> None:
-    """``make install`` installs libjemalloc2, so the suite's decoders run on what production runs."""
-    workers = Path(f"/proc/{vosk_server.pid()}/task/{vosk_server.pid()}/children").read_text().split()
-    maps = Path(f"/proc/{workers[0]}/maps").read_text()
-    assert "libjemalloc.so.2" in maps
+def worker_maps(server: DecoderServer) -> str:
+    workers = Path(f"/proc/{server.pid()}/task/{server.pid()}/children").read_text().split()
+    return Path(f"/proc/{workers[0]}/maps").read_text()
+
+
+def test_serve_runs_on_the_allocator_it_is_given(vosk_server: DecoderServer, tmp_path: Path) -> None:
+    """glibc by default; ``DECODER_ALLOCATOR=jemalloc`` preloads the library ``make install`` installs."""
+    assert "libjemalloc.so.2" not in worker_maps(vosk_server)
+    env = {"DECODER_ENGINE": "vosk", "DECODER_MODEL": "ko", "DECODER_ALLOCATOR": "jemalloc"}
+    server = DecoderServer(free_port(), env, tmp_path / "decoder.log")
+    server.start()
+    try:
+        assert "libjemalloc.so.2" in worker_maps(server)
+    finally:
+        server.stop()
 
 
 def test_an_unknown_allocator_is_one_line() -> None:
