@@ -222,18 +222,8 @@ def parse_kafka_security(env: Mapping[str, str]) -> KafkaSecurity:
     def value(name: str) -> str | None:
         return env.get(name, "").strip() or None
 
-    protocol = value("KAFKA_SECURITY_PROTOCOL")
-    if protocol is not None:
-        protocol = protocol.upper()
-        if protocol not in KAFKA_SECURITY_PROTOCOLS:
-            expected = ", ".join(KAFKA_SECURITY_PROTOCOLS)
-            raise ConfigError(f"KAFKA_SECURITY_PROTOCOL {protocol!r}: expected one of {expected}")
-    mechanism = value("KAFKA_SASL_MECHANISM")
-    if mechanism is not None:
-        mechanism = mechanism.upper()
-        if mechanism not in KAFKA_SASL_MECHANISMS:
-            expected = ", ".join(KAFKA_SASL_MECHANISMS)
-            raise ConfigError(f"KAFKA_SASL_MECHANISM {mechanism!r}: expected one of {expected}")
+    protocol = _one_of(value("KAFKA_SECURITY_PROTOCOL"), "KAFKA_SECURITY_PROTOCOL", KAFKA_SECURITY_PROTOCOLS)
+    mechanism = _one_of(value("KAFKA_SASL_MECHANISM"), "KAFKA_SASL_MECHANISM", KAFKA_SASL_MECHANISMS)
     password = env.get("KAFKA_SASL_PASSWORD") or None
     password_file = value("KAFKA_SASL_PASSWORD_FILE")
     if password_file is not None:
@@ -252,6 +242,15 @@ def parse_kafka_security(env: Mapping[str, str]) -> KafkaSecurity:
         ssl_certificate_location=files.get("KAFKA_SSL_CERTIFICATE_LOCATION"),
         ssl_key_location=files.get("KAFKA_SSL_KEY_LOCATION"),
     )
+
+
+def _one_of(raw: str | None, name: str, allowed: tuple[str, ...]) -> str | None:
+    """``raw`` upper-cased when it is one of ``allowed`` (None stays None), else a ``ConfigError``."""
+    if raw is None:
+        return None
+    if raw.upper() not in allowed:
+        raise ConfigError(f"{name} {raw.upper()!r}: expected one of {', '.join(allowed)}")
+    return raw.upper()
 
 
 def _read_secret(path: str, name: str) -> str:
