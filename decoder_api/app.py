@@ -62,7 +62,7 @@ def build_service(settings: Settings, background: bool) -> DecoderService:
         settings.pool_warm,
         max_audio_s=settings.pool_max_audio_s,
     )
-    loader = EngineLoader(lambda: load_engine(settings), pool)
+    loader = EngineLoader(lambda: load_engine(settings, metrics.partial_lag.observe), pool)
     limits = SessionLimits(
         max_sessions=settings.max_sessions,
         idle_s=settings.session_idle_s,

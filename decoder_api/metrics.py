@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
+LAG_BUCKETS_S = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
 class DecoderMetrics:
@@ -29,6 +30,15 @@ class DecoderMetrics:
             "Request received to partial returned",
             buckets=LATENCY_BUCKETS_S,
             registry=r,
+        )
+        self.partial_lag = Histogram(
+            "decoder_partial_lag_seconds",
+            "Audio the stream had moved on since the audio a background partial covers, when published",
+            buckets=LAG_BUCKETS_S,
+            registry=r,
+        )
+        self.partial_backlog = Gauge(
+            "decoder_partial_backlog", "Streams waiting for a background partial decode", registry=r
         )
         self.finals = Counter("decoder_finals", "Final utterances produced", registry=r)
         self.http_responses = Counter(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from decoder_api.engines.base import Engine, Final, Recognizer, RecognizerOptions, Word
@@ -18,8 +19,12 @@ def native_rate_hz(engine: Engine) -> int:
     return int(getattr(rates, "native_hz", 16000))
 
 
-def load_engine(settings: Settings) -> Engine:
-    """Resolve the configured model and load its engine (once per process)."""
+def load_engine(settings: Settings, on_partial_lag: Callable[[float], None] | None = None) -> Engine:
+    """Resolve the configured model and load its engine (once per process).
+
+    ``on_partial_lag`` observes how far (seconds of audio) each partial decoded in the background
+    is behind its stream when it is published; engines that decode partials inline never call it.
+    """
     from decoder_api.engines.models import resolve_model
 
     info = resolve_model(settings.engine, settings.model, settings.model_dir)
@@ -29,4 +34,4 @@ def load_engine(settings: Settings) -> Engine:
         return VoskEngine(info, settings.vosk)
     from decoder_api.engines.whisper import WhisperEngine
 
-    return WhisperEngine(info, settings.whisper)
+    return WhisperEngine(info, settings.whisper, on_partial_lag)

@@ -8,7 +8,9 @@ recognizer:
   recurrent state kept per stream, so chunk boundaries never change a decision;
 * an utterance runs from the first speech window (plus a short pre-roll) until
   ``endpoint_silence_ms`` of silence or ``max_utterance_ms``; it is then decoded once for the final;
-* while an utterance is open it is re-decoded for a partial every ``partial_interval_ms`` of audio.
+* while an utterance is open it is re-decoded for a partial every ``partial_interval_ms`` of audio;
+  with ``background_partials`` (the default) that decode runs on a worker thread (see ``partials``)
+  and a chunk is answered with the newest partial already decoded, so replies never wait for one.
 
 Every time is counted in samples of the 16 kHz stream, which starts with the client's stream, so
 ``Final``/``Word`` times are milliseconds of stream time and do not depend on the wall clock.
@@ -23,8 +25,10 @@ import logging
 import math
 import os
 import re
+import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +47,7 @@ from decoder_api.engines.base import (
     Word,
     samples_to_ms,
 )
+from decoder_api.engines.partials import BackgroundPartials, PartialJob
 from decoder_api.errors import ModelNotFound
 
 logger = logging.getLogger(__name__)
@@ -69,6 +74,7 @@ class WhisperSettings:
 
     ``cpu_threads`` 0 keeps CTranslate2's default; ``num_workers`` is how many decodes (from different
     streams) may run in parallel. ``max_utterance_ms`` is capped by Whisper's 30 s window.
+    ``background_partials`` decodes partials on a worker thread instead of inside ``accept``.
     """
 
     cpu_threads: int = 0
@@ -81,6 +87,7 @@ class WhisperSettings:
     min_speech_ms: int = 250
     vad_threshold: float = 0.5
     language: str = "en"
+    background_partials: bool = True
 
     def __post_init__(self) -> None:
         checks = {
@@ -121,12 +128,22 @@ class WhisperEngine:
 
     name = "whisper"
 
-    def __init__(self, model: ModelInfo, settings: WhisperSettings | None = None) -> None:
+    def __init__(
+        self,
+        model: ModelInfo,
+        settings: WhisperSettings | None = None,
+        on_partial_lag: Callable[[float], None] | None = None,
+    ) -> None:
+        """``on_partial_lag`` is told, for each background partial published, how many seconds of
+        audio the stream had moved on since the audio that partial covers."""
         self.model = model
         self.settings = settings or WhisperSettings()
         self._whisper = load_whisper_model(model, self.settings)
         self._vad_session: Any = get_vad_model().session
         self._closed = False
+        self.on_partial_lag = on_partial_lag
+        background = self.settings.background_partials
+        self.partials = BackgroundPartials(self.decode_partial) if background else None
         logger.info("whisper engine loaded model=%s compute_type=%s", model.name, self.settings.compute_type)
 
     def create(self, options: RecognizerOptions) -> WhisperRecognizer:
@@ -163,10 +180,16 @@ class WhisperEngine:
         )
         return transcript
 
+    def decode_partial(self, audio: np.ndarray, hotwords: str | None) -> str:
+        """Text of a partial re-decode of ``audio`` (no word times)."""
+        return self.transcribe(audio, final=False, words=False, hotwords=hotwords).text
+
     def close(self) -> None:
         """Unload the model; recognizers created by this engine become unusable."""
         if not self._closed:
             self._closed = True
+            if self.partials is not None:
+                self.partials.close()
             self._whisper.model.unload_model()
 
 
@@ -312,6 +335,12 @@ class WhisperRecognizer:
         self._vad = engine.new_vad()
         self._pre_roll: deque[np.ndarray] = deque(maxlen=pre_roll_windows())
         self._closed = False
+        # The partial and what it covers may be written by a background worker: guarded by this lock,
+        # and a worker's text is taken only for the utterance (generation) it was decoded from.
+        self._partial_lock = threading.Lock()
+        self._generation = 0
+        self._partial = ""
+        self._partial_end = 0
         self._start_stream()
 
     def _start_stream(self) -> None:
@@ -321,7 +350,7 @@ class WhisperRecognizer:
         self._position = 0
         self._pre_roll.clear()
         self._utterance: OpenUtterance | None = None
-        self._partial = ""
+        self._clear_partial()
         self._next_index = 0
 
     @property
@@ -338,7 +367,8 @@ class WhisperRecognizer:
 
     def partial(self) -> str:
         """Text of the latest re-decode of the open utterance ("" when none is open)."""
-        return self._partial
+        with self._partial_lock:
+            return self._partial
 
     def flush(self) -> list[Final]:
         """End of stream: finalise the open utterance if it holds enough speech."""
@@ -375,6 +405,8 @@ class WhisperRecognizer:
     def close(self) -> None:
         """Free the buffers; the recognizer is unusable afterwards."""
         self._closed = True
+        if self._engine.partials is not None:
+            self._engine.partials.cancel(self)
         self._pending = np.zeros(0, dtype=np.float32)
         self._drop_utterance()
 
@@ -475,8 +507,17 @@ class WhisperRecognizer:
 
     def _drop_utterance(self) -> None:
         self._utterance = None
-        self._partial = ""
+        self._clear_partial()
         self._pre_roll.clear()
+
+    def _clear_partial(self) -> None:
+        """No partial, and none decoded for an earlier utterance will be taken."""
+        with self._partial_lock:
+            self._generation += 1
+            self._partial = ""
+            self._partial_end = 0
+        if self._engine.partials is not None:
+            self._engine.partials.cancel(self)
 
     def _refresh_partial(self) -> None:
         """Re-decode the open utterance once enough new audio (and speech) arrived since the last time."""
@@ -485,9 +526,26 @@ class WhisperRecognizer:
             return
         if utterance.end - utterance.last_partial_at < ms_to_samples(self._settings.partial_interval_ms):
             return
-        utterance.last_partial_at = utterance.end
-        audio = utterance.audio(utterance.end)
-        self._partial = self._engine.transcribe(audio, final=False, words=False, hotwords=self._hotwords).text
+        utterance.last_partial_at = end = utterance.end
+        audio = utterance.audio(end)
+        background = self._engine.partials
+        if background is None:
+            self._partial = self._engine.decode_partial(audio, self._hotwords)
+            return
+        generation = self._generation
+        job = PartialJob(audio, self._hotwords, lambda text: self._publish_partial(generation, end, text))
+        background.submit(self, job)
+
+    def _publish_partial(self, generation: int, end: int, text: str) -> None:
+        """Take a background decode of the utterance up to ``end`` if that utterance is still open
+        and nothing newer was taken."""
+        with self._partial_lock:
+            if generation != self._generation or end <= self._partial_end:
+                return
+            self._partial, self._partial_end = text, end
+            lag_s = max(self._position - end, 0) / WHISPER_RATE_HZ
+        if self._engine.on_partial_lag is not None:
+            self._engine.on_partial_lag(lag_s)
 
 
 def stream_words(words: tuple[TimedWord, ...], start_ms: int, end_ms: int) -> tuple[Word, ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from decoder_api.engines.partials import BackgroundPartials
 from decoder_api.openapi import openapi_document
 from decoder_api.service import service
 
@@ -47,6 +48,9 @@ def metrics() -> Response:
         svc.metrics.pool_recognizers.labels("in_use").set(stats.in_use)
         for outcome, value in (("hit", stats.hits), ("miss", stats.misses), ("discarded", stats.discarded)):
             svc.metrics.pool_acquired.labels(outcome).set(value)
+        background = getattr(svc.engine.get(), "partials", None)  # engines that decode partials off-thread
+        backlog = background.backlog() if isinstance(background, BackgroundPartials) else 0
+        svc.metrics.partial_backlog.set(backlog)
     return Response(generate_latest(svc.metrics.registry), mimetype=CONTENT_TYPE_LATEST)
 
 

