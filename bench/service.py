@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
+import requests
 from rich.console import Console
 from rich.table import Table
 
@@ -67,6 +68,7 @@ from decoder_api.config import load_settings
 from decoder_api.engines import load_engine
 from decoder_api.engines.base import Engine
 from decoder_api.engines.pool import PoolSettings, RecognizerPool
+from decoder_api.metrics import LAG_BUCKETS_S
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +130,7 @@ DEFAULT_SIZES = Sizes(
     overhead_audio_s={"vosk": 20.0, "whisper": 10.0},
     warmup_audio_s={"vosk": 20.0, "whisper": 3.0},
     capacity_audio_s={"vosk": 20.0, "whisper": 15.0},
-    max_steps=3,
+    max_steps=5,
     keeping_up_steps=2,
     profile_s=15.0,
     overhead_rounds=2,
@@ -239,12 +241,65 @@ def unpaced(factory: StreamFactory, speech: bytes, callers: int, warmup: bytes |
     return load.run_unpaced(factory, [load.rotated(speech, n, callers) for n in range(callers)])
 
 
+LAG_METRIC = "decoder_partial_lag_seconds"
+
+
+def lag_buckets(metrics_url: str) -> dict[float, float]:
+    """The service's cumulative partial-lag histogram: upper bound (s) -> partials published."""
+    text = requests.get(metrics_url, timeout=10).text
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith(f"{LAG_METRIC}_bucket{{"):
+            name, value = line.rsplit(" ", 1)
+            bound = name.split('le="', 1)[1].split('"', 1)[0]
+            buckets[math.inf if bound == "+Inf" else float(bound)] = float(value)
+    return buckets
+
+
+def lag_quantile(before: Mapping[float, float], after: Mapping[float, float], q: float) -> float | None:
+    """The bucket bound (s) that the ``q`` quantile of the partials published in between falls under;
+    None when none was published or it is beyond the largest finite bound."""
+    cumulative = sorted((bound, count - before.get(bound, 0.0)) for bound, count in after.items())
+    total = cumulative[-1][1] if cumulative else 0.0
+    if total <= 0:
+        return None
+    found = next(bound for bound, count in cumulative if count >= q * total)
+    return None if found == math.inf else found
+
+
+class PartialLag(TypedDict):
+    published: int  # background partials published during the step
+    p50_s: float | None  # bucket bounds: the lag is at most this (None: beyond the largest)
+    p95_s: float | None
+
+
+def partial_lag(before: Mapping[float, float], after: Mapping[float, float]) -> PartialLag:
+    published = after.get(math.inf, 0.0) - before.get(math.inf, 0.0)
+    return PartialLag(
+        published=round(published),
+        p50_s=lag_quantile(before, after, 0.50),
+        p95_s=lag_quantile(before, after, 0.95),
+    )
+
+
 def capacity(
-    factory: StreamFactory, speech: bytes, bound: float, sizes: Sizes, warm: Callable[[int], None], pid: int
+    factory: StreamFactory,
+    speech: bytes,
+    bound: float,
+    sizes: Sizes,
+    warm: Callable[[int], None],
+    pid: int,
+    metrics_url: str | None = None,
 ) -> CapacityResult:
+    """The capacity search on one path; ``metrics_url`` (the service's) adds each step's partial lag."""
+    lags: dict[int, PartialLag] = {}
+
     def probe(callers: int) -> PacedRun:
         warm(callers)
+        before = lag_buckets(metrics_url) if metrics_url else {}
         run = load.run_paced(factory, speech, callers)
+        if metrics_url:
+            lags[len(lags)] = partial_lag(before, lag_buckets(metrics_url))
         logger.info(
             "  %d callers: p95 %.0f ms, behind %d, errors %d",
             callers,
@@ -269,6 +324,8 @@ def capacity(
             asdict(step) | {"search": "keeping_up", "passed": step.passes(math.inf)}
             for step in keeping_up.steps
         ]
+    for n, step in enumerate(steps):  # probes ran in this order
+        step["partial_lag"] = lags.get(n)
     return CapacityResult(
         callers=found.callers,
         ratio=found.callers / bound,
@@ -366,7 +423,13 @@ def measure_engine(
         for path in capacity_paths:
             logger.info("%s: capacity of the service over %s (bound %.1f)", spec.name, path, bound["callers"])
             found[f"service_{path}"] = capacity(
-                paths[path], capacity_speech, bound["callers"], sizes, warmer, service.pid
+                paths[path],
+                capacity_speech,
+                bound["callers"],
+                sizes,
+                warmer,
+                service.pid,
+                f"http://127.0.0.1:{port}/metrics",
             )
         if peer is not None:
             logger.info("%s: capacity of the peer (bound %.1f)", spec.name, bound["callers"])
@@ -634,6 +697,14 @@ def capacity_rows(result: EngineReport) -> list[list[str]]:
     return rows
 
 
+def lag_cell(lag: PartialLag | None) -> str:
+    if not lag or not lag["published"]:
+        return ""
+    beyond = f"> {LAG_BUCKETS_S[-1]:g}"
+    p50, p95 = (f"<= {v:g}" if v is not None else beyond for v in (lag["p50_s"], lag["p95_s"]))
+    return f"{lag['published']}: {p50} / {p95}"
+
+
 def step_rows(result: EngineReport) -> list[list[str]]:
     return [
         [
@@ -642,6 +713,7 @@ def step_rows(result: EngineReport) -> list[list[str]]:
             f"{step['latency_p50_ms']:.0f} / {step['latency_p95_ms']:.0f} / {step['latency_max_ms']:.0f}",
             f"{step['behind']} (max lag {step['max_end_lag_s']:.2f} s)",
             str(step["errors"]),
+            lag_cell(step.get("partial_lag")),
             ("pass" if step["passed"] else "fail")
             + (" (no latency limit)" if step["search"] == "keeping_up" else ""),
         ]
@@ -660,7 +732,15 @@ CAPACITY_HEADER = [
     "First chunk p50 / max (ms)",
     "Peak RSS (MiB)",
 ]
-STEP_HEADER = ["Path", "Callers", "Latency p50 / p95 / max (ms)", "Behind", "Errors", "Verdict"]
+STEP_HEADER = [
+    "Path",
+    "Callers",
+    "Latency p50 / p95 / max (ms)",
+    "Behind",
+    "Errors",
+    "Background partials: count, lag p50 / p95 (s)",
+    "Verdict",
+]
 
 
 def render_markdown(report: Report) -> str:
@@ -754,8 +834,15 @@ NOTES = [
     "latency limit does not allow; the *bare engine, in-process* row is the same capacity search run on "
     "the engine alone (paced `BareStream` callers, no network), the practical ceiling the service is "
     "compared with in *Ratio to bare capacity*.",
-    "- When not even one caller meets the latency limit (whisper: a partial re-decodes the open utterance "
-    "once per second of audio), a second search without it says how many callers keep up with real time.",
+    "- Whisper re-decodes the open utterance for a partial once per second of audio. The service does that "
+    "on a background thread (`DECODER_WHISPER_BACKGROUND_PARTIALS`, on by default): a chunk is answered at "
+    "once with the newest partial already decoded, so the reply latency above no longer includes a "
+    "decode, and how stale a partial is shows in its own column: *lag* is the audio the stream had "
+    "moved on since the audio a partial covers, when it was published (from the service's "
+    "`decoder_partial_lag_seconds` histogram, as bucket bounds); under load partials come less often "
+    "and cover more audio each, and replies stay fast.",
+    "- When not even one caller meets the latency limit, a second search without it says how many callers "
+    "keep up with real time.",
     "- RSS is of the server's whole process tree (gunicorn master + worker), sampled every 0.25 s; for the "
     "bare engine it is the benchmark's own process (the model, recognizers and the clients' threads).",
     "- The service runs as `python -m decoder_api serve` starts it, including its allocator "

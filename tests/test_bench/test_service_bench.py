@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
 
-from bench.service import CapacityResult, EngineReport, OverheadRow, Report, Throughput
+from bench.service import (
+    CapacityResult,
+    EngineReport,
+    OverheadRow,
+    Report,
+    Throughput,
+    lag_quantile,
+    partial_lag,
+)
 from tests.test_bench.quick import QuickRun, load_result, run_quick
 
 
@@ -79,6 +88,20 @@ def test_capacity_against_the_bound(report: dict[str, Any], engine: str) -> None
             assert found["callers"] == 0
             assert found["callers_keeping_up"] >= 0
     assert set(result["idle_rss_mib"]) == ({"service", "peer"} if engine == "vosk" else {"service"})
+    service_lags = [step["partial_lag"] for step in result["capacity"]["service_websocket"]["steps"]]
+    assert all(lag is not None for lag in service_lags)  # read from the service's own /metrics
+    assert all(step["partial_lag"] is None for step in result["capacity"]["bare_engine"]["steps"])
+    if engine == "vosk":  # Vosk's partials come from the decoder's own state, never a background decode
+        assert all(lag["published"] == 0 for lag in service_lags)
+
+
+def test_partial_lag_quantiles_from_histogram_deltas() -> None:
+    before = {0.1: 5.0, 0.3: 8.0, 1.0: 10.0, math.inf: 10.0}
+    after = {0.1: 6.0, 0.3: 18.0, 1.0: 29.0, math.inf: 30.0}  # 20 more: 10 <= 0.3, 19 <= 1, 1 over
+    lag = partial_lag(before, after)
+    assert lag == {"published": 20, "p50_s": 0.3, "p95_s": 1.0}
+    assert lag_quantile(before, {**after, math.inf: 40.0}, 0.95) is None  # beyond the largest bound
+    assert partial_lag(after, after) == {"published": 0, "p50_s": None, "p95_s": None}
 
 
 def test_headline_figures_carry_the_targets(report: dict[str, Any]) -> None:
