@@ -66,7 +66,9 @@ def summary(report: MemoryReport) -> list[str]:
             f"{server['churn_audio_s']:g} s left RSS at **{server['churn_ratio']:.3f}×** the warm baseline "
             f"({mib(server['rss_after_churn_mib'])} / {mib(server['rss_warm_mib'])}) and at "
             f"**{server['second_half_ratio']:.3f}×** in the churn's second half what it was in its first; "
-            "each additional live "
+            "with every idle recognizer freed, RSS was "
+            f"**{server['idle_ratio']:.3f}×** what it was before the churn "
+            f"({mib(server['rss_idle_after_mib'])} / {mib(server['rss_idle_mib'])}); each additional live "
             f"session added **{server['rss_per_live_session_mib']:.1f} MiB**."
         )
     return lines

@@ -47,12 +47,17 @@ def test_server_numbers_are_sane(report: dict[str, Any]) -> None:
         assert server["live_sessions"] >= 1
         assert server["rss_live_mib"] > 0
         assert server["rss_after_live_closed_mib"] > 0
+        assert 0 < server["rss_idle_mib"] <= server["rss_warm_mib"] * 1.05
+        assert server["idle_ratio"] == pytest.approx(server["rss_idle_after_mib"] / server["rss_idle_mib"])
+        if server["pool"]:  # the churn really went through the pool, and the TTL emptied it
+            assert server["pool_stats"]["acquired_hit"] > 0
 
 
 def test_headline_figures(report: dict[str, Any]) -> None:
     names = [f["name"] for f in report["figures"]]
     churn = report["servers"][0]["churn_sessions"]
-    assert f"RSS after {churn} sessions, vosk, pool on" in names
+    assert f"RSS after {churn} sessions, idle recognizers freed, vosk, pool on" in names
+    assert f"RSS after {churn} sessions, pool holding its recognizers, vosk, pool on" in names
     assert f"RSS in the 2nd half of {churn} sessions, vosk, pool on" in names
     assert "RSS per live session, vosk, pool on" in names
     for f in report["figures"]:
