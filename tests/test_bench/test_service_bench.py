@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -13,6 +14,7 @@ from bench.service import (
     OverheadRow,
     Report,
     Throughput,
+    headline_figures,
     lag_quantile,
     partial_lag,
 )
@@ -115,6 +117,21 @@ def test_headline_figures_carry_the_targets(report: dict[str, Any]) -> None:
     capacity = figures["whisper: capacity, service, WebSocket"]
     assert capacity["baseline"] == report["engines"]["whisper"]["bound"]["callers"]
     assert capacity["target"] == "ratio >= 0.85"
+
+
+def test_capacity_is_also_set_beside_the_bare_engine_with_many_streams(report: dict[str, Any]) -> None:
+    vosk = copy.deepcopy(report["engines"]["vosk"])
+    busiest = copy.deepcopy(vosk["overhead"][0])
+    busiest["callers"] = vosk["bound"]["cores"] * 4
+    busiest["bare"]["throughput"] = 12.5
+    vosk["overhead"].append(busiest)
+    figures = {f["name"]: f for f in headline_figures({"vosk": vosk})}
+    many = figures["vosk: capacity, service, WebSocket, against many streams"]
+    assert many["value"] == vosk["capacity"]["service_websocket"]["callers"]
+    assert many["baseline"] == 12.5 and not many["target"]
+    assert "vosk: capacity, bare engine, in-process, against many streams" not in figures
+    quick = {f["name"] for f in report["figures"]}  # one stream per core only: no such comparison
+    assert not any(name.endswith("against many streams") for name in quick)
 
 
 def test_markdown_and_terminal_tables(quick_run: QuickRun, report: dict[str, Any]) -> None:
