@@ -109,8 +109,11 @@ def allocator_env(
     or keeps free memory in many. jemalloc does neither (see ``bench/results/service.md``):
     ``jemalloc`` preloads it, ``auto`` preloads it when the library is installed. The default is
     still glibc with two arenas, because a Vosk transcript decoded under jemalloc was seen to
-    differ by one word from the same audio decoded under glibc (cause not found yet). An
-    ``LD_PRELOAD`` or ``MALLOC_*`` already in the environment is left alone.
+    differ by one word from the same audio decoded under glibc. The cause is floating-point
+    rounding that depends on where buffers lie, not an uninitialised read: under jemalloc word
+    confidences differ from glibc's in the fifth decimal, while ``MALLOC_PERTURB_`` and the arena
+    count change nothing; a search tie decided by such a digit flips a word. An ``LD_PRELOAD`` or
+    ``MALLOC_*`` already in the environment is left alone.
     """
     if choice not in ALLOCATORS:
         raise ConfigError(f"DECODER_ALLOCATOR={choice!r}: expected one of {', '.join(ALLOCATORS)}")
