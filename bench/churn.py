@@ -200,7 +200,7 @@ def measure_engine(engine: str, sizes: Sizes) -> list[RunResult]:
                 before = run_part(decoder, protocol, short[:half], sizes.streams) if half else None
                 long_part = run_part(decoder, protocol, long, sizes.streams)
                 after = run_part(decoder, protocol, short[half:], sizes.streams)
-                shorts = [before, after] if before is not None else [after]
+                shorts = [part for part in (before, after) if part is not None]
                 runs.append(measure(decoder, protocol, shorts, sizes.streams, "short", engine, pool))
                 runs.append(measure(decoder, protocol, [long_part], sizes.streams, "long", engine, pool))
     return runs

@@ -914,25 +914,20 @@ def headline_figures(engines: Mapping[str, EngineReport]) -> list[Figure]:
         busiest = max(result["overhead"], key=lambda row: row["callers"], default=None)
         for key, found in result["capacity"].items():
             targeted = key.startswith("service_")
+            title, callers = f"{name}: capacity, {CAPACITY_LABELS.get(key, key)}", float(found["callers"])
             if targeted and busiest is not None and busiest["callers"] > result["bound"]["cores"]:
                 # The bound assumes each stream costs what it costs with one stream per core; with
                 # many streams interleaved each costs more. The bare engine's own throughput with
                 # that many streams at once is how many real-time callers it could carry.
-                figures.append(
-                    figure(
-                        f"{name}: capacity, {CAPACITY_LABELS.get(key, key)}, against many streams",
-                        "callers",
-                        float(found["callers"]),
-                        busiest["bare"]["throughput"],
-                        f"bare engine's audio s/s with {busiest['callers']} streams at once",
-                        better="higher",
-                    )
-                )
+                streams = f"bare engine's audio s/s with {busiest['callers']} streams at once"
+                many = busiest["bare"]["throughput"]
+                against = f"{title}, against many streams"
+                figures.append(figure(against, "callers", callers, many, streams, "higher"))
             figures.append(
                 figure(
-                    f"{name}: capacity, {CAPACITY_LABELS.get(key, key)}",
+                    title,
                     "callers",
-                    float(found["callers"]),
+                    callers,
                     result["bound"]["callers"],
                     "cores ÷ bare RTF",
                     better="higher",

@@ -405,10 +405,8 @@ class WhisperRecognizer:
     def close(self) -> None:
         """Free the buffers; the recognizer is unusable afterwards."""
         self._closed = True
-        if self._engine.partials is not None:
-            self._engine.partials.cancel(self)
         self._pending = np.zeros(0, dtype=np.float32)
-        self._drop_utterance()
+        self._drop_utterance()  # also cancels a background partial still waiting
 
     def _check_open(self) -> None:
         if self._closed:
