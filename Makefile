@@ -14,13 +14,15 @@ CATEGORIES  := packages decoder recorder nlp dev-packages
 APT_PACKAGES := pocketsphinx-testdata redis-server libjemalloc2 espeak-ng sox portaudio19-dev alsa-utils libasound2-plugins \
                 chromium fonts-dejavu-core openssl stunnel4
 STAMP       := $(VENV)/.installed
+KAFKA_POM   := devtools/kafka/pom.xml
+KAFKA_STAMP := build/kafka/.resolved
 
-.PHONY: help install system-packages test lint typecheck audit demo bench fuzz data lock clean services chaos
+.PHONY: help install system-packages kafka test lint typecheck audit demo bench fuzz data lock clean services chaos
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## set up everything: Debian packages, pipenv, the locked environment, models
+install: $(STAMP) $(KAFKA_STAMP) ## set up everything: Debian packages, a JDK, Apache Kafka, pipenv, the locked environment, models
 
 $(STAMP): Pipfile.lock Makefile
 	@$(MAKE) --no-print-directory system-packages
@@ -29,12 +31,22 @@ $(STAMP): Pipfile.lock Makefile
 	$(PY) -m nlp_consumer.train
 	@touch $@
 
-system-packages: ## Debian packages the project needs (installed only when missing)
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+system-packages: ## Debian packages the project needs (installed only when missing; a JDK and Maven unless on the PATH)
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done; \
+	  command -v java >/dev/null 2>&1 || echo openjdk-17-jre-headless; \
+	  command -v mvn >/dev/null 2>&1 || echo maven); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:" $$missing; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+
+kafka: $(KAFKA_STAMP) ## Apache Kafka (pinned in devtools/kafka/pom.xml) and its dependencies from Maven Central
+
+$(KAFKA_STAMP): $(KAFKA_POM)
+	@$(MAKE) --no-print-directory system-packages
+	rm -rf build/kafka/libs
+	mvn --batch-mode --quiet --strict-checksums -Dstyle.color=never -f $(KAFKA_POM) dependency:copy-dependencies
+	@touch $@
 
 lint: install ## ruff lint and format check
 	$(VENV)/bin/ruff check .
@@ -49,7 +61,7 @@ audit: install ## known vulnerabilities in the locked pins (pip-audit; AUDIT_STR
 test: install lint typecheck audit ## set everything up and run the whole suite
 	$(PY) -m pytest
 
-services: install ## local Kafka (Tansu) and Redis in the background; env in .devstack/env
+services: install ## local Apache Kafka (KRaft) and Redis in the background; env in .devstack/env
 	$(PY) -m decoder_api.devstack up --dir .devstack
 	@echo "load it with: set -a; . .devstack/env; set +a  (stop: $(PY) -m decoder_api.devstack down)"
 
@@ -73,4 +85,4 @@ lock: ## re-resolve Pipfile.lock after editing Pipfile
 	pipenv lock
 
 clean: ## remove the environment and caches
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache

@@ -116,7 +116,6 @@ class EnrichedWatcher:
                 "group.id": f"demo-{uuid.uuid4().hex[:8]}",
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,
-                "session.timeout.ms": 6000,
             }
         )
         self._consumer.subscribe([ENRICHED_TOPIC])
@@ -162,8 +161,6 @@ def start_pipeline(workdir: Path, stack_env: dict[str, str], engine: str) -> tup
         **stack_env,
         "DECODER_ENGINE": engine,
         "DECODER_OUTBOX_DIR": str(workdir / "outbox"),
-        "NLP_SESSION_TIMEOUT_MS": "6000",
-        "DASHBOARD_SESSION_TIMEOUT_MS": "6000",
         "DASHBOARD_PORT": str(dashboard_port),
     }
     pipeline = Pipeline(workdir, env)

@@ -15,7 +15,7 @@ from decoder_api.audio import decode_file
 from decoder_api.engines.models import resolve_model
 from decoder_api.engines.vosk import VoskEngine
 from decoder_api.evaluation import ManifestEntry, load_manifest
-from tests.kafka import ConsumerFactory, TopicFactory, start_broker
+from tests.kafka import Broker, ConsumerFactory, TopicFactory, start_broker
 from tests.servers import DecoderServer, start_decoder, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,14 +102,20 @@ def whisper_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Decoder
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``KAFKA_BOOTSTRAP_SERVERS`` when set, else a Tansu broker started for the test session."""
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
-        return
-    broker = start_broker(tmp_path_factory.mktemp("tansu"))
-    yield broker.bootstrap
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """An Apache Kafka broker started for the test session (PLAINTEXT and SASL_SSL listeners)."""
+    broker = start_broker(tmp_path_factory.mktemp("kafka"))
+    yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(request: pytest.FixtureRequest) -> str:
+    """``KAFKA_BOOTSTRAP_SERVERS`` when set, else the session's own Apache Kafka broker."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+    broker: Broker = request.getfixturevalue("kafka_broker")
+    return broker.bootstrap
 
 
 @pytest.fixture(scope="session")

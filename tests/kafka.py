@@ -1,4 +1,4 @@
-"""Kafka and Redis for tests: a real broker (Tansu) and redis-server, topics, consumers, decoders.
+"""Kafka and Redis for tests: a real Apache Kafka broker and redis-server, topics, consumers, decoders.
 
 Every test gets fresh topic names (uuid) and consumer group ids; waits poll a condition
 against a deadline.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +24,6 @@ from decoder_api import devstack
 from tests.servers import ROOT, DecoderServer, free_port
 
 T = TypeVar("T")
-SESSION_TIMEOUT_MS = 6000  # Tansu takes about half of it to join a group
 PARTITIONS = 4
 
 
@@ -41,45 +39,13 @@ def wait_for(condition: Callable[[], T | None], timeout_s: float, what: str, int
         time.sleep(interval_s)
 
 
-@dataclass
-class Broker:
-    """A Tansu broker process on a fixed port (so it can be started again on the same one)."""
-
-    port: int
-    log: Path
-    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> Broker:
-        self.process = devstack.start_tansu(self.port, self.log)
-        devstack.wait_for_kafka(self.bootstrap, process=self.process)
-        return self
-
-    def pause(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=2)  # memory storage: nothing to lose
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+Broker = devstack.KafkaBroker
 
 
-def start_broker(log_dir: Path, port: int | None = None) -> Broker:
-    port = port or free_port()
-    return Broker(port, log_dir / f"tansu-{port}.log").start()
+def start_broker(log_dir: Path, ports: devstack.KafkaPorts | None = None) -> Broker:
+    """An Apache Kafka broker of its own (log directory under ``log_dir``), ready to use."""
+    broker = Broker(log_dir / f"kafka-{uuid.uuid4().hex[:8]}", ports or devstack.KafkaPorts.free())
+    return broker.start().wait_ready()
 
 
 class TopicFactory:
@@ -106,8 +72,7 @@ class ConsumerFactory:
             {
                 "bootstrap.servers": self.bootstrap,
                 "group.id": f"test-{uuid.uuid4().hex}",
-                "auto.offset.reset": "earliest",
-                "session.timeout.ms": SESSION_TIMEOUT_MS,
+                "auto.offset.reset": "earliest",  # a fresh topic of this test: all of it
                 "enable.auto.commit": False,
                 "log_level": 0,
             }

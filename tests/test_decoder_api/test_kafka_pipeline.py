@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from decoder_api import devstack
 from decoder_api.outbox import SqliteOutbox
@@ -229,12 +229,12 @@ def test_a_broker_paused_mid_call_delays_finals_but_loses_none(
 def test_a_broker_down_at_start_up_gets_every_final_once_it_starts(
     start: StartDecoder, brokers: list[Broker], tmp_path: Path, korean_call: SpokenCall
 ) -> None:
-    port, topic = free_port(), "transcripts-late"
-    server = start(f"127.0.0.1:{port}", topic, kafka_unready_after_s="600")
+    ports, topic = devstack.KafkaPorts.free(), "transcripts-late"
+    server = start(f"127.0.0.1:{ports.plaintext}", topic, kafka_unready_after_s="600")
     call = stream_call(server.url, korean_call.pcm, CHUNK_BYTES)
     checks = readyz(server)[1]["checks"]
     assert (checks["kafka"], checks["outbox_pending"]) == ("unreachable", len(expected(call)))
-    broker = Broker(port, tmp_path / "late-broker.log").start()  # the same port, as a restarted broker
+    broker = start_broker(tmp_path, ports)  # the address the decoder was given
     brokers.append(broker)
     devstack.create_topics(broker.bootstrap, [topic], PARTITIONS)
     consumer = ConsumerFactory(broker.bootstrap)
@@ -353,9 +353,9 @@ def test_devstack_up_status_down(tmp_path: Path) -> None:
     assert up.stdout.splitlines() == [f"{k}={v}" for k, v in env.items()]
     try:
         assert run("status").returncode == 0
-        metadata = AdminClient({"bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"]}).list_topics(timeout=10)
-        for topic in devstack.TOPICS:
-            assert len(metadata.topics[topic].partitions) == PARTITIONS
+        admin = AdminClient({"bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"]})
+        assert_apache_kafka_in_kraft_mode(admin)
+        assert_topics_as_in_the_manifests(admin)
         assert env["REDIS_URL"].startswith("redis://127.0.0.1:")
     finally:
         assert run("down").returncode == 0
@@ -392,3 +392,26 @@ def test_partials_go_to_their_own_topic_only_when_asked_for(
     finals = consume_until(consumer_factory(topic), lambda ms: any(m.value() == fence for m in ms))
     values = [event_value(m) for m in session_messages(finals, call.session_id) if m.value() != fence]
     assert received(values) == expected(call)
+
+
+def assert_apache_kafka_in_kraft_mode(admin: AdminClient) -> None:
+    """The broker's own configuration, asked through the admin API: a KRaft broker and controller."""
+    node = next(iter(admin.list_topics(timeout=10).brokers))
+    resource = ConfigResource(ResourceType.BROKER, str(node))
+    config = admin.describe_configs([resource])[resource].result(timeout=30)
+    assert config["process.roles"].value == "broker,controller"
+    assert config["controller.listener.names"].value == "CONTROLLER"
+    assert config["auto.create.topics.enable"].value == "false"
+
+
+def assert_topics_as_in_the_manifests(admin: AdminClient) -> None:
+    """Every topic of openshift/kafka/topics.yaml, with its partitions and configs (one replica)."""
+    specs = devstack.manifest_topics()
+    assert {s.name for s in specs} >= {"transcripts.v1", "transcripts.enriched.v1", "transcripts.dlq.v1"}
+    metadata = admin.list_topics(timeout=10)
+    resources = [ConfigResource(ResourceType.TOPIC, s.name) for s in specs]
+    configs = {r.name: f.result(timeout=30) for r, f in admin.describe_configs(resources).items()}
+    for spec in specs:
+        assert len(metadata.topics[spec.name].partitions) == spec.partitions
+        assert spec.config["retention.ms"] == configs[spec.name]["retention.ms"].value
+        assert configs[spec.name]["min.insync.replicas"].value == "1"

@@ -20,7 +20,7 @@ from decoder_api.events import TranscriptEvent, rfc3339_utc
 from nlp_consumer.config import ModelSettings
 from nlp_consumer.enrich import Enricher, load_enricher
 from nlp_consumer.train import default_cache_dir
-from tests.kafka import SESSION_TIMEOUT_MS, wait_for
+from tests.kafka import wait_for
 from tests.servers import ROOT, free_port
 
 TRAIN_TIMEOUT_S = 1800
@@ -180,7 +180,6 @@ class ConsumerRunner:
             "NLP_DLQ_TOPIC": dlq_topic,
             "NLP_GROUP_ID": group,
             "NLP_METRICS_PORT": str(port),
-            "NLP_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
             "SENTIMENT_MODEL": str(self.model),
             "NLP_TORCH_THREADS": "2",
         }

@@ -17,7 +17,7 @@ from nlp_consumer.config import DashboardSettings, KafkaSettings
 from nlp_consumer.dashboard import create_app
 from nlp_consumer.dashboard.state import CallBoard
 from nlp_consumer.enrich import Enricher
-from tests.kafka import SESSION_TIMEOUT_MS, TopicFactory
+from tests.kafka import TopicFactory
 from tests.servers import ROOT, free_port
 from tests.test_nlp_consumer.conftest import ServiceProcess, Turn, produce, transcript_event, wait_http_ok
 from tests.test_nlp_consumer.test_state import enriched
@@ -82,7 +82,6 @@ class DashboardFactory:
             "DASHBOARD_PORT": str(port),
             "DASHBOARD_EXPIRE_S": str(expire_s),
             "DASHBOARD_PUSH_MS": "200",
-            "DASHBOARD_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
         }
         process = ServiceProcess(
             "nlp_consumer.dashboard", env, self.log_dir / f"dashboard-{port}.log"
