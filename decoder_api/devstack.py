@@ -534,7 +534,9 @@ class DevStack:
 
 
 def _port_is_free(port: int) -> bool:
+    """Whether a server can listen on ``port`` (as Kafka does, past connections in TIME_WAIT)."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
