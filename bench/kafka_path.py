@@ -1,8 +1,8 @@
 """Kafka path: final produced → enriched event visible downstream, and the consumer's throughput.
 
-``python -m bench.kafka_path`` starts a Tansu broker (or uses ``--bootstrap``), fresh topics, a
-downstream reader and a real ``python -m nlp_consumer`` process with the trained sentiment model,
-then measures:
+``python -m bench.kafka_path`` starts an Apache Kafka broker in KRaft mode in a temporary directory
+(or uses ``--bootstrap``), fresh topics, a downstream reader and a real ``python -m nlp_consumer``
+process with the trained sentiment model, then measures:
 
 1. **Throughput.** A backlog of final events waits in the input topic before the consumer starts;
    the consumer's rate is measured from its batches (``enriched_at`` of the first to the last
@@ -55,7 +55,6 @@ logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "data" / "manifest.tsv"
 DEFAULT_OUT = ROOT / "bench" / "results"
-SESSION_TIMEOUT_MS = 6000  # Tansu takes about half of it to join a group
 PARTITIONS = devstack.PARTITIONS
 FINAL_EVERY_S = 4.5  # a caller's finals come about this far apart (the sample calls' turns)
 READY_TIMEOUT_S = 180.0
@@ -213,7 +212,6 @@ class Reader:
                 "bootstrap.servers": self.bootstrap,
                 "group.id": f"bench-reader-{uuid.uuid4().hex}",
                 "auto.offset.reset": "earliest",
-                "session.timeout.ms": SESSION_TIMEOUT_MS,
                 "enable.auto.commit": False,
                 "fetch.wait.max.ms": 10,
                 "log_level": 0,
@@ -435,28 +433,23 @@ def paced_run(
 
 @dataclass
 class Stack:
-    """The broker (started here unless given) and the temporary directory of logs."""
+    """The broker (an Apache Kafka of its own in ``workdir`` unless given) and the directory of logs."""
 
     bootstrap: str | None
     workdir: Path
-    broker: subprocess.Popen[bytes] | None = None
+    broker: devstack.KafkaBroker | None = None
 
     def start(self) -> str:
         if self.bootstrap is None:
-            port = devstack.free_port()
-            self.broker = devstack.start_tansu(port, self.workdir / "tansu.log")
-            self.bootstrap = f"127.0.0.1:{port}"
-            devstack.wait_for_kafka(self.bootstrap, process=self.broker)
+            self.broker = devstack.KafkaBroker(self.workdir / "kafka").start()
+            self.broker.wait_ready()
+            self.bootstrap = self.broker.bootstrap
         return self.bootstrap
 
     def stop(self) -> None:
-        if self.broker is not None and self.broker.poll() is None:
-            self.broker.terminate()
-            try:
-                self.broker.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.broker.kill()
-                self.broker.wait()
+        """A controlled shutdown of the broker started here (a given one is left alone)."""
+        if self.broker is not None:
+            self.broker.stop()
 
 
 def measure(size: Size, bootstrap: str | None, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -464,29 +457,32 @@ def measure(size: Size, bootstrap: str | None, workdir: Path) -> tuple[dict[str,
     model, model_source = sentiment_model(os.environ)
     calls = sample_calls()
     stack = Stack(bootstrap, workdir)
-    broker = stack.start()
-    run_id = uuid.uuid4().hex[:8]
-    source, enriched, dlq = (f"bench-{name}-{run_id}" for name in ("transcripts", "enriched", "dlq"))
-    devstack.create_topics(broker, [source, enriched, dlq], PARTITIONS)
-    reader = Reader(broker, source, enriched).start()
-    port = devstack.free_port()
-    consumer = ConsumerProcess(
-        {
-            "KAFKA_BOOTSTRAP_SERVERS": broker,
-            "NLP_INPUT_TOPIC": source,
-            "NLP_OUTPUT_TOPIC": enriched,
-            "NLP_DLQ_TOPIC": dlq,
-            "NLP_GROUP_ID": f"bench-nlp-{run_id}",
-            "NLP_METRICS_PORT": str(port),
-            "NLP_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
-            "SENTIMENT_MODEL": str(model),
-            "NLP_LOG_LEVEL": "WARNING",
-        },
-        workdir / "nlp_consumer.log",
-        port,
-    )
-    sender = Sender(broker, source)
-    try:
+    with contextlib.ExitStack() as cleanup:  # stopped in reverse: consumer, sender, reader, broker
+        cleanup.callback(stack.stop)
+        broker = stack.start()
+        run_id = uuid.uuid4().hex[:8]
+        source, enriched, dlq = (f"bench-{name}-{run_id}" for name in ("transcripts", "enriched", "dlq"))
+        devstack.create_topics(broker, [source, enriched, dlq], PARTITIONS)
+        reader = Reader(broker, source, enriched).start()
+        cleanup.callback(reader.stop)
+        sender = Sender(broker, source)
+        cleanup.callback(sender.close)
+        port = devstack.free_port()
+        consumer = ConsumerProcess(
+            {
+                "KAFKA_BOOTSTRAP_SERVERS": broker,
+                "NLP_INPUT_TOPIC": source,
+                "NLP_OUTPUT_TOPIC": enriched,
+                "NLP_DLQ_TOPIC": dlq,
+                "NLP_GROUP_ID": f"bench-nlp-{run_id}",
+                "NLP_METRICS_PORT": str(port),
+                "SENTIMENT_MODEL": str(model),
+                "NLP_LOG_LEVEL": "WARNING",
+            },
+            workdir / "nlp_consumer.log",
+            port,
+        )
+        cleanup.callback(consumer.stop)
         backlog_mix = CallMix(calls, concurrent_calls(20), prefix="backlog-")
         backlog = []
         for _ in range(size.backlog):
@@ -504,11 +500,6 @@ def measure(size: Size, bootstrap: str | None, workdir: Path) -> tuple[dict[str,
         through = consumer_throughput(reader.snapshot(enriched), batches)
         runs = [paced_run(sender, reader, rate, size, calls) for rate in size.rates]
         samples = consumer.metrics()
-    finally:
-        consumer.stop()
-        sender.close()
-        reader.stop()
-        stack.stop()
     logger.info("consumer stopped; running the bare pipeline on the same batches")
     bare = bare_throughput(model, sender.documents, batches)
     settings = {
@@ -518,7 +509,7 @@ def measure(size: Size, bootstrap: str | None, workdir: Path) -> tuple[dict[str,
         "partitions": PARTITIONS,
         "consumer_batch_size": 32,
         "consumer_batch_ms": 500,
-        "broker": "Tansu (started here)" if bootstrap is None else bootstrap,
+        "broker": "Apache Kafka (started here)" if bootstrap is None else bootstrap,
         "model": model.name,
     }
     details = {
@@ -589,8 +580,9 @@ def figures_of(details: Mapping[str, Any]) -> list[Figure]:
 
 
 INTRO = [
-    "Measured with `python -m bench.kafka_path`: a Tansu broker, a real `python -m nlp_consumer` process "
-    "(default batch settings, the trained sentiment model) and a downstream reader, all on this machine.",
+    "Measured with `python -m bench.kafka_path`: an Apache Kafka broker (KRaft mode, log directory on disk), "
+    "a real `python -m nlp_consumer` process (default batch and group settings, the trained sentiment "
+    "model) and a downstream reader, all on this machine.",
 ]
 
 
@@ -631,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.kafka_path", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (one short rate, small backlog)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory (bench/results)")
-    parser.add_argument("--bootstrap", help="use this Kafka instead of starting a Tansu broker")
+    parser.add_argument("--bootstrap", help="use this Kafka instead of starting a broker here")
     parser.add_argument("--rates", type=float, nargs="+", help="finals per second (default 20 100)")
     parser.add_argument("--duration-s", type=float, help="seconds of production per rate")
     return parser

@@ -1,18 +1,21 @@
 """The pipeline under test and the one assertion every fault shares.
 
-``Pipeline`` runs real processes only: a Tansu broker and a redis-server of its own (so a test
-may pause or kill them), decoder instances sharing that Redis (registry and outbox), and
-enrichment consumers in one group. ``Caller`` streams a call the way a client behind the
-OpenShift Route does: numbered chunks, retries on 503/429 and ``session_busy`` /
-``wrong_instance``, and another instance when its own cannot be reached. ``assert_exactly_once``
-reads ``transcripts.enriched.v1`` from the beginning and checks that every final of every call is
-there exactly once after de-duplication by ``event_id``, in order per call.
+``Pipeline`` runs real processes only: an Apache Kafka broker (KRaft, its log directory under the
+test's working directory) and a redis-server of its own (so a test may pause, kill and restart
+them with their data), decoder instances sharing that Redis (registry and outbox), and enrichment
+consumers in one group. ``Caller`` streams a call the way a client behind the OpenShift Route
+does: numbered chunks, retries on 503/429 and ``session_busy`` / ``wrong_instance``, and another
+instance when its own cannot be reached. ``assert_exactly_once`` reads a topic
+(``transcripts.enriched.v1`` unless told otherwise) from the beginning and checks the rule the
+README gives subscribers: after de-duplication by ``event_id``, every final of every call is
+there exactly once, in order per call; it counts the raw duplicates it dropped.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -34,7 +37,7 @@ from decoder_api.engines.base import RecognizerOptions
 from decoder_api.engines.vosk import VoskEngine
 from decoder_api.transcripts import stream_pcm
 from tests.conftest import RATE_HZ, SpokenCall, join_turns
-from tests.kafka import Broker, readyz, wait_for
+from tests.kafka import Broker, dedup_by_event_id, murmur2_partition, readyz, start_broker, wait_for
 from tests.servers import DecoderServer, RedisServer, free_port
 from tests.test_nlp_consumer.conftest import ConsumerRun, ConsumerRunner, metric
 
@@ -110,14 +113,6 @@ def call_scripts(engine: VoskEngine, call: SpokenCall) -> list[Script]:
 # --- services that a test can break ------------------------------------------------------------
 
 
-def kill_broker(broker: Broker) -> None:
-    """SIGKILL: Tansu's memory storage loses everything, like a broker whose disk was replaced."""
-    assert broker.process is not None
-    broker.process.send_signal(signal.SIGCONT)
-    broker.process.kill()
-    broker.process.wait(timeout=30)
-
-
 @dataclass
 class Instance:
     """One decoder pod: a stable name (instance id and outbox name) and address across restarts."""
@@ -135,6 +130,29 @@ class Instance:
     def restart(self) -> None:
         """What the orchestrator does after a crash: the same pod, the same name, a new process."""
         self.server.start()
+
+
+ASSIGNMENT_LOG = re.compile(r"partitions_(assigned|revoked) partitions=(\S+)")
+
+
+def assigned_partitions(run: ConsumerRun) -> set[int]:
+    """The input partitions ``run`` holds now, from its ``partitions_assigned`` /
+    ``partitions_revoked`` log lines (its rebalance callbacks)."""
+    held: set[int] = set()
+    for change, listed in ASSIGNMENT_LOG.findall(run.process.output()):
+        partitions = {
+            int(item.rsplit("/", 1)[1].split("@")[0])
+            for item in listed.split(",")
+            if item.startswith(f"{TRANSCRIPTS}/")
+        }
+        held = held | partitions if change == "assigned" else held - partitions
+    return held
+
+
+def session_partition(session_id: str) -> int:
+    """The partition of a call's finals (and of its enriched events): both topics are keyed by
+    ``session_id`` with the Java client's partitioner and have ``PARTITIONS`` partitions."""
+    return murmur2_partition(session_id.encode("utf-8"), PARTITIONS)
 
 
 @dataclass
@@ -184,10 +202,25 @@ class Pipeline:
     def urls(self, *names: str) -> list[str]:
         return [self.instances[n].url for n in names or self.instances]
 
-    def restart_broker(self) -> None:
-        """Start the broker again on its port (empty: memory storage) and create the topics."""
-        self.broker.start()
-        devstack.create_topics(self.broker.bootstrap, [TRANSCRIPTS, ENRICHED, DLQ], PARTITIONS)
+    def restart_broker(self) -> float:
+        """Start the (killed) broker again on its directory and ports, as the orchestrator restarts
+        a crashed node: every topic, committed offset and producer id is still there. Returns the
+        seconds until it answered a metadata request."""
+        started = time.monotonic()
+        self.broker.start().wait_ready()
+        return time.monotonic() - started
+
+    def partition_owners(self) -> dict[int, ConsumerRun]:
+        """Input partition → the consumer that holds it, once the group is settled: every
+        partition held by exactly one live consumer and every consumer holding one."""
+
+        def settled() -> dict[int, ConsumerRun] | None:
+            held = [(run, assigned_partitions(run)) for run in self.consumers]
+            owners = {p: run for run, partitions in held for p in partitions}
+            whole = sum(len(partitions) for _, partitions in held) == len(owners) == PARTITIONS
+            return owners if whole and all(partitions for _, partitions in held) else None
+
+        return wait_for(settled, RECOVERY_TIMEOUT_S, "every input partition held by one consumer", 0.2)
 
     def wait_recovered(self) -> None:
         """Every decoder ready (``/readyz`` 200, Kafka connected, registry ok, outbox drained) and
@@ -227,8 +260,7 @@ class Pipeline:
 def start_pipeline(
     workdir: Path, model: Path, decoders: Sequence[str] = ("a", "b"), consumers: int = 2
 ) -> Pipeline:
-    broker = Broker(free_port(), workdir / "tansu.log").start()
-    devstack.create_topics(broker.bootstrap, [TRANSCRIPTS, ENRICHED, DLQ], PARTITIONS)
+    broker = start_broker(workdir)  # one of its own: a test may kill it and start it again
     pipeline = Pipeline(
         workdir,
         broker,
@@ -236,6 +268,7 @@ def start_pipeline(
         ConsumerRunner(broker.bootstrap, model, workdir),
     )
     try:
+        devstack.create_topics(broker.bootstrap, [TRANSCRIPTS, ENRICHED, DLQ], PARTITIONS)
         for name in decoders:
             pipeline.add_instance(name)
         for _ in range(consumers):
@@ -370,9 +403,9 @@ def join_all(callers: Sequence[Caller]) -> None:
 # --- the shared assertion ----------------------------------------------------------------------
 
 
-def read_enriched(bootstrap: str, wanted: set[str], timeout_s: float = 180) -> list[dict[str, Any]]:
-    """Every enriched document from the beginning, until each ``event_id`` in ``wanted`` was seen
-    (then one more quiet second, for late duplicates)."""
+def read_events(bootstrap: str, topic: str, wanted: set[str], timeout_s: float = 180) -> list[dict[str, Any]]:
+    """Every document of ``topic`` from the beginning (in order per partition), until each
+    ``event_id`` in ``wanted`` was seen, then one more quiet second for late duplicates."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -382,8 +415,8 @@ def read_enriched(bootstrap: str, wanted: set[str], timeout_s: float = 180) -> l
         }
     )
     try:
-        partitions = consumer.list_topics(ENRICHED, timeout=30).topics[ENRICHED].partitions
-        consumer.assign([TopicPartition(ENRICHED, p, OFFSET_BEGINNING) for p in partitions])
+        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         documents: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout_s
         quiet_until: float | None = None
@@ -395,22 +428,29 @@ def read_enriched(bootstrap: str, wanted: set[str], timeout_s: float = 180) -> l
                 quiet_until = time.monotonic() + 1.0
             if quiet_until is None and time.monotonic() > deadline:
                 missing = sorted(wanted - {d["event_id"] for d in documents})
-                raise AssertionError(f"missing from {ENRICHED} after {timeout_s:.0f} s: {missing}")
+                raise AssertionError(f"missing from {topic} after {timeout_s:.0f} s: {missing}")
         return documents
     finally:
         consumer.close()
 
 
-def assert_exactly_once(pipeline: Pipeline, calls: Sequence[tuple[str, Script]]) -> dict[str, int]:
-    """Every final of every call ``(session_id, script)`` is enriched exactly once after
-    de-duplication by ``event_id``, with the reference text, in order per call, and every copy
-    of an event is the same. Returns the event count and how many duplicates were dropped."""
-    expected = {
+def expected_finals(calls: Sequence[tuple[str, Script]]) -> dict[str, tuple[str, int, str]]:
+    """``event_id`` → ``(session_id, utterance, text)`` of every reference final of ``calls``."""
+    return {
         f"{session_id}:{utterance}": (session_id, utterance, text)
         for session_id, script in calls
         for utterance, text in script.finals
     }
-    documents = read_enriched(pipeline.broker.bootstrap, set(expected))
+
+
+def check_delivery(
+    documents: Sequence[dict[str, Any]], calls: Sequence[tuple[str, Script]]
+) -> dict[str, int]:
+    """The subscriber's rule on ``documents`` (one topic, as read): after de-duplication by
+    ``event_id`` (the first copy kept) every final of every call ``(session_id, script)`` is
+    there once, with the reference text, in utterance order per call; every copy of an event is
+    the same. Returns the event count and how many raw duplicates the rule dropped."""
+    expected = expected_finals(calls)
     sessions = {session_id for session_id, _ in calls}
     mine = [d for d in documents if d["session_id"] in sessions]
     copies: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -418,20 +458,21 @@ def assert_exactly_once(pipeline: Pipeline, calls: Sequence[tuple[str, Script]])
         copies[document["event_id"]].append(document)
     assert set(copies) == set(expected), sorted(set(copies) ^ set(expected))
     for event_id, found in copies.items():
-        session_id, utterance, text = expected[event_id]
-        assert {(d["session_id"], d["utterance"], d["text"]) for d in found} == {
-            (session_id, utterance, text)
-        }
-        assert len({json.dumps(d["sentiment"], sort_keys=True) for d in found}) == 1
-    first_seen: dict[str, list[int]] = defaultdict(list)
-    seen: set[str] = set()
-    for document in mine:
-        if document["event_id"] not in seen:
-            seen.add(document["event_id"])
-            first_seen[document["session_id"]].append(document["utterance"])
+        assert {(d["session_id"], d["utterance"], d["text"]) for d in found} == {expected[event_id]}
+        assert len({json.dumps(d.get("sentiment"), sort_keys=True) for d in found}) == 1, event_id
+    first_copies = dedup_by_event_id(mine)
     for session_id, script in calls:
-        assert first_seen[session_id] == [u for u, _ in script.finals], session_id
+        order = [d["utterance"] for d in first_copies if d["session_id"] == session_id]
+        assert order == [u for u, _ in script.finals], session_id
     return {"events": len(expected), "duplicates": len(mine) - len(expected)}
+
+
+def assert_exactly_once(
+    pipeline: Pipeline, calls: Sequence[tuple[str, Script]], topic: str = ENRICHED
+) -> dict[str, int]:
+    """``check_delivery`` on ``topic`` read from the beginning until every final of ``calls`` is there."""
+    wanted = set(expected_finals(calls))
+    return check_delivery(read_events(pipeline.broker.bootstrap, topic, wanted), calls)
 
 
 def calls_of(callers: Sequence[Caller]) -> list[tuple[str, Script]]:

@@ -17,7 +17,10 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -25,9 +28,12 @@ import requests
 from recorder.client import HttpTransport, SessionRequest
 from recorder.config import ServerSettings
 from tests.chaos.harness import (
+    ENRICHED,
     HEARTBEAT_TTL_S,
     RATE_HZ,
+    RECOVERY_TIMEOUT_S,
     SESSION_IDLE_S,
+    TRANSCRIPTS,
     Caller,
     Instance,
     Pipeline,
@@ -35,18 +41,21 @@ from tests.chaos.harness import (
     Script,
     SmallDisk,
     assert_exactly_once,
+    assigned_partitions,
     calls_of,
     can_mount_tmpfs,
+    check_delivery,
+    expected_finals,
     join_all,
-    kill_broker,
     new_call_works,
+    read_events,
     session_owner,
+    session_partition,
     skewed_clock_env,
     start_calls,
-    start_pipeline,
     wait_progress,
 )
-from tests.kafka import wait_for
+from tests.kafka import readyz, wait_for
 from tests.test_nlp_consumer.conftest import ConsumerRun, metric
 
 pytestmark = pytest.mark.timeout(1800)
@@ -60,46 +69,65 @@ def http_503s(instance: Instance) -> int:
     return int(float(found.group(1))) if found else 0
 
 
-@pytest.mark.skip(
-    reason="Tansu keeps producer ids in memory: after a restart it answers the decoders' and consumers' "
-    "idempotent producers UNKNOWN_PRODUCER_ID on every retry and they never deliver again; a broker "
-    "with persistent storage (Kafka, or Tansu on S3/PostgreSQL) is needed for this fault"
-)
-def test_broker_killed_and_restarted(
-    tmp_path: Path, pipeline: Pipeline, trained_model: Path, scripts: list[Script], scale: Scale
-) -> None:
-    """SIGKILL on the broker, calls go on while it is down, it restarts on the same port.
+def test_broker_killed_and_restarted(pipeline: Pipeline, scripts: list[Script], scale: Scale) -> None:
+    """SIGKILL on the broker while calls stream and the consumers run; after the outage it starts
+    again on the same log directory and ports, as a crashed node comes back.
 
-    Tansu keeps its log in memory only (its persistent engines, S3 and PostgreSQL, are not
-    available here), so the restarted broker is empty: what this proves is that every final
-    produced while it was down waits in the outbox and is delivered once it is back, and that
-    decoders and consumers reconnect by themselves. It runs first, on a pipeline that has not
-    consumed anything yet: a consumer that had read offset N of the lost log would wait for the
-    new log to reach N (Tansu answers a fetch beyond its end with nothing, not
-    OFFSET_OUT_OF_RANGE), an artefact of a broker that forgets its log, not of the service.
+    Finals decoded while it is down wait in the decoders' outboxes; decoders and consumers
+    reconnect by themselves. On ``transcripts.v1`` and on ``transcripts.enriched.v1`` a subscriber
+    that follows the documented rule (drop an ``event_id`` already seen) gets every final of every
+    call once, in utterance order. Raw duplicates are allowed by that rule (the outbox publishes
+    again after a failed delivery, a consumer enriches again what it had not committed) and are
+    counted; with the idempotent producer and the broker's producer state kept on disk they should
+    be 0 on ``transcripts.v1``.
     """
-    if any(_nlp_events(run) for run in pipeline.consumers):
-        pipeline = start_pipeline(tmp_path, trained_model)  # run on its own (e.g. -k): a fresh one
-        try:
-            _kill_broker_while_calls_stream(pipeline, scripts, scale)
-        finally:
-            pipeline.close()
-        return
-    _kill_broker_while_calls_stream(pipeline, scripts, scale)
-
-
-def _kill_broker_while_calls_stream(pipeline: Pipeline, scripts: list[Script], scale: Scale) -> None:
-    """Once per pipeline (a second kill would meet the consumers' positions in the lost log)."""
-    kill_broker(pipeline.broker)
-    callers = start_calls(pipeline.urls(), scripts, scale.calls * scale.repetitions)
-    wait_progress(callers, 0.5)
-    time.sleep(scale.outage_s)
-    pipeline.restart_broker()
-    join_all(callers)
-    report = assert_exactly_once(pipeline, calls_of(callers))
-    logger.info("broker_killed %s", report)
+    callers: list[Caller] = []
+    outages: list[dict[str, float]] = []
+    for _ in range(scale.repetitions):
+        wave = start_calls(pipeline.urls(), scripts, scale.calls)
+        callers += wave
+        wait_progress(wave, 0.3)
+        outages.append(_kill_and_restart_broker(pipeline, scale))
+        join_all(wave)
+    assert all(o["waiting_in_outbox"] > 0 for o in outages), f"no final met the outage: {outages}"
+    transcripts = assert_exactly_once(pipeline, calls_of(callers), TRANSCRIPTS)
+    enriched = assert_exactly_once(pipeline, calls_of(callers), ENRICHED)
+    logger.info(
+        "broker_killed calls=%d finals=%d raw_duplicates_transcripts=%d raw_duplicates_enriched=%d "
+        "outage_s=%.0f waiting_in_outbox=%s broker_ready_s=%s recovered_s=%s",
+        len(callers),
+        transcripts["events"],
+        transcripts["duplicates"],
+        enriched["duplicates"],
+        scale.outage_s,
+        [o["waiting_in_outbox"] for o in outages],
+        [round(o["ready_s"], 1) for o in outages],
+        [round(o["recovered_s"], 1) for o in outages],
+    )
     pipeline.wait_recovered()
     new_call_works(pipeline, scripts)
+
+
+def _kill_and_restart_broker(pipeline: Pipeline, scale: Scale) -> dict[str, float]:
+    """SIGKILL, the outage, the restart; how many finals waited in the outboxes at the restart,
+    the seconds until the broker answered, and until the whole pipeline was ready again (every
+    decoder connected with an empty outbox, every input partition assigned)."""
+    pipeline.broker.kill()
+    time.sleep(scale.outage_s)  # the outage itself
+    waiting = sum(_outbox_pending(instance) for instance in pipeline.instances.values())
+    restarted = time.monotonic()
+    ready_s = pipeline.restart_broker()
+    pipeline.wait_recovered()
+    return {
+        "waiting_in_outbox": waiting,
+        "ready_s": ready_s,
+        "recovered_s": time.monotonic() - restarted,
+    }
+
+
+def _outbox_pending(instance: Instance) -> int:
+    _, body = readyz(instance.server)
+    return int(body.get("checks", {}).get("outbox_pending", 0))
 
 
 def test_broker_paused_mid_call(pipeline: Pipeline, scripts: list[Script], scale: Scale) -> None:
@@ -161,28 +189,92 @@ def test_decoder_sigkilled_mid_call(pipeline: Pipeline, scripts: list[Script], s
     new_call_works(pipeline, scripts)
 
 
-def test_consumer_sigkilled_mid_batch(pipeline: Pipeline, scripts: list[Script], scale: Scale) -> None:
-    """SIGKILL on an enrichment consumer while it works: the group rebalances, the uncommitted
-    batch is enriched again (duplicates with the same ``event_id``), the consumer restarts."""
-    callers: list[Caller] = []
+@dataclass(frozen=True)
+class Takeover:
+    """One enrichment consumer SIGKILLed while a wave of calls streams."""
+
+    callers: list[Caller]
+    partitions: set[int]  # the input partitions the killed consumer held
+    killed_at: float  # wall clock, as the consumers stamp ``enriched_at``
+    takeover_s: float  # from the SIGKILL until the survivor held those partitions
+    streaming: int  # calls still streaming at the SIGKILL
+
+
+def test_consumer_sigkilled_survivor_takes_over(
+    pipeline: Pipeline, scripts: list[Script], scale: Scale
+) -> None:
+    """Two enrichment consumers in one group while calls stream; SIGKILL on the one holding the
+    first call's partition once it has enriched a final of them. The group expires the member
+    (its session timeout, the default 10 s: the takeover time measured is the deployed one), the
+    survivor is assigned its partitions and enriches what it had not committed (duplicates with
+    the same ``event_id``) and the rest of the calls: after de-duplication every final of every
+    call is enriched once, in order. Only then does a replacement start, as the orchestrator
+    restarts the pod."""
+    assert len(pipeline.consumers) == 2, "the fault needs a survivor"
+    takeovers: list[Takeover] = []
+    reports: list[dict[str, int]] = []
     for _ in range(scale.repetitions):
-        callers += _kill_consumer_mid_batch(pipeline, scripts, scale)
-    report = assert_exactly_once(pipeline, calls_of(callers))
-    logger.info("consumer_killed %s", report)
-    pipeline.wait_recovered()
+        takeover = _kill_consumer_mid_stream(pipeline, scripts, scale)
+        calls = calls_of(takeover.callers)
+        documents = read_events(pipeline.broker.bootstrap, ENRICHED, set(expected_finals(calls)))
+        reports.append(
+            check_delivery(documents, calls) | {"by_survivor": _enriched_after(takeover, documents)}
+        )
+        takeovers.append(takeover)
+        pipeline.add_consumer().wait_assigned()  # the replacement joins the group
+        pipeline.wait_recovered()
+    logger.info(
+        "consumer_killed calls=%d finals=%d raw_duplicates_enriched=%d takeover_s=%s streaming_at_kill=%s "
+        "killed_partitions=%s enriched_by_survivor=%s",
+        sum(len(t.callers) for t in takeovers),
+        sum(r["events"] for r in reports),
+        sum(r["duplicates"] for r in reports),
+        [round(t.takeover_s, 1) for t in takeovers],
+        [t.streaming for t in takeovers],
+        [sorted(t.partitions) for t in takeovers],
+        [r["by_survivor"] for r in reports],
+    )
     new_call_works(pipeline, scripts)
 
 
-def _kill_consumer_mid_batch(pipeline: Pipeline, scripts: list[Script], scale: Scale) -> list[Caller]:
-    victim = pipeline.consumers[0]
-    handled = _nlp_events(victim)
+def _kill_consumer_mid_stream(pipeline: Pipeline, scripts: list[Script], scale: Scale) -> Takeover:
+    owners = pipeline.partition_owners()
+    handled = {run.metrics_port: _nlp_events(run) for run in pipeline.consumers}
     callers = start_calls(pipeline.urls(), scripts, scale.calls)
-    wait_for(lambda: _nlp_events(victim) > handled, 120, "the consumer to handle a batch")
+    first = wait_for(lambda: callers[0].session_id, 60, "the first call to open")
+    victim = owners[session_partition(first)]
+    wait_for(
+        lambda: _nlp_events(victim) > handled[victim.metrics_port], 120, "the consumer to enrich a final"
+    )
+    partitions = assigned_partitions(victim)
+    streaming = sum(not c.done.is_set() for c in callers)
     victim.process.stop(signal.SIGKILL)
+    killed, killed_at = time.monotonic(), time.time()
     pipeline.consumers.remove(victim)
+    wait_for(
+        lambda: partitions <= set().union(*(assigned_partitions(run) for run in pipeline.consumers)),
+        RECOVERY_TIMEOUT_S,
+        f"the survivor to be assigned partitions {sorted(partitions)}",
+        0.2,
+    )
+    takeover_s = time.monotonic() - killed
     join_all(callers)
-    pipeline.add_consumer()
-    return callers
+    return Takeover(callers, partitions, killed_at, takeover_s, streaming)
+
+
+def _enriched_after(takeover: Takeover, documents: list[dict[str, Any]]) -> int:
+    """Finals of the wave from the killed consumer's partitions enriched after it died (so by the
+    survivor, the only member until the replacement starts); there must be some."""
+    sessions = {c.session_id for c in takeover.callers}
+    late = [
+        d
+        for d in documents
+        if d["session_id"] in sessions
+        and session_partition(d["session_id"]) in takeover.partitions
+        and datetime.fromisoformat(d["enriched_at"]).timestamp() > takeover.killed_at
+    ]
+    assert late, f"nothing of partitions {sorted(takeover.partitions)} was enriched after the SIGKILL"
+    return len(late)
 
 
 def _nlp_events(run: ConsumerRun) -> float:
