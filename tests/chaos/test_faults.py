@@ -374,12 +374,14 @@ def test_clock_skew_between_instances(pipeline: Pipeline, scripts: list[Script],
 
 def _skewed_owner_dies(pipeline: Pipeline, skewed: Instance, script: Script) -> list[tuple[str, Script]]:
     first, second = pipeline.instances["a"], pipeline.instances["b"]
-    normal = Caller([first.url], script, 0.05).start()
     away_at = len(script.chunks) // 2
+    # both held at half way, so each is still live when the other instance is asked for it
+    normal = Caller([first.url], script, 0.05, gate_at=away_at).start()
     on_skewed = Caller([skewed.url, first.url, second.url], script, 0.05, gate_at=away_at).start()
-    wait_for(lambda: on_skewed.progress >= away_at and normal.progress >= 3, 60, "both calls under way")
+    wait_for(lambda: min(on_skewed.progress, normal.progress) >= away_at, 60, "both calls under way")
     _assert_wrong_instance(normal, skewed)  # live owners are never taken over, in either direction
     _assert_wrong_instance(on_skewed, second)
+    normal.gate.set()
     assert session_owner(pipeline, on_skewed.session_id) == "skewed"
     skewed.kill()
     time.sleep(AWAY_S)
