@@ -12,7 +12,7 @@ VENV        := .venv
 PY          := $(VENV)/bin/python
 CATEGORIES  := packages decoder recorder nlp dev-packages
 APT_PACKAGES := pocketsphinx-testdata redis-server libjemalloc2 espeak-ng sox portaudio19-dev alsa-utils libasound2-plugins \
-                chromium fonts-dejavu-core openssl stunnel4
+                chromium fonts-dejavu-core openssl
 STAMP       := $(VENV)/.installed
 KAFKA_POM   := devtools/kafka/pom.xml
 KAFKA_STAMP := build/kafka/.resolved

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from nlp_consumer.config import ConsumerSettings
 from nlp_consumer.enrich import Enricher
@@ -42,6 +43,7 @@ librdkafka_logger = logging.getLogger("nlp_consumer.librdkafka")
 MIN_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
 CLOSE_TIMEOUT_S = 10.0
+CHECK_STEP_S = 0.25  # the start-up metadata request is retried this often, looking for a refusal
 FATAL_CODES = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.TOPIC_AUTHORIZATION_FAILED})
 # The broker no longer accepts the producer's id/epoch (e.g. it lost its producer state): only a
 # new producer (a new producer id) can deliver again.
@@ -144,14 +146,32 @@ class EnrichmentConsumer:
             raise KafkaClientError(f"fatal Kafka error: {self._fatal.str()}", self._fatal.name())
 
     def check_broker(self, timeout_s: float = 15.0) -> None:
-        """Fail with one line when the brokers cannot be reached; warn when the input topic is missing."""
-        try:
-            metadata = self._consumer.list_topics(timeout=timeout_s)
-        except KafkaException as exc:
-            error = exc.args[0]
-            raise KafkaClientError(
-                f"cannot reach Kafka at {self.settings.kafka.bootstrap_servers}: {error.str()}", error.name()
-            ) from None
+        """Fail with one line when the brokers cannot be reached, at once when they refused the
+        login or the TLS handshake (naming that); warn when the input topic is missing.
+
+        The metadata is asked for by a silent client of its own: serving the consumer's error
+        callbacks here would log every failed connection attempt.
+        """
+        errors: list[KafkaError] = []
+        probe = _create(
+            AdminClient,
+            self.settings.kafka.client_config(f"nlp-consumer-{self.settings.group_id}-check")
+            | {"error_cb": errors.append, "log_level": 0},
+        )
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                metadata = probe.list_topics(timeout=CHECK_STEP_S)
+                break
+            except KafkaException as exc:
+                probe.poll(0)  # serves error_cb
+                refusal = next((e for e in errors if e.fatal() or e.code() in FATAL_CODES), None)
+                if refusal is not None or time.monotonic() >= deadline:
+                    error = refusal or exc.args[0]
+                    raise KafkaClientError(
+                        f"cannot reach Kafka at {self.settings.kafka.bootstrap_servers}: {error.str()}",
+                        error.name(),
+                    ) from None
         if self.settings.input_topic not in metadata.topics:
             logger.warning("input_topic_missing topic=%s (waiting for it)", self.settings.input_topic)
 

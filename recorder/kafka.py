@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +35,10 @@ HEADERS: list[tuple[str, str | bytes | None]] = [
     ("content-type", b"application/json"),
     ("schema", SCHEMA.encode()),
 ]
+# The broker refused this client's credentials or certificate: no retry can deliver, so ``close``
+# stops waiting for acknowledgements and names the refusal.
+REFUSED = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL})
+FLUSH_STEP_S = 0.5
 
 
 def transcript_event(
@@ -68,8 +73,9 @@ def rfc3339(moment: datetime) -> str:
 class TranscriptPublisher:
     """An idempotent producer of ``transcript.v1`` events; an ``Observer`` of call events.
 
-    Delivery is asynchronous; ``close`` waits up to ``delivery_timeout_s`` for every event and
-    raises ``KafkaDeliveryError`` naming how many were not acknowledged and why.
+    Delivery is asynchronous; ``close`` waits up to ``delivery_timeout_s`` for every event (no
+    longer once the broker refused the login or the TLS handshake) and raises
+    ``KafkaDeliveryError`` naming how many were not acknowledged and why.
     """
 
     def __init__(self, settings: KafkaSettings) -> None:
@@ -82,6 +88,7 @@ class TranscriptPublisher:
             "linger.ms": 20,
             "message.timeout.ms": int(settings.delivery_timeout_s * 1000),
             "logger": logging.getLogger(f"{__name__}.librdkafka"),
+            "error_cb": self._on_error,
         }
         try:
             self._producer = Producer(config)
@@ -91,6 +98,7 @@ class TranscriptPublisher:
         self.delivered = 0
         self.failed = 0
         self._last_error = ""
+        self._refusal: str | None = None
 
     def __call__(self, event: CallEvent) -> None:
         if isinstance(event, FinalReceived) and event.final.text:
@@ -117,22 +125,41 @@ class TranscriptPublisher:
 
     def close(self) -> None:
         """Wait for outstanding events; raise when any was not acknowledged."""
-        undelivered = self._producer.flush(self._settings.delivery_timeout_s)
+        undelivered = self._flush()
         lost = self.failed + undelivered
         if lost:
-            why = self._last_error or "no acknowledgement in time"
+            why = self._refusal or self._last_error or "no acknowledgement in time"
             raise KafkaDeliveryError(
                 f"kafka: {lost} transcript event(s) not delivered to {self._settings.topic} at "
                 f"{self._settings.brokers} ({why})"
             )
 
+    def _flush(self) -> int:
+        """Events still unacknowledged after waiting up to ``delivery_timeout_s``, or until a
+        refusal; those left are purged, so exiting does not wait for them."""
+        deadline = time.monotonic() + self._settings.delivery_timeout_s
+        undelivered = self._producer.flush(0)
+        while undelivered and self._refusal is None and (left := deadline - time.monotonic()) > 0:
+            undelivered = self._producer.flush(min(left, FLUSH_STEP_S))
+        if undelivered:
+            self._producer.purge()
+        return undelivered
+
     def _delivered(self, error: KafkaError | None, message: Message) -> None:
         if error is None:
             with self._lock:
                 self.delivered += 1
+                self._refusal = None
             return
         self._failed(error.str())
-        logger.warning("kafka_delivery_failed key=%s error=%s", message.key(), error.str())
+        logger.info("kafka_delivery_failed key=%s error=%s", message.key(), error.str())
+
+    def _on_error(self, error: KafkaError) -> None:
+        """librdkafka's client-wide errors (served by ``poll`` and ``flush``)."""
+        if error.code() in REFUSED or error.fatal():
+            with self._lock:
+                self._refusal = error.str()
+        logger.info("kafka_error code=%s error=%s", error.name(), error.str())
 
     def _failed(self, reason: str) -> None:
         with self._lock:

@@ -1,4 +1,4 @@
-"""A throwaway CA and TLS-enabled Redis and Kafka, started once for the security tests."""
+"""A throwaway CA and a TLS-only Redis, started once; Kafka is the session broker's SASL_SSL listener."""
 
 from __future__ import annotations
 
@@ -6,15 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from decoder_api.devstack import TlsFiles, make_tls_files, wait_for_kafka
+from tests.kafka import Broker
 from tests.test_nlp_consumer.conftest import trained_model  # noqa: F401  (the NLP consumer's model)
-from tests.test_security.tls import (
-    TlsFiles,
-    TlsKafka,
-    TlsRedis,
-    make_tls_files,
-    start_tls_kafka,
-    start_tls_redis,
-)
+from tests.test_security.tls import SaslKafka, TlsRedis, start_tls_redis
 
 
 @pytest.fixture(scope="session")
@@ -30,15 +25,9 @@ def tls_redis(tls_files: TlsFiles, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="session")
-def tls_kafka(tls_files: TlsFiles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsKafka]:
-    kafka = start_tls_kafka(tls_files, tmp_path_factory.mktemp("kafka-tls"))
-    yield kafka
-    kafka.processes.stop()
-
-
-@pytest.fixture(scope="session")
-def sasl_kafka(tls_files: TlsFiles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsKafka]:
-    """TLS in front of a broker that requires SASL/SCRAM and knows no user (see tls.py)."""
-    kafka = start_tls_kafka(tls_files, tmp_path_factory.mktemp("kafka-sasl"), authentication=True)
-    yield kafka
-    kafka.processes.stop()
+def sasl_kafka(kafka_broker: Broker) -> SaslKafka:
+    """The session's local broker (whatever ``KAFKA_BOOTSTRAP_SERVERS`` says), once a metadata
+    request over its SASL_SSL listener, with the SCRAM user's password, has succeeded."""
+    kafka = SaslKafka(kafka_broker)
+    wait_for_kafka(kafka.bootstrap, client_config=kafka_broker.sasl_client_config())
+    return kafka

@@ -1,83 +1,32 @@
-"""TLS-enabled local servers for tests: a throwaway CA, Redis with TLS, Kafka behind a TLS terminator.
+"""TLS-enabled local servers for tests: Redis with TLS, and the SASL_SSL listener of the session's broker.
 
-Certificates come from the ``openssl`` command line: a CA, a server certificate it signs (for
-``127.0.0.1`` and ``localhost``), and a second, unrelated CA to play a wrong trust anchor.
+Certificates come from ``decoder_api.devstack.make_tls_files`` (the ``openssl`` command line): a
+CA, a server certificate it signs (for ``127.0.0.1`` and ``localhost``), and a second, unrelated
+CA to play a wrong trust anchor.
 
-Redis speaks TLS itself (``redis-server --tls-port``, plain port disabled). The local Kafka
-broker (Tansu) has no working TLS listener, so ``stunnel`` terminates TLS in front of it: the
-broker advertises the stunnel port, clients connect there with ``security.protocol=SSL`` (or
-``SASL_SSL``) and verify the certificate against the CA; the hop from stunnel to the broker is
-loopback plaintext. Tansu's ``--authentication`` makes it require SASL/SCRAM, but users can only be
-created by an authenticated client, so with memory storage no login can succeed: that broker
-serves to show what a client sees when the broker refuses its credentials.
+Redis speaks TLS itself (``redis-server --tls-port``, plain port disabled). Kafka is the test
+session's Apache Kafka broker (``kafka_broker``), whose SASL_SSL listener has a CA of its own and a
+SCRAM-SHA-512 user created when its log directory was formatted: clients really log in.
 """
 
 from __future__ import annotations
 
-import shutil
-import socket
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import redis
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer
 
 from decoder_api import devstack
+from decoder_api.devstack import TlsFiles
+from tests.kafka import Broker
 from tests.servers import free_port
 
 READY_TIMEOUT_S = 30.0
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    ca: Path  # the CA that signed the server certificate
-    cert: Path
-    key: Path
-    other_ca: Path  # a CA that signed nothing here
-
-    def kafka_env(self, bootstrap: str, ca: Path | None = None) -> dict[str, str]:
-        """The standard client variables for SSL to ``bootstrap``, trusting ``ca`` (default: ours)."""
-        return {
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "KAFKA_SECURITY_PROTOCOL": "SSL",
-            "KAFKA_SSL_CA_LOCATION": str(ca or self.ca),
-        }
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_tls_files(directory: Path) -> TlsFiles:
-    """A CA, a server certificate for 127.0.0.1/localhost signed by it, and an unrelated CA."""
-    if shutil.which("openssl") is None:
-        raise RuntimeError("openssl is missing: install the Debian package openssl")
-    curve = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
-    for name in ("ca", "other-ca"):
-        _openssl(
-            "req", "-x509", *curve, "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2",
-            "-subj", f"/CN=test {name}", "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-            cwd=directory,
-        )  # fmt: skip
-    _openssl(
-        "req", *curve, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost", cwd=directory
-    )
-    (directory / "server.ext").write_text(
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n"
-    )
-    _openssl(
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "server.pem", "-days", "2", "-extfile", "server.ext",
-        cwd=directory,
-    )  # fmt: skip
-    return TlsFiles(
-        directory / "ca.pem", directory / "server.pem", directory / "server.key", directory / "other-ca.pem"
-    )
+SESSION_TIMEOUT_MS = 6000
 
 
 @dataclass
@@ -153,94 +102,43 @@ def start_tls_redis(files: TlsFiles, workdir: Path) -> TlsRedis:
         client.close()
 
 
-@dataclass
-class TlsKafka:
-    """Tansu behind stunnel; ``bootstrap`` is the TLS port, the only one the broker advertises."""
+@dataclass(frozen=True)
+class SaslKafka:
+    """The SASL_SSL (SCRAM-SHA-512) listener of a broker, as its clients see it."""
 
-    tls_port: int
-    files: TlsFiles
-    processes: Processes
+    broker: Broker
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.tls_port}"
+        return self.broker.sasl_bootstrap
 
-    def client_config(self, **extra: Any) -> dict[str, Any]:
-        base = {
-            "bootstrap.servers": self.bootstrap,
-            "security.protocol": "SSL",
-            "ssl.ca.location": str(self.files.ca),
-            "log_level": 0,
-        }
-        return base | extra
+    def env(self, password: str | None = None, ca: Path | None = None) -> dict[str, str]:
+        """The standard ``KAFKA_*`` client variables: the user's password file, or ``password``;
+        the listener's CA, or ``ca``."""
+        trust = {"KAFKA_SSL_CA_LOCATION": str(ca)} if ca is not None else {}
+        return self.broker.sasl_env(password) | trust
 
-    def create_topics(self, *names: str, partitions: int = 4) -> None:
-        admin = AdminClient(self.client_config())
-        topics = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names]
-        for future in admin.create_topics(topics, operation_timeout=10).values():
-            future.result(timeout=30)
+    def recorder_env(self, topic: str, password: str | None = None, ca: Path | None = None) -> dict[str, str]:
+        """The recorder's variables: ``KAFKA_BROKERS`` and ``KAFKA_TOPIC`` plus the security ones."""
+        security = {k: v for k, v in self.env(password, ca).items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+        return security | {"KAFKA_BROKERS": self.bootstrap, "KAFKA_TOPIC": topic}
 
+    def create_topics(self, *prefixes: str) -> list[str]:
+        """A new topic per prefix (``<prefix>-<uuid>``), created by an admin client that logs in."""
+        names = [f"{prefix}-{uuid.uuid4().hex}" for prefix in prefixes]
+        devstack.create_topics(self.bootstrap, names, client_config=self.broker.sasl_client_config())
+        return names
 
-def start_tls_kafka(files: TlsFiles, workdir: Path, authentication: bool = False) -> TlsKafka:
-    """A memory-backed broker on a loopback port, advertised as the stunnel TLS port in front of it.
-
-    With ``authentication`` the broker requires SASL (SCRAM) and, having no users, refuses everyone;
-    it is then not waited for with a metadata request (none can succeed), only for the TLS port.
-    """
-    if shutil.which("stunnel") is None:
-        raise RuntimeError("stunnel is missing: install the Debian package stunnel4")
-    broker_port, tls_port = free_port(), free_port()
-    processes = Processes()
-    advertised = f"tcp://127.0.0.1:{tls_port}"
-    argv = [
-        str(devstack.tansu_binary()), "broker",
-        "--listener-url", f"tcp://127.0.0.1:{broker_port}",
-        "--advertised-listener-url", advertised,
-        "--storage-engine", "memory://tansu/",
-    ]  # fmt: skip
-    processes.spawn(
-        [*argv, *(["--authentication"] if authentication else [])], workdir / f"tansu-{broker_port}.log"
-    )
-    config = workdir / f"stunnel-{tls_port}.conf"
-    config.write_text(
-        "foreground = yes\npid =\ndebug = 4\n[kafka]\n"
-        f"accept = 127.0.0.1:{tls_port}\nconnect = 127.0.0.1:{broker_port}\n"
-        f"cert = {files.cert}\nkey = {files.key}\n"
-    )
-    processes.spawn(["stunnel", str(config)], workdir / f"stunnel-{tls_port}.log")
-    kafka = TlsKafka(tls_port, files, processes)
-    try:
-        if authentication:
-            _wait_for_port(tls_port, processes)
-        else:
-            _wait_for_metadata(kafka)
-    except BaseException:
-        processes.stop()
-        raise
-    return kafka
-
-
-def _wait_for_metadata(kafka: TlsKafka) -> None:
-    admin = AdminClient(kafka.client_config())
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while True:
-        kafka.processes.check_alive()
-        try:
-            admin.list_topics(timeout=1)
-            return
-        except KafkaException:
-            if time.monotonic() > deadline:
-                raise
-
-
-def _wait_for_port(port: int, processes: Processes) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while True:
-        processes.check_alive()
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)  # poll interval
+    def consumer(self, topic: str) -> Consumer:
+        """A consumer that logs in and reads ``topic`` from the beginning, in a group of its own."""
+        consumer = Consumer(
+            self.broker.sasl_client_config()
+            | {
+                "group.id": f"test-{uuid.uuid4().hex}",
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": SESSION_TIMEOUT_MS,
+                "log_level": 0,
+            }
+        )
+        consumer.subscribe([topic])
+        return consumer
