@@ -19,6 +19,11 @@ process. Two backends keep the same order (append order, which is each session's
 
 Entries whose delivery can never succeed (a message the broker refuses as too large) are
 *parked*: kept, never produced again, counted by a metric, for an operator to deal with.
+
+A record may carry the partition its call is pinned to (``OutboxRecord.partition``), so an
+entry produced again after a restart goes where the call's earlier finals went. Journals
+written before partitions were pinned are migrated in place (a nullable column); their
+entries, like any without a partition, are left to the producer's key partitioner.
 """
 
 from __future__ import annotations
@@ -58,12 +63,14 @@ class OutboxUnavailable(DecoderError):
 
 @dataclass(frozen=True, slots=True)
 class OutboxRecord:
-    """A message to produce: where, its key, value and headers."""
+    """A message to produce: where, its key, value and headers; ``partition`` is the one its call
+    is pinned to, or None for the producer's key partitioner."""
 
     topic: str
     key: bytes
     value: bytes
     headers: Headers = ()
+    partition: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +129,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     value BLOB NOT NULL,
     headers TEXT NOT NULL,
     parked INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    kafka_partition INTEGER
 )
 """
+# Added after the first release: journals without it get it (NULL: the key partitioner).
+PARTITION_COLUMN = "kafka_partition"
 
 
 class SqliteOutbox:
@@ -138,6 +148,7 @@ class SqliteOutbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
+        self._migrate()
 
     @classmethod
     def open(cls, directory: Path) -> SqliteOutbox:
@@ -175,9 +186,9 @@ class SqliteOutbox:
                 return [
                     str(
                         db.execute(
-                            "INSERT INTO outbox (topic, key, value, headers, created_at) "
-                            "VALUES (?, ?, ?, ?, ?)",
-                            (r.topic, r.key, r.value, json.dumps(r.headers), now),
+                            "INSERT INTO outbox (topic, key, value, headers, created_at, kafka_partition) "
+                            "VALUES (?, ?, ?, ?, ?, ?)",
+                            (r.topic, r.key, r.value, json.dumps(r.headers), now, r.partition),
                         ).lastrowid
                     )
                     for r in records
@@ -188,11 +199,11 @@ class SqliteOutbox:
     def read(self, after: str | None, limit: int) -> list[OutboxEntry]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT seq, topic, key, value, headers FROM outbox WHERE parked = 0 AND seq > ? "
-                "ORDER BY seq LIMIT ?",
+                "SELECT seq, topic, key, value, headers, kafka_partition FROM outbox "
+                "WHERE parked = 0 AND seq > ? ORDER BY seq LIMIT ?",
                 (int(after or 0), limit),
             ).fetchall()
-        return [OutboxEntry(str(seq), OutboxRecord(t, k, v, _headers(h))) for seq, t, k, v, h in rows]
+        return [OutboxEntry(str(seq), OutboxRecord(t, k, v, _headers(h), p)) for seq, t, k, v, h, p in rows]
 
     def remove(self, ids: Sequence[str]) -> None:
         with self._transaction() as db:
@@ -219,10 +230,12 @@ class SqliteOutbox:
                     "SELECT 1 FROM orphan.sqlite_master WHERE type = 'table' AND name = 'outbox'"
                 ).fetchone():
                     return 0
+                columns = "topic, key, value, headers, parked, created_at"
+                partition = PARTITION_COLUMN if _has_partition(self._db, "orphan") else "NULL"
                 self._db.execute("BEGIN IMMEDIATE")
                 moved = self._db.execute(
-                    "INSERT INTO main.outbox (topic, key, value, headers, parked, created_at) "
-                    "SELECT topic, key, value, headers, parked, created_at FROM orphan.outbox ORDER BY seq"
+                    f"INSERT INTO main.outbox ({columns}, {PARTITION_COLUMN}) "
+                    f"SELECT {columns}, {partition} FROM orphan.outbox ORDER BY seq"
                 ).rowcount
                 self._db.execute("COMMIT")
             finally:
@@ -255,6 +268,18 @@ class SqliteOutbox:
     def _scalar(self, sql: str) -> int:
         with self._lock:
             return int(self._db.execute(sql).fetchone()[0])
+
+    def _migrate(self) -> None:
+        """A journal of an earlier release: add the partition column (its entries keep NULL)."""
+        if not _has_partition(self._db, "main"):
+            self._db.execute(f"ALTER TABLE outbox ADD COLUMN {PARTITION_COLUMN} INTEGER")
+            logger.info("outbox_migrated path=%s column=%s", self._path, PARTITION_COLUMN)
+
+
+def _has_partition(db: sqlite3.Connection, schema: str) -> bool:
+    """Whether the ``outbox`` table of the attached database ``schema`` has the partition column."""
+    columns = db.execute(f"PRAGMA {schema}.table_info(outbox)").fetchall()
+    return any(column[1] == PARTITION_COLUMN for column in columns)
 
 
 def _headers(raw: str) -> Headers:
@@ -355,15 +380,21 @@ class RedisOutbox:
 
 def _fields(record: OutboxRecord) -> dict[Any, Any]:
     headers = json.dumps(record.headers)
-    return {b"topic": record.topic, b"key": record.key, b"value": record.value, b"headers": headers}
+    fields = {b"topic": record.topic, b"key": record.key, b"value": record.value, b"headers": headers}
+    if record.partition is not None:
+        fields[b"partition"] = str(record.partition)
+    return fields
 
 
 def _record(fields: dict[bytes, bytes]) -> OutboxRecord:
+    """An entry's record; entries of an earlier release have no ``partition`` field (None)."""
+    partition = fields.get(b"partition")
     return OutboxRecord(
         topic=fields[b"topic"].decode(),
         key=fields[b"key"],
         value=fields[b"value"],
         headers=_headers(fields[b"headers"].decode()),
+        partition=int(partition) if partition is not None else None,
     )
 
 

@@ -14,6 +14,15 @@ Guarantees
     * The producer is idempotent (``acks=all``, ``enable.idempotence``) and retries without a
       time limit (``message.timeout.ms=0``), so a broker outage delays finals but keeps their
       order per session (key). Events left by a previous process are produced first.
+    * A call's finals all go to one partition, even when partitions are added to the topic
+      mid-call: each session is pinned, when it opens, to its key's murmur2 partition (the Java
+      client's) at the partition count the producer's metadata shows then (refreshed with every
+      health probe, never waited for on the request path). The pin travels with the session to
+      an instance that takes it over (registry.py) and with each journaled event (outbox.py), so
+      events produced again after a restart go to the same partition. Partition counts only
+      grow, so a pin stays valid; while the count is not known yet (no broker answered since
+      start-up) a session's finals are left to the key partitioner, as are journal entries
+      written before pinning existed.
     * After a failed delivery (a non-retriable broker error, a fatal producer error) nothing
       new is produced until every outstanding report is in; then, after a back-off, the relay
       starts again from the oldest journaled entry. Delivery is therefore at least once:
@@ -40,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import TopicMetadata
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from decoder_api.config import ConfigError, Settings
@@ -55,6 +65,7 @@ from decoder_api.events import (
     rfc3339_utc,
 )
 from decoder_api.outbox import Outbox, OutboxEntry, OutboxRecord, open_outbox
+from decoder_api.partitioner import key_partition
 from decoder_api.sessions import Session
 
 logger = logging.getLogger(__name__)
@@ -77,6 +88,7 @@ UNREACHABLE = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._AUTHENTICATIO
 # The broker no longer accepts this producer's id/epoch (e.g. it lost its producer state): no
 # retry with the same producer can succeed, a new one (a new producer id) is needed.
 PRODUCER_REJECTED = frozenset({KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
+KEY_PARTITIONER = -1  # librdkafka's RD_KAFKA_PARTITION_UA: the configured partitioner chooses
 
 
 class LibrdkafkaLog:
@@ -231,6 +243,11 @@ class PublisherMetrics:
         self.parked = Gauge("decoder_outbox_parked", "Journaled events Kafka refused for good", registry=r)
         self.outbox_full = Gauge("decoder_outbox_full", "1 while the outbox is at its limit", registry=r)
         self.connected = Gauge("decoder_kafka_connected", "1 while the brokers answer", registry=r)
+        self.partitions = Gauge(
+            "decoder_kafka_partitions",
+            "Partitions of the finals topic new calls are pinned by (0: unknown)",
+            registry=r,
+        )
         self.partials = Counter(
             "decoder_kafka_partials", "Partial events by outcome", ["outcome"], registry=r
         )  # produced, dropped
@@ -269,8 +286,10 @@ class TranscriptPublisher:
         self._backoff_s = MIN_BACKOFF_S
         self._fatal: KafkaError | None = None
         self._last_error: str | None = None
+        self._refusal: str | None = None  # the broker refused our TLS or SASL (until it answers)
         self._health = KafkaHealth("unreachable", clock(), "not connected yet")
         self._announced: str | None = None  # the state last logged
+        self._partitions: int | None = None  # of config.topic, from the last metadata that had it
         self._pending = outbox.count()
         self._producer = self._create(config.producer_config(), "the Kafka producer")
         self._partials = (
@@ -298,11 +317,15 @@ class TranscriptPublisher:
             self._pending,
         )
 
-    def publish(self, events: Sequence[TranscriptEvent]) -> None:
-        """Journal ``events`` (durably, in order) for the relay; never waits for Kafka."""
+    def publish(self, events: Sequence[TranscriptEvent], partition: int | None = None) -> None:
+        """Journal ``events`` (durably, in order) for the relay; never waits for Kafka.
+
+        ``partition``: the one their call is pinned to (``partition_for``); None leaves them to
+        the key partitioner.
+        """
         if not events:
             return
-        records = [OutboxRecord(self.config.topic, e.key, e.to_json(), e.headers) for e in events]
+        records = [OutboxRecord(self.config.topic, e.key, e.to_json(), e.headers, partition) for e in events]
         with self._journal:
             self._outbox.append(records)
             self._pending += len(records)
@@ -323,6 +346,12 @@ class TranscriptPublisher:
             )
         except (BufferError, KafkaException):
             self._metrics.partials.labels("dropped").inc()
+
+    def partition_for(self, key: bytes) -> int | None:
+        """The partition to pin a new call with ``key`` to: the key's murmur2 partition at the
+        finals topic's partition count known now; None while that count is unknown. Never blocks."""
+        partitions = self._partitions
+        return None if partitions is None else key_partition(key, partitions)
 
     def admit_session(self) -> None:
         """Refuse a new session (503) while the outbox is at ``max_events``."""
@@ -441,6 +470,7 @@ class TranscriptPublisher:
                 record.topic,
                 value=record.value,
                 key=record.key,
+                partition=KEY_PARTITIONER if record.partition is None else record.partition,
                 headers=list(record.headers),
                 on_delivery=functools.partial(self._on_delivery, entry.id),
             )
@@ -549,27 +579,47 @@ class TranscriptPublisher:
         except KafkaException as exc:
             self._set_health("unreachable", self._last_error or exc.args[0].str())
             return
-        self._last_error = None
-        missing = self.config.topic not in metadata.topics
+        self._last_error = self._refusal = None
+        topic = metadata.topics.get(self.config.topic)
+        self._learn_partitions(topic)
+        missing = topic is None
         self._set_health("connected", f"topic {self.config.topic} does not exist yet" if missing else None)
+
+    def _learn_partitions(self, topic: TopicMetadata | None) -> None:
+        """Keep the finals topic's partition count for new pins: unknown while the topic is not
+        there; an error in its metadata (e.g. a leader election) keeps the last count."""
+        if topic is not None and topic.error is not None:
+            return
+        known = len(topic.partitions) or None if topic is not None else None
+        if known != self._partitions:
+            logger.info("kafka_partitions topic=%s partitions=%s", self.config.topic, known)
+        self._partitions = known
+        self._metrics.partitions.set(known or 0)
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
             self._fatal = error
             self._wake.set()
             return
-        if error.code() in UNREACHABLE:
-            self._last_error = error.str()
-            self._set_health("unreachable", error.str())
-        else:
+        if error.code() not in UNREACHABLE:
             logger.debug("kafka_error code=%s reason=%s", error.name(), error.str())
+            return
+        # A refused login or certificate says why the brokers are down: the "all brokers are
+        # down" that follows each refused attempt does not replace it as the reason.
+        refused = error.code() != KafkaError._ALL_BROKERS_DOWN
+        first_refusal = refused and self._refusal is None
+        if refused:
+            self._refusal = error.str()
+        self._last_error = self._refusal or error.str()
+        self._set_health("unreachable", self._last_error, announce=first_refusal)
 
-    def _set_health(self, state: str, error: str | None) -> None:
+    def _set_health(self, state: str, error: str | None, announce: bool = False) -> None:
+        """Record the brokers' state; log it when it changed (or, ``announce``, anyway)."""
         with self._lock:
             changed = state != self._health.state
             since = self._clock() if changed else self._health.since
             self._health = KafkaHealth(state, since, error)
-            announce, self._announced = state != self._announced, state
+            announce, self._announced = announce or state != self._announced, state
         if announce:
             log = logger.info if state == "connected" else logger.warning
             log("kafka_%s bootstrap=%s reason=%s", state, self.config.bootstrap_servers, error)
@@ -649,7 +699,11 @@ class TranscriptSink:
             origin=self._origin(),
             metadata=session.config.metadata or None,
         )
-        self._publisher.publish(events)
+        self._publisher.publish(events, session.partition)
+
+    def pin(self, session_id: str) -> int | None:
+        """The session store's ``pin_partition``: where this call's finals go for the whole call."""
+        return self._publisher.partition_for(session_id.encode("utf-8"))  # the events' key
 
     def partial(self, session: Session, text: str) -> None:
         """Publish the open utterance's hypothesis (caller holds the session lock)."""

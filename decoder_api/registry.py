@@ -1,11 +1,12 @@
 """The session registry: who owns each call, and enough of its state to continue it elsewhere.
 
 Per session it keeps the owner instance, the session's options, token hashes, the finals so
-far, the stream position and the **audio since the last final** as the list of chunks the
-owner decoded (trimmed at every final; bounded by the maximum utterance length). Each
-instance heartbeats its liveness with a TTL. When a chunk for a session reaches an instance
-that does not own it and the owner's heartbeat has expired (or it is draining), that instance
-claims the session atomically and rebuilds the recognizer by replaying those chunks.
+far, the stream position, the finals topic partition the call is pinned to, and the **audio
+since the last final** as the list of chunks the owner decoded (trimmed at every final;
+bounded by the maximum utterance length). Each instance heartbeats its liveness with a TTL.
+When a chunk for a session reaches an instance that does not own it and the owner's heartbeat
+has expired (or it is draining), that instance claims the session atomically and rebuilds the
+recognizer by replaying those chunks.
 
 Without ``REDIS_URL`` the service runs as one instance with ``LocalRegistry``, which keeps
 nothing: there is nobody to fail over to.
@@ -69,6 +70,7 @@ class SessionRecord:
     tail: tuple[bytes, ...]
     last_active: float = 0.0
     created_at: float = 0.0
+    partition: int | None = None  # of the finals topic, pinned for the whole call (None: not yet)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,7 @@ class ChunkUpdate:
 
     ``clear_tail``: an utterance ended (or was dropped), the audio since the last final is
     now empty and starts at ``tail_start_samples``; otherwise ``pcm`` joins the tail.
+    ``partition``: the finals topic partition the call is pinned to, once it is.
     """
 
     pcm: bytes
@@ -86,6 +89,7 @@ class ChunkUpdate:
     next_utterance: int
     tail_start_samples: int
     finals: tuple[Final, ...] = ()
+    partition: int | None = None
 
 
 class Registry(Protocol):
@@ -217,6 +221,7 @@ class RedisRegistry:
             "next_utterance": record.next_utterance,
             "last_active": self.now(),
             "created_at": record.created_at,
+            "partition": "" if record.partition is None else record.partition,
         }
         finals = [json.dumps(final_to_record(f)) for f in record.finals]
         with self._client.pipeline(transaction=True) as pipe:
@@ -246,6 +251,8 @@ class RedisRegistry:
                 "next_utterance": update.next_utterance,
                 "tail_start": update.tail_start_samples,
             }
+            if update.partition is not None:
+                fields["partition"] = update.partition
             pipe.hset(key, mapping=fields)
             self._expire(pipe, session_id)
             self._run(pipe.execute)
@@ -422,6 +429,7 @@ def _record(session_id: str, meta: dict[str, str], finals: list[bytes], tail: li
         next_utterance=int(meta.get("next_utterance", 0)),
         last_active=float(meta.get("last_active", 0.0)),
         created_at=float(meta.get("created_at", 0.0)),
+        partition=int(meta["partition"]) if meta.get("partition") else None,
         finals=tuple(final_from_record(json.loads(f)) for f in finals),
         tail=tuple(tail),
     )

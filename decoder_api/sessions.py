@@ -35,6 +35,8 @@ REMEMBERED_EXPIRED = 10_000
 FinalsSink = Callable[["Session", Sequence[Final]], None]
 ChunkSink = Callable[["Session", ChunkUpdate], None]
 PartialSink = Callable[["Session", str], None]
+# The finals topic partition to pin a session to (by its id), or None while it cannot be known.
+PartitionPin = Callable[[str], int | None]
 
 
 class SessionNotFound(DecoderError):
@@ -157,7 +159,11 @@ class _Mark:
 
 
 class Session:
-    """One call: its recognizer, finals so far and clocks, guarded by ``lock``."""
+    """One call: its recognizer, finals so far and clocks, guarded by ``lock``.
+
+    ``partition`` is the finals topic partition the call is pinned to (None until known): it
+    is saved with the session so that whoever continues the call publishes to it too.
+    """
 
     def __init__(
         self,
@@ -171,8 +177,10 @@ class Session:
         clock: Callable[[], float] = time.monotonic,
         on_chunk: ChunkSink | None = None,
         on_partial: PartialSink | None = None,
+        partition: int | None = None,
     ) -> None:
         self.id = session_id
+        self.partition = partition
         self.config = config
         self.owner_key_hash = owner_key_hash
         self.created_at = time.time()
@@ -333,6 +341,7 @@ class Session:
             finals=tuple(self.finals),
             tail=tuple(self.tail),
             created_at=self.created_at,
+            partition=self.partition,
         )
 
     def restore(self, record: SessionRecord) -> list[Final]:
@@ -364,7 +373,14 @@ class Session:
         elif pcm:
             self.tail.append(pcm)
         update = ChunkUpdate(
-            pcm, clear, self.next_seq, self._samples, len(self.finals), self.tail_start, tuple(finals)
+            pcm,
+            clear,
+            self.next_seq,
+            self._samples,
+            len(self.finals),
+            self.tail_start,
+            tuple(finals),
+            self.partition,
         )
         self._on_chunk(self, update)
 
@@ -420,8 +436,10 @@ class SessionStore:
         registry: Registry | None = None,
         instance_id: str = "local",
         on_partial: PartialSink | None = None,
+        pin_partition: PartitionPin | None = None,
     ) -> None:
         self._recognizers = recognizers
+        self._pin_partition: PartitionPin = pin_partition or (lambda session_id: None)
         self._registry: Registry = registry or LocalRegistry()
         self._on_partial = on_partial
         self.instance_id = instance_id
@@ -453,6 +471,7 @@ class SessionStore:
         recognizer = self._recognizers(config.recognizer_options())
         session_id, token = secrets.token_urlsafe(18), secrets.token_urlsafe(32)
         session = self._new_session(session_id, hash_secret(token), config, recognizer, owner_key_hash)
+        session.partition = self._pin_partition(session_id)
         self._save(session)
         with self._lock:
             self._sessions[session_id] = session
@@ -622,6 +641,7 @@ class SessionStore:
         session = self._new_session(
             record.session_id, record.token_hash, config, recognizer, record.owner_key_hash
         )
+        session.partition = record.partition  # the first owner's pin, kept for the rest of the call
         with session.locked():
             session.restore(record)
         with self._lock:
@@ -728,6 +748,8 @@ class SessionStore:
         logger.info("session_%s session_id=%s utterances=%d", reason, session.id, len(session.finals))
 
     def _sink(self, session: Session, finals: Sequence[Final]) -> None:
+        if session.partition is None:  # opened while the partition count was unknown
+            session.partition = self._pin_partition(session.id)
         self._metrics.finals.inc(len(finals))
         self._on_finals(session, finals)
 

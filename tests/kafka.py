@@ -21,6 +21,7 @@ import requests
 from confluent_kafka import Consumer, Message, Producer
 
 from decoder_api import devstack
+from decoder_api.partitioner import key_partition
 from tests.servers import ROOT, DecoderServer, free_port
 
 T = TypeVar("T")
@@ -116,25 +117,7 @@ def produce_fence(bootstrap: str, topic: str, key: bytes) -> bytes:
 
 def murmur2_partition(key: bytes, partitions: int) -> int:
     """The Java client's default partition of ``key`` (murmur2, as librdkafka's murmur2_random)."""
-    m, length = 0x5BD1E995, len(key)
-    h = (0x9747B28C ^ length) & 0xFFFFFFFF
-    for i in range(0, length - length % 4, 4):
-        k = int.from_bytes(key[i : i + 4], "little")
-        k = (k * m) & 0xFFFFFFFF
-        k ^= k >> 24
-        k = (k * m) & 0xFFFFFFFF
-        h = ((h * m) & 0xFFFFFFFF) ^ k
-    tail = key[length - length % 4 :]
-    if len(tail) == 3:
-        h ^= tail[2] << 16
-    if len(tail) >= 2:
-        h ^= tail[1] << 8
-    if tail:
-        h = ((h ^ tail[0]) * m) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 15
-    return (h & 0x7FFFFFFF) % partitions
+    return key_partition(key, partitions)
 
 
 # --- decoders that publish -------------------------------------------------------------------

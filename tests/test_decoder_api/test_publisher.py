@@ -382,7 +382,9 @@ def test_an_undeliverable_event_is_parked_and_does_not_block_the_others(
 def stub_session(session_id: str, finals: int = 0) -> Any:
     """What the sink reads of a ``Session``."""
     config = SessionConfig(user_id="agent-7", metadata={"queue": "sales"})
-    return SimpleNamespace(id=session_id, config=config, finals=[None] * finals, audio_ms=2400)
+    return SimpleNamespace(
+        id=session_id, config=config, finals=[None] * finals, audio_ms=2400, partition=None
+    )
 
 
 STUB_ENGINE: Any = SimpleNamespace(name="vosk", model=SimpleNamespace(name="m", language="ko"))
