@@ -35,6 +35,9 @@ REMEMBERED_EXPIRED = 10_000
 FinalsSink = Callable[["Session", Sequence[Final]], None]
 ChunkSink = Callable[["Session", ChunkUpdate], None]
 PartialSink = Callable[["Session", str], None]
+# Accepts the caller for a session (its credentials: token and owner key hashes) or raises
+# Unauthorized/Forbidden; called before a session is touched, taken over or replayed.
+Authorize = Callable[["Session | SessionRecord"], None]
 # The finals topic partition to pin a session to (by its id), or None while it cannot be known.
 PartitionPin = Callable[[str], int | None]
 
@@ -480,27 +483,32 @@ class SessionStore:
         logger.info("session_opened session_id=%s rate=%d", session_id, config.sample_rate_hz)
         return session, token
 
-    def get(self, session_id: str) -> Session:
-        """The session, taking it over from a dead or draining owner when it lives elsewhere."""
+    def get(self, session_id: str, authorize: Authorize) -> Session:
+        """The session once ``authorize`` accepted the caller for it; when it lives elsewhere and
+        its owner is dead or draining, it is taken over, but only after that check."""
         with self._lock:
             session = self._sessions.get(session_id)
             expired = session_id in self._expired
         if session is not None:
+            authorize(session)
             return session
         if expired:
             raise SessionExpired("the session expired after inactivity or reached its maximum duration")
-        return self._take_over(session_id)
+        return self._take_over(session_id, authorize)
 
-    def describe(self, session_id: str) -> Session | SessionRecord:
-        """For reads: the local session, or the registry's record when another instance owns it."""
+    def describe(self, session_id: str, authorize: Authorize) -> Session | SessionRecord:
+        """For reads, once ``authorize`` accepted the caller: the local session, or the registry's
+        record when another instance owns it (never taken over for a read)."""
         with self._lock:
             session = self._sessions.get(session_id)
-        if session is not None:
-            return session
-        record = self._registry.load(session_id) if self._registry.shared else None
-        if record is None:
-            return self.get(session_id)
-        return record
+        if session is None and self._registry.shared:
+            found: Session | SessionRecord | None = self._registry.load(session_id)
+        else:
+            found = session
+        if found is None:
+            return self.get(session_id, authorize)
+        authorize(found)
+        return found
 
     def registry_state(self) -> str:
         if not self._registry.shared:
@@ -586,7 +594,7 @@ class SessionStore:
             if self._registry.now() - record.last_active < self._limits.idle_s:
                 continue
             try:
-                session = self._take_over(session_id)
+                session = self._take_over(session_id, authorize=None)  # the instances' own housekeeping
             except DecoderError:
                 continue
             count += self._expire(session, wait_s=self._limits.lock_timeout_s)
@@ -613,17 +621,23 @@ class SessionStore:
             on_partial=self._on_partial,
         )
 
-    def _take_over(self, session_id: str) -> Session:
-        """Continue a call whose owner is gone: claim it, rebuild it, replay its tail."""
+    def _take_over(self, session_id: str, authorize: Authorize | None) -> Session:
+        """Continue a call whose owner is gone: claim it, rebuild it, replay its tail; for a
+        client's request (``authorize``), only once the caller was accepted for the call."""
         if not self._registry.shared:
             raise SessionNotFound("no such session")
         with self._takeover_lock:
             with self._lock:
-                if session_id in self._sessions:
-                    return self._sessions[session_id]
+                session = self._sessions.get(session_id)
+            if session is not None:
+                if authorize is not None:
+                    authorize(session)
+                return session
             record = self._registry.load(session_id)
             if record is None:
                 raise SessionNotFound("no such session")
+            if authorize is not None:
+                authorize(record)  # before any claim or replay: a stranger never moves a call
             lease_s = 0.0 if record.owner == self.instance_id else self._registry.owner_lease_s(record.owner)
             if lease_s > 0:
                 # The owner's heartbeat may just have stopped: retrying once it lapses finds the

@@ -31,6 +31,8 @@ Answer: ``{"hstr": "...", "confidence": 0.87}``.
 from __future__ import annotations
 
 import copy
+import functools
+import hmac
 import logging
 import threading
 import time
@@ -46,7 +48,7 @@ from flask import Blueprint, Request, Response, current_app, jsonify, request
 from flask.blueprints import BlueprintSetupState
 from jsonschema.exceptions import best_match
 
-from decoder_api.auth import bearer
+from decoder_api.auth import Forbidden, SessionCredentials, bearer
 from decoder_api.engines.base import Final
 from decoder_api.routes.v1 import InvalidRequest, SampleRateMismatch, request_json
 from decoder_api.service import EXTENSION as SERVICE_EXTENSION
@@ -146,14 +148,14 @@ class CompatStreams:
         session_id = self._ids.get(key)
         if session_id is None:
             return None
-        session = self._find(session_id)
+        session = self._find(session_id, key[0] or None)
         if session is None:
             del self._ids[key]
         return session
 
-    def _find(self, session_id: str) -> Session | None:
+    def _find(self, session_id: str, owner_key_hash: str | None) -> Session | None:
         try:
-            session = self._store.get(session_id)
+            session = self._store.get(session_id, functools.partial(same_owner, owner_key_hash))
         except (SessionNotFound, SessionExpired):
             return None
         return session if session.state == "open" else None
@@ -163,10 +165,20 @@ class CompatStreams:
         if len(self._ids) <= self._max_ids:
             return
         for key, session_id in list(self._ids.items()):
-            if self._find(session_id) is None:
+            if self._find(session_id, key[0] or None) is None:
                 del self._ids[key]
         while len(self._ids) > self._max_ids:
             self._ids.popitem(last=False)  # its session stays until it expires
+
+
+def same_owner(owner_key_hash: str | None, session: SessionCredentials) -> None:
+    """A ``/decode`` stream is its caller's by the API key that opened it (no key: the stream id
+    alone, as in the seed's protocol); anyone else's session is refused."""
+    owner = session.owner_key_hash
+    if owner_key_hash is None and owner is None:
+        return
+    if owner_key_hash is None or owner is None or not hmac.compare_digest(owner_key_hash, owner):
+        raise Forbidden("this stream belongs to another API key")
 
 
 @blueprint.record_once

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -15,7 +16,7 @@ from decoder_api.engines.base import InvalidAudio
 from decoder_api.errors import DecoderError, EmptyAudio
 from decoder_api.registry import SessionRecord
 from decoder_api.service import DecoderService, service
-from decoder_api.sessions import Session, SessionConfig
+from decoder_api.sessions import Authorize, Session, SessionConfig
 from decoder_api.transcripts import final_to_dict
 
 blueprint = Blueprint("v1", __name__, url_prefix="/v1")
@@ -123,8 +124,7 @@ def end_session(session_id: str) -> Response:
 def get_session(session_id: str) -> Response:
     """Any instance answers: the owner from memory, the others from the registry."""
     svc = service()
-    found = svc.sessions.describe(session_id)
-    authorize_session(found, session_token(request, svc.api_keys), request.environ.get("decoder.key_hash"))
+    found = svc.sessions.describe(session_id, caller_authorization(svc))
     if isinstance(found, SessionRecord):
         return jsonify(record_snapshot(found))
     return jsonify(found.snapshot() | {"finals": [final_to_dict(f) for f in found.finals]})
@@ -191,10 +191,14 @@ def target_rate(svc: DecoderService) -> int:
 
 def authorized_session(session_id: str) -> tuple[DecoderService, Session]:
     svc = service()
-    session = svc.sessions.get(session_id)
-    token = session_token(request, svc.api_keys)
-    authorize_session(session, token, request.environ.get("decoder.key_hash"))
+    session = svc.sessions.get(session_id, caller_authorization(svc))
     return svc, session
+
+
+def caller_authorization(svc: DecoderService) -> Authorize:
+    """The check of this request's session token or API key against a session's credentials."""
+    token, key_hash = session_token(request, svc.api_keys), request.environ.get("decoder.key_hash")
+    return functools.partial(authorize_session, token=token, key_hash=key_hash)
 
 
 def json_body(req: Request) -> dict[str, Any]:

@@ -182,6 +182,42 @@ def test_wrong_instance_while_the_owner_lives(
     assert forbidden.status_code == 403
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [("post", "audio", b"\0\0" * 1600), ("post", "end", b""), ("delete", "", b"")],
+)
+def test_a_wrong_token_never_moves_a_call_whose_owner_died(
+    pair: tuple[DecoderServer, DecoderServer],
+    redis_server: RedisServer,
+    korean_call: SpokenCall,
+    method: str,
+    path: str,
+    body: bytes,
+) -> None:
+    owner, other = pair
+    caller = Caller([owner.url])
+    caller.open()
+    for seq, chunk in enumerate(chunks_of(korean_call)[:5]):
+        caller.send(seq, chunk)
+    owner.stop(signal.SIGKILL)
+    client = redis.Redis.from_url(redis_server.url)
+    wait_for(lambda: not client.exists("decoder:instance:a"), 10)  # free to be taken over now
+    key = f"decoder:session:{caller.sid}"
+    before = client.hgetall(key), client.lrange(f"{key}:tail", 0, -1)
+    url = f"{other.url}/v1/sessions/{caller.sid}" + (f"/{path}" if path else "")
+    for token in ("nope", None):
+        headers = {**PCM, "X-Chunk-Seq": "5"} | ({"X-Session-Token": token} if token else {})
+        response = requests.request(method, url, data=body, headers=headers, timeout=30)
+        assert response.status_code == (403 if token else 401), response.text
+        assert response.json()["error"] in {"forbidden", "unauthorized"}
+    after = client.hgetall(key), client.lrange(f"{key}:tail", 0, -1)
+    assert after == before  # still the dead owner's, its audio untouched
+    assert after[0][b"owner"] == b"a"
+    caller.urls = [other.url]
+    caller.send(5, chunks_of(korean_call)[5])  # the call's own client moves it
+    assert client.hget(key, "owner") == b"b"
+
+
 def test_redis_stopped_and_restarted_during_a_call(
     tmp_path: Path, redis_server: RedisServer, vosk_engine: VoskEngine, korean_call: SpokenCall
 ) -> None:

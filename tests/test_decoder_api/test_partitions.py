@@ -14,6 +14,7 @@ import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from confluent_kafka import Message, Producer
 from confluent_kafka.admin import AdminClient, NewPartitions
 from prometheus_client import CollectorRegistry
 
+from decoder_api.auth import authorize_session
 from decoder_api.engines.vosk import VoskEngine
 from decoder_api.metrics import DecoderMetrics
 from decoder_api.outbox import JOURNAL_PREFIX, REDIS_KEY_PREFIX, OutboxRecord, RedisOutbox, SqliteOutbox
@@ -449,10 +451,10 @@ def test_a_session_is_pinned_at_open_or_else_at_its_first_final_and_a_takeover_k
 
     first, second = store("a"), store("b")
     try:
-        session, _ = first.open(SessionConfig(RATE_HZ))
+        session, token = first.open(SessionConfig(RATE_HZ))
         while not moves(session.id):  # B's own pin would differ from A's
             first.delete(session)
-            session, _ = first.open(SessionConfig(RATE_HZ))
+            session, token = first.open(SessionConfig(RATE_HZ))
         assert session.partition is None
         counts["a"] = BEFORE  # the first metadata answer arrives
         chunks = chunks_of(korean_call)
@@ -461,7 +463,8 @@ def test_a_session_is_pinned_at_open_or_else_at_its_first_final_and_a_takeover_k
                 session.feed(chunk)
         pinned = key_partition(session.id.encode(), BEFORE)
         assert published and set(published) == {("a", pinned)}
-        taken = second.get(session.id)  # A never heartbeat: its lease is over
+        # A never heartbeat: its lease is over
+        taken = second.get(session.id, partial(authorize_session, token=token, key_hash=None))
         assert taken is not session and taken.partition == pinned
         for chunk in chunks[len(chunks) // 2 :]:
             with taken.locked():
