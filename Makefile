@@ -48,12 +48,13 @@ $(KAFKA_STAMP): $(KAFKA_POM)
 	mvn --batch-mode --quiet --strict-checksums -Dstyle.color=never -f $(KAFKA_POM) dependency:copy-dependencies
 	@touch $@
 
-lint: install ## ruff lint and format check
+lint: install ## ruff lint and format check; the import rules between components (import-linter, pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 typecheck: install ## mypy over every package
-	$(VENV)/bin/mypy decoder_api recorder nlp_consumer data/build.py tests bench
+	$(VENV)/bin/mypy contract decoder_api recorder nlp_consumer data/build.py tests bench
 
 audit: install ## known vulnerabilities in the locked pins (pip-audit; AUDIT_STRICT=1: unreachable advisories fail)
 	$(PY) .ci/audit.py
@@ -85,4 +86,4 @@ lock: ## re-resolve Pipfile.lock after editing Pipfile
 	pipenv lock
 
 clean: ## remove the environment and caches
-	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

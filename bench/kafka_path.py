@@ -45,9 +45,10 @@ from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from bench.figures import Figure, Result, build_result, figure, percentile, print_figures, write_result
 from bench.load import stop_group
+from contract.events import TranscriptEvent, rfc3339_utc
+from contract.kafka import KafkaClientSettings
 from decoder_api import devstack
 from decoder_api.evaluation import load_manifest
-from decoder_api.events import TranscriptEvent, rfc3339_utc
 from decoder_api.publisher import KafkaConfig
 
 logger = logging.getLogger(__name__)
@@ -149,7 +150,9 @@ class Sender:
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.topic = topic
-        config = KafkaConfig(bootstrap, topic, client_id="bench").producer_config() | {"log_level": 0}
+        config = KafkaConfig(KafkaClientSettings(bootstrap), topic, client_id="bench").producer_config() | {
+            "log_level": 0
+        }
         self._producer: Producer | None = Producer(config)
         self.sent_at: dict[str, float] = {}  # event_id → perf_counter at produce()
         self.documents: dict[str, dict[str, Any]] = {}

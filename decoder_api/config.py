@@ -17,34 +17,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from decoder_api.engines.models import OFFICIAL_LIST_URL
-from decoder_api.engines.vosk import VoskSettings
-from decoder_api.engines.whisper import WhisperSettings
+from contract.env import InvalidSetting, parse_bool
+from contract.kafka import (
+    CLIENT_VARIABLES,
+    PARTIALS_TOPIC,
+    TRANSCRIPTS_TOPIC,
+    KafkaClientSettings,
+    load_kafka_client,
+    transcripts_topic,
+)
+from decoder_api.engines.settings import OFFICIAL_LIST_URL, VoskSettings, WhisperSettings
 from decoder_api.errors import DecoderError
 
 ENV_PREFIX = "DECODER_"
-TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
 
 T = TypeVar("T")
 
 UNPREFIXED = {"REDIS_URL": "redis_url", "REDIS_SSL_CA_CERTS": "redis_ssl_ca_certs"}
-# The standard Kafka client variables, shared with the recorder and the NLP consumer.
-UNPREFIXED |= {
-    f"KAFKA_{name.upper()}": f"kafka_{name}"
-    for name in (
-        "bootstrap_servers",
-        "topic",
-        "security_protocol",
-        "sasl_mechanism",
-        "sasl_username",
-        "sasl_password",
-        "sasl_password_file",
-        "ssl_ca_location",
-        "ssl_certificate_location",
-        "ssl_key_location",
-    )
-}
 
 
 class ConfigError(DecoderError):
@@ -107,19 +96,12 @@ class Settings:
     redis_url: str | None = None
     redis_ssl_ca_certs: Path | None = None  # CA bundle verifying a rediss:// server (else the system's)
     registry_heartbeat_ttl_s: float = 6.0
-    # transcript events to Kafka (see publisher.py); no bootstrap servers: publishing disabled
-    kafka_bootstrap_servers: str | None = None
-    kafka_topic: str = "transcripts.v1"
+    # transcript events to Kafka (see publisher.py): the brokers from the contract's KAFKA_*
+    # variables (contract.kafka); none: publishing disabled
+    kafka: KafkaClientSettings | None = None
+    kafka_topic: str = TRANSCRIPTS_TOPIC
     kafka_partials: bool = False
-    kafka_partial_topic: str = "transcripts.partial.v1"
-    kafka_security_protocol: str | None = None
-    kafka_sasl_mechanism: str | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: str | None = dataclasses.field(default=None, repr=False)
-    kafka_sasl_password_file: Path | None = None
-    kafka_ssl_ca_location: Path | None = None
-    kafka_ssl_certificate_location: Path | None = None
-    kafka_ssl_key_location: Path | None = None
+    kafka_partial_topic: str = PARTIALS_TOPIC
     kafka_compression: str = "lz4"
     kafka_unready_after_s: float = 30.0
     # durable outbox of finals not yet acknowledged by Kafka (see outbox.py)
@@ -135,14 +117,32 @@ def load_settings(env: Mapping[str, str], overrides: Mapping[str, Any] | None = 
     """Settings from ``DECODER_*`` variables in ``env``, then ``overrides`` (flat, lower-case keys).
 
     A few settings shared with other components use their conventional unprefixed names
-    (``UNPREFIXED``); the ``DECODER_`` form wins when both are set.
+    (``UNPREFIXED``, and the contract's ``KAFKA_*`` variables, see ``kafka_values``); the
+    ``DECODER_`` form wins when both are set.
     """
     values = {field: env[name] for name, field in UNPREFIXED.items() if name in env}
+    values |= kafka_values(env)
     values |= {k[len(ENV_PREFIX) :].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)}
     values.update({k.lower(): v for k, v in (overrides or {}).items() if v is not None})
     settings = build(Settings, values, prefix="")
     check_redis_tls(settings)
     return settings
+
+
+def kafka_values(env: Mapping[str, str]) -> dict[str, Any]:
+    """The brokers (``kafka``) and the finals topic (``kafka_topic``, when ``KAFKA_TOPIC`` is set),
+    as the contract reads them: password file read and certificate files checked now. They
+    have no ``DECODER_`` form (one name in every component): such a variable is an error rather
+    than silently ignored."""
+    misnamed = [f"{ENV_PREFIX}{name}" for name in CLIENT_VARIABLES if f"{ENV_PREFIX}{name}" in env]
+    if misnamed:
+        raise ConfigError(f"{misnamed[0]} is not read: set {misnamed[0].removeprefix(ENV_PREFIX)}")
+    try:
+        client = load_kafka_client(env)
+        topic = transcripts_topic(env)
+    except InvalidSetting as exc:
+        raise ConfigError(exc.message) from None
+    return {"kafka": client} | ({"kafka_topic": topic} if topic is not None else {})
 
 
 def check_redis_tls(settings: Settings) -> None:
@@ -199,16 +199,6 @@ def _from_string(value: str, hint: Any) -> Any:
     if hint in (int, float, str):
         return hint(value)
     raise ValueError(f"unsupported setting type {hint}")
-
-
-def parse_bool(value: str) -> bool:
-    """Explicit boolean parsing: ``False``/``0``/``no`` are false, never truthy strings."""
-    word = value.strip().lower()
-    if word in TRUE_WORDS:
-        return True
-    if word in FALSE_WORDS:
-        return False
-    raise ValueError("expected true/false, yes/no, on/off or 1/0")
 
 
 def _optional_of(hint: Any) -> Any:

@@ -175,7 +175,9 @@ def start_pipeline(workdir: Path, stack_env: dict[str, str], engine: str) -> tup
 
 def stream_call(decoder_url: str, call: Path, user_id: str) -> None:
     argv = [sys.executable, "-m", "recorder", "-H", decoder_url, "-f", str(call), "--realtime"]
-    result = subprocess.run([*argv, "--user-id", user_id], cwd=ROOT, check=False)
+    # The decoder publishes the finals; given the Kafka variables the recorder would publish a copy.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAFKA_")}
+    result = subprocess.run([*argv, "--user-id", user_id], cwd=ROOT, env=env, check=False)
     if result.returncode != 0:
         raise DemoError(f"the recorder failed with status {result.returncode}")
 

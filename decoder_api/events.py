@@ -1,274 +1,28 @@
-"""The transcript event contract: what the decoder (and the recorder client) publish to Kafka.
+"""The decoder's side of the transcript event contract (``contract.events``): its finals become
+``transcript.v1`` events here, and ``python -m decoder_api.events tail`` prints a topic's events.
 
-Finals go to ``transcripts.v1`` (configurable), one message per utterance:
-
-* key: the ``session_id`` (UTF-8), so one call's utterances stay in one partition, in order;
-* value: a UTF-8 JSON object valid against ``schemas/transcript.v1.json``;
-* headers: ``content-type: application/json`` and ``schema: transcript.v1``.
-
-Times are integer milliseconds from the start of the session's audio stream (``start_ms``,
-``end_ms`` and each word's). ``event_id`` is ``<session_id>:<utterance>``: delivery is at least
-once, so consumers drop an ``event_id`` they have already seen. Empty finals are never produced.
-
-Partials (interim hypotheses) are a different type, ``PartialTranscriptEvent`` (schema
-``transcript.partial.v1``, ``"partial": true``), and go only to their own topic
-``transcripts.partial.v1``; they are best effort and never mixed into the finals topic.
-
-``python -m decoder_api.events tail`` prints a topic's events as JSON lines (the broker comes
-from ``KAFKA_BOOTSTRAP_SERVERS`` and the other ``KAFKA_*`` variables).
+``events_from_finals`` turns an engine's finals into events: empty finals are never produced,
+word confidences are clamped into 0..1 and the engine's words become the contract's. ``tail``
+reads the broker from ``KAFKA_BOOTSTRAP_SERVERS`` and the other ``KAFKA_*`` variables.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import signal
 import sys
-import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 from types import FrameType
-from typing import Any, ClassVar, TextIO
+from typing import Any, TextIO
 
-import jsonschema
-
-from decoder_api.engines.base import Final, Word
+from contract.events import SOURCE_DECODER, InvalidEvent, TranscriptEvent, Word, decode_event, rfc3339_utc
+from decoder_api.engines.base import Final
+from decoder_api.engines.base import Word as EngineWord
 from decoder_api.errors import DecoderError
-
-SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
-TRANSCRIPT_SCHEMA = "transcript.v1"
-PARTIAL_SCHEMA = "transcript.partial.v1"
-TRANSCRIPTS_TOPIC = "transcripts.v1"
-PARTIALS_TOPIC = "transcripts.partial.v1"
-CONTENT_TYPE = "application/json"
-SOURCE_DECODER = "decoder"
-SOURCE_RECORDER = "recorder"
-
-Headers = tuple[tuple[str, str], ...]
-
-
-class InvalidEvent(DecoderError):
-    """A message that does not follow its schema."""
-
-    code = "invalid_event"
-    status = 422
-
-
-@functools.cache
-def load_schema(name: str) -> dict[str, Any]:
-    """The JSON Schema document of ``name`` (``transcript.v1`` or ``transcript.partial.v1``)."""
-    schema: dict[str, Any] = json.loads((SCHEMA_DIR / f"{name}.json").read_text(encoding="utf-8"))
-    return schema
-
-
-@functools.cache
-def _validator(name: str) -> jsonschema.protocols.Validator:
-    schema = load_schema(name)
-    cls = jsonschema.validators.validator_for(schema)
-    return cls(schema, format_checker=cls.FORMAT_CHECKER)
-
-
-def validate(document: Any, name: str) -> None:
-    """Raise ``InvalidEvent`` naming the first offending field when ``document`` breaks the schema."""
-    error = jsonschema.exceptions.best_match(_validator(name).iter_errors(document))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "event"
-        raise InvalidEvent(f"{name} {where}: {error.message}")
-
-
-def rfc3339_utc(epoch_s: float | None = None) -> str:
-    """A timestamp as RFC 3339 in UTC with milliseconds, e.g. ``2026-01-31T12:00:00.250Z``."""
-    moment = datetime.fromtimestamp(time.time() if epoch_s is None else epoch_s, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _headers(schema: str) -> Headers:
-    return (("content-type", CONTENT_TYPE), ("schema", schema))
-
-
-def _dumps(document: Mapping[str, Any]) -> bytes:
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-def _loads(data: bytes | str) -> Any:
-    try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
-        raise InvalidEvent(f"not UTF-8 JSON: {exc}") from None
-
-
-@dataclass(frozen=True, slots=True)
-class TranscriptEvent:
-    """One final utterance of a session, as published to the finals topic."""
-
-    session_id: str
-    user_id: str
-    utterance: int
-    text: str
-    start_ms: int
-    end_ms: int
-    engine: str
-    model: str
-    language: str
-    produced_at: str
-    words: tuple[Word, ...] | None = None
-    source: str = SOURCE_DECODER
-    metadata: Mapping[str, Any] | None = None
-
-    schema: ClassVar[str] = TRANSCRIPT_SCHEMA
-
-    @property
-    def event_id(self) -> str:
-        """Stable identity of this final: the same utterance always has the same id."""
-        return f"{self.session_id}:{self.utterance}"
-
-    @property
-    def key(self) -> bytes:
-        return self.session_id.encode("utf-8")
-
-    @property
-    def headers(self) -> Headers:
-        return _headers(self.schema)
-
-    def to_dict(self) -> dict[str, Any]:
-        document: dict[str, Any] = {
-            "schema": self.schema,
-            "event_id": self.event_id,
-            "session_id": self.session_id,
-            "user_id": self.user_id,
-            "utterance": self.utterance,
-            "text": self.text,
-            "start_ms": self.start_ms,
-            "end_ms": self.end_ms,
-            "engine": self.engine,
-            "model": self.model,
-            "language": self.language,
-            "produced_at": self.produced_at,
-            "source": self.source,
-        }
-        if self.words is not None:
-            document["words"] = [
-                {"word": w.word, "start_ms": w.start_ms, "end_ms": w.end_ms, "conf": w.conf}
-                for w in self.words
-            ]
-        if self.metadata is not None:
-            document["metadata"] = dict(self.metadata)
-        return document
-
-    def to_json(self) -> bytes:
-        """The message value (UTF-8 JSON); raises ``InvalidEvent`` if the event breaks the schema."""
-        document = self.to_dict()
-        validate(document, self.schema)
-        return _dumps(document)
-
-    @classmethod
-    def from_dict(cls, document: Any) -> TranscriptEvent:
-        validate(document, TRANSCRIPT_SCHEMA)
-        event = cls(
-            session_id=document["session_id"],
-            user_id=document["user_id"],
-            utterance=document["utterance"],
-            text=document["text"],
-            start_ms=document["start_ms"],
-            end_ms=document["end_ms"],
-            engine=document["engine"],
-            model=document["model"],
-            language=document["language"],
-            produced_at=document["produced_at"],
-            words=_words(document.get("words")),
-            source=document["source"],
-            metadata=document.get("metadata"),
-        )
-        if document["event_id"] != event.event_id:
-            raise InvalidEvent(f"{TRANSCRIPT_SCHEMA} event_id: expected {event.event_id!r}")
-        return event
-
-    @classmethod
-    def from_json(cls, data: bytes | str) -> TranscriptEvent:
-        """Parse and validate a message value."""
-        return cls.from_dict(_loads(data))
-
-
-def _words(raw: Sequence[Mapping[str, Any]] | None) -> tuple[Word, ...] | None:
-    if raw is None:
-        return None
-    return tuple(Word(w["word"], w["start_ms"], w["end_ms"], float(w["conf"])) for w in raw)
-
-
-@dataclass(frozen=True, slots=True)
-class PartialTranscriptEvent:
-    """An interim hypothesis of the open utterance (``partial: true``); never on the finals topic."""
-
-    session_id: str
-    user_id: str
-    utterance: int
-    text: str
-    audio_ms: int
-    engine: str
-    model: str
-    language: str
-    produced_at: str
-    source: str = SOURCE_DECODER
-
-    schema: ClassVar[str] = PARTIAL_SCHEMA
-
-    @property
-    def key(self) -> bytes:
-        return self.session_id.encode("utf-8")
-
-    @property
-    def headers(self) -> Headers:
-        return _headers(self.schema)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": self.schema,
-            "partial": True,
-            "session_id": self.session_id,
-            "user_id": self.user_id,
-            "utterance": self.utterance,
-            "text": self.text,
-            "audio_ms": self.audio_ms,
-            "engine": self.engine,
-            "model": self.model,
-            "language": self.language,
-            "produced_at": self.produced_at,
-            "source": self.source,
-        }
-
-    def to_json(self) -> bytes:
-        document = self.to_dict()
-        validate(document, self.schema)
-        return _dumps(document)
-
-    @classmethod
-    def from_dict(cls, document: Any) -> PartialTranscriptEvent:
-        validate(document, PARTIAL_SCHEMA)
-        fields = {k: v for k, v in document.items() if k not in ("schema", "partial")}
-        return cls(**fields)
-
-    @classmethod
-    def from_json(cls, data: bytes | str) -> PartialTranscriptEvent:
-        return cls.from_dict(_loads(data))
-
-
-AnyEvent = TranscriptEvent | PartialTranscriptEvent
-
-
-def decode_event(data: bytes | str) -> AnyEvent:
-    """A message value of either schema, chosen by its ``schema`` field."""
-    document = _loads(data)
-    name = document.get("schema") if isinstance(document, dict) else None
-    if name == TRANSCRIPT_SCHEMA:
-        return TranscriptEvent.from_dict(document)
-    if name == PARTIAL_SCHEMA:
-        return PartialTranscriptEvent.from_dict(document)
-    raise InvalidEvent(f"unknown schema {name!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,8 +67,9 @@ def events_from_finals(
     ]
 
 
-def _clamped(words: tuple[Word, ...] | None) -> tuple[Word, ...] | None:
-    """Word confidences within 0..1 (an engine's rounding must not make a final unpublishable)."""
+def _clamped(words: tuple[EngineWord, ...] | None) -> tuple[Word, ...] | None:
+    """The contract's words, confidences within 0..1 (an engine's rounding must not make a final
+    unpublishable)."""
     if words is None:
         return None
     return tuple(

@@ -45,25 +45,19 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import TopicMetadata
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from contract.events import PartialTranscriptEvent, TranscriptEvent, rfc3339_utc
+from contract.kafka import PARTIALS_TOPIC, TRANSCRIPTS_TOPIC, KafkaClientSettings
 from decoder_api.config import ConfigError, Settings
 from decoder_api.engines.base import Engine, Final, Recognizer, RecognizerOptions
 from decoder_api.errors import DecoderError
-from decoder_api.events import (
-    PARTIALS_TOPIC,
-    TRANSCRIPTS_TOPIC,
-    EventSource,
-    PartialTranscriptEvent,
-    TranscriptEvent,
-    events_from_finals,
-    rfc3339_utc,
-)
+from decoder_api.events import EventSource, events_from_finals
 from decoder_api.outbox import Outbox, OutboxEntry, OutboxRecord, open_outbox
 from decoder_api.partitioner import key_partition
 from decoder_api.sessions import Session
@@ -124,35 +118,23 @@ class OutboxFull(DecoderError):
 
 @dataclass(frozen=True, slots=True)
 class KafkaConfig:
-    """Where and how to produce; built from settings at the entry point, never from the environment."""
+    """Where and how to produce: the brokers (the contract's client settings) and the decoder's
+    topics and tuning; built from settings at the entry point, never from the environment."""
 
-    bootstrap_servers: str
+    client: KafkaClientSettings
     topic: str = TRANSCRIPTS_TOPIC
     partials: bool = False
     partial_topic: str = PARTIALS_TOPIC
-    security_protocol: str | None = None
-    sasl_mechanism: str | None = None
-    sasl_username: str | None = None
-    sasl_password: str | None = field(default=None, repr=False)
-    ssl_ca_location: str | None = None
-    ssl_certificate_location: str | None = None
-    ssl_key_location: str | None = None
     compression: str = "lz4"
     client_id: str = "decoder_api"
 
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.client.bootstrap_servers
+
     def client_config(self) -> dict[str, Any]:
         """Connection and security properties, common to producers, consumers and admin clients."""
-        optional = {
-            "security.protocol": self.security_protocol,
-            "sasl.mechanism": self.sasl_mechanism,
-            "sasl.username": self.sasl_username,
-            "sasl.password": self.sasl_password,
-            "ssl.ca.location": self.ssl_ca_location,
-            "ssl.certificate.location": self.ssl_certificate_location,
-            "ssl.key.location": self.ssl_key_location,
-        }
-        base = {"bootstrap.servers": self.bootstrap_servers, "client.id": self.client_id}
-        return base | {k: v for k, v in optional.items() if v is not None}
+        return self.client.client_config(self.client_id)
 
     def producer_config(self) -> dict[str, Any]:
         """The finals producer: idempotent, every replica, unbounded retries, compressed."""
@@ -180,33 +162,16 @@ class KafkaConfig:
 
 def kafka_config(settings: Settings) -> KafkaConfig | None:
     """The Kafka settings, or None when no bootstrap servers are configured (publishing disabled)."""
-    if not settings.kafka_bootstrap_servers:
+    if settings.kafka is None:
         return None
-    password = settings.kafka_sasl_password
-    if settings.kafka_sasl_password_file is not None:
-        try:
-            password = settings.kafka_sasl_password_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"KAFKA_SASL_PASSWORD_FILE: {exc}") from exc
     return KafkaConfig(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client=settings.kafka,
         topic=settings.kafka_topic,
         partials=settings.kafka_partials,
         partial_topic=settings.kafka_partial_topic,
-        security_protocol=settings.kafka_security_protocol,
-        sasl_mechanism=settings.kafka_sasl_mechanism,
-        sasl_username=settings.kafka_sasl_username,
-        sasl_password=password,
-        ssl_ca_location=_path(settings.kafka_ssl_ca_location),
-        ssl_certificate_location=_path(settings.kafka_ssl_certificate_location),
-        ssl_key_location=_path(settings.kafka_ssl_key_location),
         compression=settings.kafka_compression,
         client_id=f"decoder_api-{settings.instance_id}",
     )
-
-
-def _path(value: Any) -> str | None:
-    return None if value is None else str(value)
 
 
 @dataclass(frozen=True, slots=True)

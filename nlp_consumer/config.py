@@ -2,7 +2,8 @@
 
 Nothing below the entry points reads the environment: ``load_consumer_settings(env)`` and
 ``load_dashboard_settings(env)`` turn a mapping into frozen objects (``ConfigError`` names the
-variable on bad input). Broker variables are the decoder's standard ``KAFKA_*`` ones.
+variable on bad input). The brokers come from the contract's ``KAFKA_*`` variables, the same
+in every component (``contract.kafka``).
 """
 
 from __future__ import annotations
@@ -13,45 +14,17 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
+from contract.env import InvalidSetting
+from contract.kafka import TRANSCRIPTS_TOPIC, KafkaClientSettings, load_kafka_client
 from nlp_consumer.errors import ConfigError
 
 T = TypeVar("T")
 
-TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-FALSE_WORDS = frozenset({"0", "false", "no", "off"})
-INPUT_TOPIC = "transcripts.v1"
+INPUT_TOPIC = TRANSCRIPTS_TOPIC
 OUTPUT_TOPIC = "transcripts.enriched.v1"
 DLQ_TOPIC = "transcripts.dlq.v1"
-
-
-@dataclass(frozen=True, slots=True)
-class KafkaSettings:
-    """Connection and security properties shared by every client of a process."""
-
-    bootstrap_servers: str
-    security_protocol: str | None = None
-    sasl_mechanism: str | None = None
-    sasl_username: str | None = None
-    sasl_password: str | None = field(default=None, repr=False)
-    ssl_ca_location: str | None = None
-    ssl_certificate_location: str | None = None
-    ssl_key_location: str | None = None
-    session_timeout_ms: int = 10_000
-
-    def client_config(self, client_id: str) -> dict[str, Any]:
-        optional = {
-            "security.protocol": self.security_protocol,
-            "sasl.mechanism": self.sasl_mechanism,
-            "sasl.username": self.sasl_username,
-            "sasl.password": self.sasl_password,
-            "ssl.ca.location": self.ssl_ca_location,
-            "ssl.certificate.location": self.ssl_certificate_location,
-            "ssl.key.location": self.ssl_key_location,
-        }
-        base = {"bootstrap.servers": self.bootstrap_servers, "client.id": client_id}
-        return base | {k: v for k, v in optional.items() if v is not None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +41,9 @@ class ModelSettings:
 
 @dataclass(frozen=True, slots=True)
 class ConsumerSettings:
-    kafka: KafkaSettings
+    kafka: KafkaClientSettings
     model: ModelSettings
+    session_timeout_ms: int = 10_000
     group_id: str = "nlp-consumer"
     input_topic: str = INPUT_TOPIC
     output_topic: str = OUTPUT_TOPIC
@@ -82,7 +56,7 @@ class ConsumerSettings:
 
 @dataclass(frozen=True, slots=True)
 class DashboardSettings:
-    kafka: KafkaSettings
+    kafka: KafkaClientSettings
     topic: str = OUTPUT_TOPIC
     group_id: str = field(default_factory=lambda: f"dashboard-{socket.gethostname()}-{uuid.uuid4().hex[:12]}")
     host: str = "127.0.0.1"
@@ -91,6 +65,7 @@ class DashboardSettings:
     max_calls: int = 1000
     max_turns: int = 200
     push_ms: int = 500
+    session_timeout_ms: int = 10_000
 
 
 class _Reader:
@@ -102,12 +77,6 @@ class _Reader:
     def text(self, name: str, default: str | None = None) -> str | None:
         value = self.env.get(name, "").strip()
         return value or default
-
-    def required(self, name: str) -> str:
-        value = self.text(name)
-        if value is None:
-            raise ConfigError(f"{name} is not set")
-        return value
 
     def number(self, name: str, default: T, kind: Callable[[str], T], low: float, high: float) -> T:
         raw = self.text(name)
@@ -121,35 +90,16 @@ class _Reader:
             raise ConfigError(f"{name}: {raw} is outside {low:g} … {high:g}")
         return value
 
-    def flag(self, name: str, default: bool) -> bool:
-        raw = (self.text(name) or "").lower()
-        if not raw:
-            return default
-        if raw in TRUE_WORDS | FALSE_WORDS:
-            return raw in TRUE_WORDS
-        raise ConfigError(f"{name}: expected true or false, got {raw!r}")
 
-
-def load_kafka_settings(env: Mapping[str, str], session_timeout_name: str) -> KafkaSettings:
-    read = _Reader(env)
-    password = read.text("KAFKA_SASL_PASSWORD")
-    password_file = read.text("KAFKA_SASL_PASSWORD_FILE")
-    if password_file is not None:
-        try:
-            password = Path(password_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"KAFKA_SASL_PASSWORD_FILE: {exc.strerror or exc}") from None
-    return KafkaSettings(
-        bootstrap_servers=read.required("KAFKA_BOOTSTRAP_SERVERS"),
-        security_protocol=read.text("KAFKA_SECURITY_PROTOCOL"),
-        sasl_mechanism=read.text("KAFKA_SASL_MECHANISM"),
-        sasl_username=read.text("KAFKA_SASL_USERNAME"),
-        sasl_password=password,
-        ssl_ca_location=read.text("KAFKA_SSL_CA_LOCATION"),
-        ssl_certificate_location=read.text("KAFKA_SSL_CERTIFICATE_LOCATION"),
-        ssl_key_location=read.text("KAFKA_SSL_KEY_LOCATION"),
-        session_timeout_ms=read.number(session_timeout_name, 10_000, int, 1000, 300_000),
-    )
+def load_kafka_settings(env: Mapping[str, str]) -> KafkaClientSettings:
+    """The brokers, as the contract reads them; they are required here."""
+    try:
+        client = load_kafka_client(env)
+    except InvalidSetting as exc:
+        raise ConfigError(exc.message) from None
+    if client is None:
+        raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is not set")
+    return client
 
 
 def load_model_settings(env: Mapping[str, str]) -> ModelSettings:
@@ -168,10 +118,13 @@ def load_model_settings(env: Mapping[str, str]) -> ModelSettings:
 
 def load_consumer_settings(env: Mapping[str, str]) -> ConsumerSettings:
     read = _Reader(env)
-    defaults = ConsumerSettings(KafkaSettings(""), ModelSettings())
+    defaults = ConsumerSettings(KafkaClientSettings(""), ModelSettings())
     settings = ConsumerSettings(
-        kafka=load_kafka_settings(env, "NLP_SESSION_TIMEOUT_MS"),
+        kafka=load_kafka_settings(env),
         model=load_model_settings(env),
+        session_timeout_ms=read.number(
+            "NLP_SESSION_TIMEOUT_MS", defaults.session_timeout_ms, int, 1000, 300_000
+        ),
         group_id=read.text("NLP_GROUP_ID", defaults.group_id) or defaults.group_id,
         input_topic=read.text("NLP_INPUT_TOPIC", INPUT_TOPIC) or INPUT_TOPIC,
         output_topic=read.text("NLP_OUTPUT_TOPIC", OUTPUT_TOPIC) or OUTPUT_TOPIC,
@@ -189,11 +142,11 @@ def load_consumer_settings(env: Mapping[str, str]) -> ConsumerSettings:
 
 def load_dashboard_settings(env: Mapping[str, str]) -> DashboardSettings:
     read = _Reader(env)
-    defaults = DashboardSettings(KafkaSettings(""))
+    defaults = DashboardSettings(KafkaClientSettings(""))
     topic = read.text("DASHBOARD_TOPIC") or read.text("NLP_OUTPUT_TOPIC") or OUTPUT_TOPIC
     return dataclasses.replace(
         defaults,
-        kafka=load_kafka_settings(env, "DASHBOARD_SESSION_TIMEOUT_MS"),
+        kafka=load_kafka_settings(env),
         topic=topic,
         group_id=read.text("DASHBOARD_GROUP_ID") or defaults.group_id,
         host=read.text("DASHBOARD_HOST", defaults.host) or defaults.host,
@@ -202,4 +155,7 @@ def load_dashboard_settings(env: Mapping[str, str]) -> DashboardSettings:
         max_calls=read.number("DASHBOARD_MAX_CALLS", defaults.max_calls, int, 1, 100_000),
         max_turns=read.number("DASHBOARD_MAX_TURNS", defaults.max_turns, int, 1, 10_000),
         push_ms=read.number("DASHBOARD_PUSH_MS", defaults.push_ms, int, 50, 10_000),
+        session_timeout_ms=read.number(
+            "DASHBOARD_SESSION_TIMEOUT_MS", defaults.session_timeout_ms, int, 1000, 300_000
+        ),
     )

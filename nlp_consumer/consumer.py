@@ -109,7 +109,7 @@ class EnrichmentConsumer:
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
-                "session.timeout.ms": settings.kafka.session_timeout_ms,
+                "session.timeout.ms": settings.session_timeout_ms,
                 "statistics.interval.ms": 5000,
                 "stats_cb": metrics.on_stats,
             },

@@ -1,7 +1,7 @@
 """The wire formats at the consumer's edges: transcript.v1 in, transcript.enriched.v1 and dead letters out.
 
-Input events are validated by the decoder's own contract (``decoder_api.events``, which needs only
-jsonschema). The enriched event keeps every field of the transcript unchanged except ``schema``
+Input events are validated by the contract every component shares (``contract.events``). The
+enriched event keeps every field of the transcript unchanged except ``schema``
 and adds ``sentiment``, ``explanation``, ``keywords``, ``analyzer`` and ``enriched_at``
 (``schemas/enriched.v1.json``). It is keyed by ``session_id`` like its input, so one call's
 events stay in one partition, in order.
@@ -23,7 +23,7 @@ from typing import Any
 
 import jsonschema
 
-from decoder_api.events import InvalidEvent, TranscriptEvent, rfc3339_utc
+from contract.events import InvalidEvent, TranscriptEvent, rfc3339_utc, schema_validator
 from nlp_consumer.errors import NlpError
 
 ENRICHED_SCHEMA = "transcript.enriched.v1"
@@ -73,9 +73,7 @@ def enriched_schema() -> dict[str, Any]:
 
 @functools.cache
 def _validator() -> jsonschema.protocols.Validator:
-    schema = enriched_schema()
-    cls = jsonschema.validators.validator_for(schema)
-    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+    return schema_validator(enriched_schema())
 
 
 def validate_enriched(document: Mapping[str, Any]) -> None:

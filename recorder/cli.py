@@ -25,12 +25,13 @@ from typing import Any, NoReturn
 
 from rich.console import Console
 
+from contract.env import InvalidSetting, env_bool
+from contract.kafka import TRANSCRIPTS_TOPIC, Setting, load_kafka_client, parse_topic, transcripts_topic
 from recorder.call import run_call
 from recorder.client import HttpTransport, SessionRequest, Transport
 from recorder.config import (
     DEFAULT_DATA_DIR,
     DEFAULT_HOST,
-    DEFAULT_TOPIC,
     KafkaSettings,
     MicrophoneSettings,
     Mode,
@@ -38,11 +39,8 @@ from recorder.config import (
     ServerSettings,
     SimulatorSettings,
     StreamSettings,
-    parse_bool,
-    parse_brokers,
     parse_float,
     parse_int,
-    parse_kafka_security,
     parse_pause,
     parse_server_url,
     parse_user_id,
@@ -85,14 +83,15 @@ ENVIRONMENT_HELP = """\
 environment (flags win over these):
   HOST             decoder address, as for -H
   DO_SIMULATE      true/false (also 1/0, yes/no, on/off): run the simulator, as -S
-  KAFKA_BROKERS    Kafka bootstrap servers, as -b
+  KAFKA_BOOTSTRAP_SERVERS (or KAFKA_BROKERS)
+                   Kafka bootstrap servers, as -b
   KAFKA_TOPIC      Kafka topic, as -t
   DECODER_API_KEY  API key, as --api-key (preferred: command lines are visible to other users)
   KAFKA_SECURITY_PROTOCOL, KAFKA_SSL_CA_LOCATION, KAFKA_SSL_CERTIFICATE_LOCATION,
   KAFKA_SSL_KEY_LOCATION, KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD or
   KAFKA_SASL_PASSWORD_FILE
-                   TLS and SASL for the Kafka producer, as for the decoder (no flags: secrets
-                   stay off the command line)
+                   TLS and SASL for the Kafka producer, the same variables as the decoder's and
+                   the NLP consumer's (no flags: secrets stay off the command line)
 
 exit status: 0 done (also after Ctrl-C/SIGTERM), 1 a call, a source or Kafka failed, 2 bad
 options or environment, 70 internal error, 130 interrupted twice.
@@ -212,13 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
         "-b",
         "--broker",
         metavar="HOST:PORT[,...]",
-        help="also publish the finals to Kafka (env KAFKA_BROKERS)",
+        help="also publish the finals to Kafka (env KAFKA_BOOTSTRAP_SERVERS or KAFKA_BROKERS)",
     )
     kafka.add_argument(
         "-t",
         "--topic",
         metavar="TOPIC",
-        help=f"Kafka topic for the finals (env KAFKA_TOPIC; default {DEFAULT_TOPIC})",
+        help=f"Kafka topic for the finals (env KAFKA_TOPIC; default {TRANSCRIPTS_TOPIC})",
     )
     output = parser.add_argument_group("output")
     output.add_argument("--json", action="store_true", help="JSON lines on stdout instead of the live view")
@@ -271,7 +270,10 @@ def option(value: str | None, name: str, default: Any, parse: Callable[[str, str
 
 
 def choose_mode(args: argparse.Namespace, env: Mapping[str, str]) -> Mode:
-    env_simulate = parse_bool(env["DO_SIMULATE"], "DO_SIMULATE") if "DO_SIMULATE" in env else False
+    try:
+        env_simulate = env_bool(env, "DO_SIMULATE", default=False)
+    except InvalidSetting as exc:
+        raise ConfigError(exc.message) from None
     if args.file is not None and args.simulate:
         raise ConfigError("--file and --simulate exclude each other; choose one")
     if args.file is not None:
@@ -303,19 +305,20 @@ def simulator_settings(args: argparse.Namespace) -> SimulatorSettings:
 
 
 def kafka_settings(args: argparse.Namespace, env: Mapping[str, str]) -> KafkaSettings | None:
-    brokers_name = "--broker" if args.broker else "KAFKA_BROKERS"
-    brokers = args.broker or env.get("KAFKA_BROKERS") or None
-    topic = (args.topic or env.get("KAFKA_TOPIC") or "").strip() or None
-    if brokers is None and topic is None:
+    """Where the finals are published too, if anywhere: ``-b``/``-t`` win over the contract's
+    Kafka variables (``contract.kafka``, read and checked here)."""
+    try:
+        client = load_kafka_client(env, Setting("--broker", args.broker) if args.broker else None)
+        topic = parse_topic(Setting("--topic", args.topic)) if args.topic else transcripts_topic(env)
+    except InvalidSetting as exc:
+        raise ConfigError(exc.message) from None
+    if client is None and topic is None:
         return None
-    if brokers is None:
-        raise ConfigError("a Kafka topic without a broker: give -b/--broker or KAFKA_BROKERS as well")
-    topic = topic or DEFAULT_TOPIC
-    if len(topic) > 249 or not all(c.isalnum() or c in "._-" for c in topic):
-        raise ConfigError(f"Kafka topic {topic!r}: use up to 249 letters, digits, '.', '_' or '-'")
-    return KafkaSettings(
-        brokers=parse_brokers(brokers, brokers_name), topic=topic, security=parse_kafka_security(env)
-    )
+    if client is None:
+        raise ConfigError(
+            "a Kafka topic without a broker: give -b/--broker or KAFKA_BOOTSTRAP_SERVERS as well"
+        )
+    return KafkaSettings(client, topic or TRANSCRIPTS_TOPIC)
 
 
 def make_transport(settings: RecorderSettings, stop: threading.Event) -> Transport:

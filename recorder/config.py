@@ -1,27 +1,26 @@
 """Typed recorder settings, built once at the entry point from flags and the environment.
 
-Command-line flags win over environment variables (``HOST``, ``DO_SIMULATE``, ``KAFKA_BROKERS``,
-``KAFKA_TOPIC``, ``DECODER_API_KEY``), which win over the defaults. Nothing below the entry
-point reads the environment. Every parser here raises ``ConfigError`` with a one-line message.
+Command-line flags win over environment variables (``HOST``, ``DO_SIMULATE``,
+``DECODER_API_KEY``, and the contract's Kafka variables: ``KAFKA_BOOTSTRAP_SERVERS`` or its alias
+``KAFKA_BROKERS``, ``KAFKA_TOPIC``, ``KAFKA_SECURITY_PROTOCOL``... see ``contract.kafka``), which
+win over the defaults. Nothing below the entry point reads the environment. Every parser here
+raises ``ConfigError`` with a one-line message.
 """
 
 from __future__ import annotations
 
 import math
 import urllib.parse
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from contract.kafka import TRANSCRIPTS_TOPIC, KafkaClientSettings
 from recorder.errors import ConfigError
 
 DEFAULT_HOST = "localhost:8080"
 DEFAULT_PORT = 8080
-DEFAULT_TOPIC = "transcripts.v1"
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
 SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
 
 Mode = Literal["microphone", "file", "simulate"]
@@ -59,46 +58,15 @@ class StreamSettings:
         return max(1, self.sample_rate_hz * self.chunk_ms // 1000) * 2
 
 
-KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-
-
-@dataclass(frozen=True, slots=True)
-class KafkaSecurity:
-    """TLS and SASL for the recorder's producer, from the standard ``KAFKA_*`` client variables
-    the decoder and the NLP consumer read too; never from flags (a password on a command line is
-    visible to every user of the machine)."""
-
-    protocol: str | None = None
-    sasl_mechanism: str | None = None
-    sasl_username: str | None = None
-    sasl_password: str | None = field(default=None, repr=False)
-    ssl_ca_location: str | None = None
-    ssl_certificate_location: str | None = None
-    ssl_key_location: str | None = None
-
-    def client_config(self) -> dict[str, str]:
-        """The librdkafka properties that are set."""
-        properties = {
-            "security.protocol": self.protocol,
-            "sasl.mechanism": self.sasl_mechanism,
-            "sasl.username": self.sasl_username,
-            "sasl.password": self.sasl_password,
-            "ssl.ca.location": self.ssl_ca_location,
-            "ssl.certificate.location": self.ssl_certificate_location,
-            "ssl.key.location": self.ssl_key_location,
-        }
-        return {name: value for name, value in properties.items() if value is not None}
-
-
 @dataclass(frozen=True, slots=True)
 class KafkaSettings:
-    """Where the recorder also publishes its finals; ``delivery_timeout_s`` bounds the final flush."""
+    """Where the recorder also publishes its finals: the brokers (``-b`` or the contract's
+    ``KAFKA_*`` variables; TLS and SASL never from flags, a password on a command line is visible
+    to every user of the machine) and the topic; ``delivery_timeout_s`` bounds the final flush."""
 
-    brokers: str
-    topic: str
+    client: KafkaClientSettings
+    topic: str = TRANSCRIPTS_TOPIC
     delivery_timeout_s: float = 30.0
-    security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,16 +101,6 @@ class RecorderSettings:
     microphone: MicrophoneSettings = field(default_factory=MicrophoneSettings)
     simulator: SimulatorSettings = field(default_factory=SimulatorSettings)
     kafka: KafkaSettings | None = None
-
-
-def parse_bool(value: str, name: str) -> bool:
-    """``True``/``1``/``yes``/``on`` and ``False``/``0``/``no``/``off``/empty, any case; else an error."""
-    word = value.strip().lower()
-    if word in TRUE_WORDS:
-        return True
-    if word in FALSE_WORDS:
-        return False
-    raise ConfigError(f"{name}={value!r}: expected true/false, yes/no, on/off or 1/0")
 
 
 def parse_server_url(value: str, name: str = "--host") -> str:
@@ -200,73 +158,6 @@ def parse_pause(value: str, name: str = "--pause-s") -> tuple[float, float]:
     if low > high:
         raise ConfigError(f"{name} {value!r}: MIN must not be above MAX")
     return low, high
-
-
-def parse_brokers(value: str, name: str) -> str:
-    """A comma-separated ``host:port`` list, as librdkafka takes it."""
-    brokers = [b.strip() for b in value.split(",") if b.strip()]
-    for broker in brokers:
-        host, sep, port = broker.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"{name} {value!r}: expected HOST:PORT[,HOST:PORT...]")
-    if not brokers:
-        raise ConfigError(f"{name} is empty: expected HOST:PORT[,HOST:PORT...]")
-    return ",".join(brokers)
-
-
-def parse_kafka_security(env: Mapping[str, str]) -> KafkaSecurity:
-    """``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_{MECHANISM,USERNAME,PASSWORD,PASSWORD_FILE}`` and
-    ``KAFKA_SSL_{CA,CERTIFICATE,KEY}_LOCATION``; every file is checked to be readable here, so a
-    wrong path is one line at start-up rather than a connection that never comes up."""
-
-    def value(name: str) -> str | None:
-        return env.get(name, "").strip() or None
-
-    protocol = _one_of(value("KAFKA_SECURITY_PROTOCOL"), "KAFKA_SECURITY_PROTOCOL", KAFKA_SECURITY_PROTOCOLS)
-    mechanism = _one_of(value("KAFKA_SASL_MECHANISM"), "KAFKA_SASL_MECHANISM", KAFKA_SASL_MECHANISMS)
-    password = env.get("KAFKA_SASL_PASSWORD") or None
-    password_file = value("KAFKA_SASL_PASSWORD_FILE")
-    if password_file is not None:
-        password = _read_secret(password_file, "KAFKA_SASL_PASSWORD_FILE")
-    files = {
-        name: _readable(path, name)
-        for name in ("KAFKA_SSL_CA_LOCATION", "KAFKA_SSL_CERTIFICATE_LOCATION", "KAFKA_SSL_KEY_LOCATION")
-        if (path := value(name)) is not None
-    }
-    return KafkaSecurity(
-        protocol=protocol,
-        sasl_mechanism=mechanism,
-        sasl_username=value("KAFKA_SASL_USERNAME"),
-        sasl_password=password,
-        ssl_ca_location=files.get("KAFKA_SSL_CA_LOCATION"),
-        ssl_certificate_location=files.get("KAFKA_SSL_CERTIFICATE_LOCATION"),
-        ssl_key_location=files.get("KAFKA_SSL_KEY_LOCATION"),
-    )
-
-
-def _one_of(raw: str | None, name: str, allowed: tuple[str, ...]) -> str | None:
-    """``raw`` upper-cased when it is one of ``allowed`` (None stays None), else a ``ConfigError``."""
-    if raw is None:
-        return None
-    if raw.upper() not in allowed:
-        raise ConfigError(f"{name} {raw.upper()!r}: expected one of {', '.join(allowed)}")
-    return raw.upper()
-
-
-def _read_secret(path: str, name: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{name} {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
-
-
-def _readable(path: str, name: str) -> str:
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"{name} {path!r}: {exc.strerror}") from None
-    return path
 
 
 def parse_user_id(value: str, name: str = "--user-id") -> str:

@@ -1,11 +1,10 @@
-"""The recorder's own finals on Kafka, in the service's ``transcript.v1`` event contract.
+"""The recorder's own finals on Kafka, as the contract's ``transcript.v1`` events.
 
-Key: the session id (so a session's utterances stay in order on one partition). Value: UTF-8
-JSON with ``schema`` ``transcript.v1``, ``event_id`` ``<session_id>:<utterance>`` (consumers
-de-duplicate on it), ``session_id``, ``user_id``, ``utterance``, ``text``, ``words`` (only when
-word timings were asked for), ``start_ms``, ``end_ms``, ``engine``, ``model``, ``language``,
-``produced_at`` (RFC 3339, UTC) and ``source`` ``recorder``. Headers: ``content-type:
-application/json`` and ``schema: transcript.v1``. The producer is idempotent with ``acks=all``.
+Each final becomes a ``contract.events.TranscriptEvent`` with ``source`` ``recorder``, validated
+against the schema like the decoder's (an event that breaks it is counted as not delivered,
+never produced): key the session id (a session's utterances stay in order on one partition),
+value the event's UTF-8 JSON, headers ``content-type: application/json`` and ``schema:
+transcript.v1``. The producer is idempotent with ``acks=all``.
 
 The WebSocket protocol does not say which engine and model decoded a stream: such events carry
 ``unknown`` for both (the schema wants them non-empty). Empty finals are never published.
@@ -13,28 +12,21 @@ The WebSocket protocol does not say which engine and model decoded a stream: suc
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from contract.events import SOURCE_RECORDER, InvalidEvent, TranscriptEvent, Word, rfc3339_utc
 from recorder.config import KafkaSettings
 from recorder.errors import ConfigError, KafkaDeliveryError
-from recorder.events import CallEvent, Final, FinalReceived, SessionInfo, final_to_json
+from recorder.events import CallEvent, Final, FinalReceived, SessionInfo
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = "transcript.v1"
-SOURCE = "recorder"
 UNKNOWN = "unknown"
-HEADERS: list[tuple[str, str | bytes | None]] = [
-    ("content-type", b"application/json"),
-    ("schema", SCHEMA.encode()),
-]
 # The broker refused this client's credentials or certificate: no retry can deliver, so ``close``
 # stops waiting for acknowledgements and names the refusal.
 REFUSED = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL})
@@ -43,31 +35,27 @@ FLUSH_STEP_S = 0.5
 
 def transcript_event(
     session: SessionInfo, user_id: str, final: Final, produced_at: datetime
-) -> dict[str, Any]:
-    """The event value for one final utterance."""
-    wire = final_to_json(final)
-    event: dict[str, Any] = {
-        "schema": SCHEMA,
-        "event_id": f"{session.session_id}:{final.utterance}",
-        "session_id": session.session_id,
-        "user_id": user_id,
-        "utterance": final.utterance,
-        "text": final.text,
-        "start_ms": final.start_ms,
-        "end_ms": final.end_ms,
-        "engine": session.engine or UNKNOWN,
-        "model": session.model or UNKNOWN,
-        "language": session.language,
-        "produced_at": rfc3339(produced_at),
-        "source": SOURCE,
-    }
-    if "words" in wire:
-        event["words"] = wire["words"]
-    return event
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+) -> TranscriptEvent:
+    """The event of one final utterance."""
+    words = (
+        None
+        if final.words is None
+        else tuple(Word(w.word, w.start_ms, w.end_ms, w.conf) for w in final.words)
+    )
+    return TranscriptEvent(
+        session_id=session.session_id,
+        user_id=user_id,
+        utterance=final.utterance,
+        text=final.text,
+        start_ms=final.start_ms,
+        end_ms=final.end_ms,
+        engine=session.engine or UNKNOWN,
+        model=session.model or UNKNOWN,
+        language=session.language,
+        produced_at=rfc3339_utc(produced_at.timestamp()),
+        words=words,
+        source=SOURCE_RECORDER,
+    )
 
 
 class TranscriptPublisher:
@@ -80,11 +68,9 @@ class TranscriptPublisher:
 
     def __init__(self, settings: KafkaSettings) -> None:
         self._settings = settings
-        config = settings.security.client_config() | {
-            "bootstrap.servers": settings.brokers,
+        config = settings.client.client_config("recorder") | {
             "acks": "all",
             "enable.idempotence": True,
-            "client.id": "recorder",
             "linger.ms": 20,
             "message.timeout.ms": int(settings.delivery_timeout_s * 1000),
             "logger": logging.getLogger(f"{__name__}.librdkafka"),
@@ -105,14 +91,20 @@ class TranscriptPublisher:
             self.publish(event.session, event.call.user_id, event.final)
 
     def publish(self, session: SessionInfo, user_id: str, final: Final) -> None:
-        value = json.dumps(transcript_event(session, user_id, final, datetime.now(UTC)), ensure_ascii=False)
+        event = transcript_event(session, user_id, final, datetime.now(UTC))
+        try:
+            value = event.to_json()
+        except InvalidEvent as exc:
+            self._failed(f"invalid event: {exc.message}")
+            logger.warning("kafka_invalid_event event_id=%s error=%s", event.event_id, exc.message)
+            return
         while True:
             try:
                 self._producer.produce(
                     self._settings.topic,
-                    key=session.session_id.encode(),
-                    value=value.encode(),
-                    headers=HEADERS,
+                    key=event.key,
+                    value=value,
+                    headers=list(event.headers),
                     on_delivery=self._delivered,
                 )
                 break
@@ -131,7 +123,7 @@ class TranscriptPublisher:
             why = self._refusal or self._last_error or "no acknowledgement in time"
             raise KafkaDeliveryError(
                 f"kafka: {lost} transcript event(s) not delivered to {self._settings.topic} at "
-                f"{self._settings.brokers} ({why})"
+                f"{self._settings.client.bootstrap_servers} ({why})"
             )
 
     def _flush(self) -> int:

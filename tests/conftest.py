@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ DATA = ROOT / "data"
 RATE_HZ = 16000
 KOREAN_TURNS = ("안녕하세요", "감사합니다", "네 알겠습니다", "오늘 날씨가 좋습니다")
 PAUSE_MS = 1200
+TRAIN_TIMEOUT_S = 1800
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,23 @@ def korean_call(tmp_path_factory: pytest.TempPathFactory) -> SpokenCall:
         pytest.fail("espeak-ng is missing: run `make install`")
     tmp = tmp_path_factory.mktemp("korean")
     return join_turns(KOREAN_TURNS, [espeak(t, "ko", tmp) for t in KOREAN_TURNS])
+
+
+@pytest.fixture(scope="session")
+def trained_model() -> Path:
+    """The sentiment model ``python -m nlp_consumer.train`` builds (once per machine; later runs hit
+    the cache)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "nlp_consumer.train"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TRAIN_TIMEOUT_S,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    from nlp_consumer.train import default_cache_dir, default_model_dir
+
+    return default_model_dir(default_cache_dir(os.environ))
 
 
 @pytest.fixture(scope="session")

@@ -87,15 +87,16 @@ class DecoderServer:
             return self.process.wait()
 
 
-def start_decoder(log_dir: Path, **settings: str) -> DecoderServer:
-    """Start a decoder with ``DECODER_<KEY>`` settings, e.g. ``engine="vosk"``.
+def start_decoder(log_dir: Path, env: Mapping[str, str] | None = None, **settings: str) -> DecoderServer:
+    """Start a decoder with ``DECODER_<KEY>`` settings, e.g. ``engine="vosk"``, and the unprefixed
+    variables in ``env`` (the contract's ``KAFKA_*``, e.g.).
 
     The session-creation rate limit is off unless asked for: a whole test suite opens
     hundreds of sessions from one address against the shared servers.
     """
-    env = {f"DECODER_{k.upper()}": v for k, v in {"session_rate_per_min": "0", **settings}.items()}
+    prefixed = {f"DECODER_{k.upper()}": v for k, v in {"session_rate_per_min": "0", **settings}.items()}
     port = free_port()
-    return DecoderServer(port, env, log_dir / f"decoder-{port}.log").start()
+    return DecoderServer(port, {**prefixed, **(env or {})}, log_dir / f"decoder-{port}.log").start()
 
 
 @dataclass

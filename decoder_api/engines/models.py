@@ -49,11 +49,11 @@ from rich.progress import (
 )
 
 from decoder_api.engines.base import ModelInfo
+from decoder_api.engines.settings import OFFICIAL_LIST_URL
 from decoder_api.errors import ModelDownloadError, ModelNotFound
 
 logger = logging.getLogger(__name__)
 
-OFFICIAL_LIST_URL = "https://alphacephei.com/vosk/models/model-list.json"
 ENGINES = ("vosk", "whisper")
 DEFAULT_ENGINE = "whisper"
 # The model each engine falls back to when no name is given: a name, alias or language.

@@ -33,6 +33,7 @@ from decoder_api.engines.base import (
     check_pcm,
     samples_to_ms,
 )
+from decoder_api.engines.settings import VoskSettings
 from decoder_api.errors import ModelNotFound
 
 logger = logging.getLogger(__name__)
@@ -41,23 +42,6 @@ MIN_RATE_HZ = 8000
 MAX_RATE_HZ = 48000
 UNKNOWN_WORD = "[unk]"
 PRIMER = b"\0\0" * 160  # 10 ms at 16 kHz
-
-
-@dataclass(frozen=True, slots=True)
-class VoskSettings:
-    """Engine-wide options.
-
-    ``log_level`` is Kaldi's own verbosity (-1 keeps only errors). ``dither`` is the
-    standard deviation, in 16-bit sample units, of the noise added to the audio before
-    feature extraction (Kaldi's default is 1.0; without it digital silence never looks like
-    silence and utterances do not end). Kaldi draws its own dither from a process-global
-    random state, so the same audio would decode differently from run to run; we switch
-    Kaldi's off and add the same amount from a fixed table indexed by stream position,
-    which makes every decode reproducible.
-    """
-
-    log_level: int = -1
-    dither: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

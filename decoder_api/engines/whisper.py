@@ -48,6 +48,7 @@ from decoder_api.engines.base import (
     samples_to_ms,
 )
 from decoder_api.engines.partials import BackgroundPartials, PartialJob
+from decoder_api.engines.settings import WhisperSettings
 from decoder_api.errors import ModelNotFound
 
 logger = logging.getLogger(__name__)
@@ -66,43 +67,6 @@ MAX_HOTWORDS_CHARS = 800
 # Text with no letter or digit ("", ".", " - ") or a lone annotation ("[BLANK_AUDIO]", "(silence)")
 # is what Whisper produces on near-silence; it is never a transcript.
 _NON_SPEECH_TEXT = re.compile(r"[\W_]*|\s*[\[(][^\])]*[\])]\s*")
-
-
-@dataclass(frozen=True)
-class WhisperSettings:
-    """Service-wide settings of the Whisper engine; times are milliseconds of audio, never wall clock.
-
-    ``cpu_threads`` 0 keeps CTranslate2's default; ``num_workers`` is how many decodes (from different
-    streams) may run in parallel. ``max_utterance_ms`` is capped by Whisper's 30 s window.
-    ``background_partials`` decodes partials on a worker thread instead of inside ``accept``.
-    """
-
-    cpu_threads: int = 0
-    num_workers: int = 1
-    compute_type: str = "int8"
-    beam_size: int = 5  # finals only; partials are always greedy
-    partial_interval_ms: int = 1000
-    endpoint_silence_ms: int = 600
-    max_utterance_ms: int = 15000
-    min_speech_ms: int = 250
-    vad_threshold: float = 0.5
-    language: str = "en"
-    background_partials: bool = True
-
-    def __post_init__(self) -> None:
-        checks = {
-            "cpu_threads must be >= 0": self.cpu_threads >= 0,
-            "num_workers must be >= 1": self.num_workers >= 1,
-            "beam_size must be >= 1": self.beam_size >= 1,
-            "partial_interval_ms must be > 0": self.partial_interval_ms > 0,
-            "endpoint_silence_ms must be > 0": self.endpoint_silence_ms > 0,
-            "max_utterance_ms must be in (0, 30000]": 0 < self.max_utterance_ms <= 30000,
-            "min_speech_ms must be >= 0": self.min_speech_ms >= 0,
-            "vad_threshold must be in (0, 1)": 0.0 < self.vad_threshold < 1.0,
-        }
-        failed = [message for message, ok in checks.items() if not ok]
-        if failed:
-            raise ValueError("invalid WhisperSettings: " + "; ".join(failed))
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ class EnrichedFeed:
             "group.id": settings.group_id,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
-            "session.timeout.ms": settings.kafka.session_timeout_ms,
+            "session.timeout.ms": settings.session_timeout_ms,
             "error_cb": self._on_error,
             "logger": librdkafka_logger,
         }

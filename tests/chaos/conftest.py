@@ -14,9 +14,6 @@ import pytest
 from decoder_api.engines.vosk import VoskEngine
 from tests.chaos.harness import Pipeline, Scale, Script, call_scripts, start_pipeline
 from tests.conftest import SpokenCall
-from tests.test_nlp_consumer.conftest import trained_model
-
-__all__ = ["trained_model"]  # the session fixture, shared with the consumer tests
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +39,12 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-def instance(tmp_path: Path, redis_server: RedisServer, name: str, **extra: str) -> DecoderServer:
+def instance(
+    tmp_path: Path, redis_server: RedisServer, name: str, env: Mapping[str, str] | None = None, **extra: str
+) -> DecoderServer:
     return start_decoder(
         tmp_path,
+        env,
         engine="vosk",
         model="ko",
         redis_url=redis_server.url,
@@ -288,9 +291,9 @@ def test_takeover_publishes_every_final_once(
     korean_call: SpokenCall,
 ) -> None:
     topic = topic_factory("transcripts", 1)
-    kafka = {"kafka_bootstrap_servers": kafka_bootstrap, "kafka_topic": topic}
-    owner = instance(tmp_path, redis_server, "k1", outbox_name="k1", **kafka)
-    successor = instance(tmp_path, redis_server, "k2", outbox_name="k2", **kafka)
+    kafka = {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_TOPIC": topic}
+    owner = instance(tmp_path, redis_server, "k1", kafka, outbox_name="k1")
+    successor = instance(tmp_path, redis_server, "k2", kafka, outbox_name="k2")
     try:
         caller = Caller([owner.url, successor.url])
         caller.open()

@@ -24,6 +24,7 @@ from confluent_kafka import Message, Producer
 from confluent_kafka.admin import AdminClient, NewPartitions
 from prometheus_client import CollectorRegistry
 
+from contract.kafka import KafkaClientSettings
 from decoder_api.auth import authorize_session
 from decoder_api.engines.vosk import VoskEngine
 from decoder_api.metrics import DecoderMetrics
@@ -205,6 +206,7 @@ def test_a_takeover_keeps_publishing_to_the_first_owners_partition(
         decoders.append(
             start_decoder(
                 tmp_path,
+                {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_TOPIC": topic},
                 engine="vosk",
                 model="ko",
                 redis_url=redis_url,
@@ -212,8 +214,6 @@ def test_a_takeover_keeps_publishing_to_the_first_owners_partition(
                 outbox_name=name,
                 registry_heartbeat_ttl_s="1.5",
                 pool_warm="1",
-                kafka_bootstrap_servers=kafka_bootstrap,
-                kafka_topic=topic,
             )
         )
     owner, successor = decoders
@@ -273,12 +273,16 @@ def test_the_publisher_pins_new_calls_by_the_partition_count_it_last_saw(
     topic_factory: TopicFactory,
 ) -> None:
     key = next(k for k in (uuid.uuid4().hex.encode() for _ in range(100)) if moves(k.decode()))
-    offline = start_publisher(publishers, KafkaConfig(UNREACHABLE), SqliteOutbox.open(tmp_path / "a"))
+    offline = start_publisher(
+        publishers, KafkaConfig(KafkaClientSettings(UNREACHABLE)), SqliteOutbox.open(tmp_path / "a")
+    )
     wait_for(lambda: offline.checks()[0].get("kafka_error"), 20, "the broker found unreachable")
     assert offline.partition_for(key) is None  # unknown: the key partitioner, as before pinning
     topic = topic_factory("transcripts", BEFORE)
     online = start_publisher(
-        publishers, KafkaConfig(kafka_bootstrap, topic=topic), SqliteOutbox.open(tmp_path / "b")
+        publishers,
+        KafkaConfig(KafkaClientSettings(kafka_bootstrap), topic=topic),
+        SqliteOutbox.open(tmp_path / "b"),
     )
     wait_for(lambda: online.partition_for(key) == key_partition(key, BEFORE), 30, "the count of 2")
     sink = TranscriptSink(online, lambda: STUB_ENGINE)
@@ -302,7 +306,9 @@ def test_journaled_finals_go_to_their_pinned_partition_after_a_restart(
     pinned = key_partition(session.encode(), BEFORE)
     old = finals_events(legacy, 1)
     write_old_journal(tmp_path, [OutboxRecord(topic, e.key, e.to_json(), e.headers) for e in old])
-    first = start_publisher(publishers, KafkaConfig(UNREACHABLE, topic=topic), SqliteOutbox.open(tmp_path))
+    first = start_publisher(
+        publishers, KafkaConfig(KafkaClientSettings(UNREACHABLE), topic=topic), SqliteOutbox.open(tmp_path)
+    )
     first.publish(finals_events(session, 3), partition=pinned)
     first.close(timeout_s=0.5)
     journal = SqliteOutbox.open(tmp_path)
@@ -310,7 +316,9 @@ def test_journaled_finals_go_to_their_pinned_partition_after_a_restart(
     journal.close()
     add_partitions(kafka_bootstrap, topic, AFTER)
     second = start_publisher(
-        publishers, KafkaConfig(kafka_bootstrap, topic=topic), SqliteOutbox.open(tmp_path)
+        publishers,
+        KafkaConfig(KafkaClientSettings(kafka_bootstrap), topic=topic),
+        SqliteOutbox.open(tmp_path),
     )
     messages = consume_until(consumer_factory(topic), lambda ms: len(ms) >= 4)
     assert [(m.partition(), event_value(m)["utterance"]) for m in session_messages(messages, session)] == [

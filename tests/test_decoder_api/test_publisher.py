@@ -11,10 +11,12 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from contract.events import PartialTranscriptEvent, TranscriptEvent
+from contract.kafka import KafkaClientSettings
 from decoder_api.config import load_settings
 from decoder_api.engines.base import Final, RecognizerOptions
 from decoder_api.engines.vosk import VoskEngine
-from decoder_api.events import EventSource, PartialTranscriptEvent, TranscriptEvent, events_from_finals
+from decoder_api.events import EventSource, events_from_finals
 from decoder_api.outbox import Outbox, OutboxRecord, RedisOutbox, SqliteOutbox
 from decoder_api.publisher import (
     GuardedRecognizer,
@@ -30,7 +32,7 @@ from decoder_api.publisher import (
 from decoder_api.sessions import Session, SessionConfig, SessionLimits
 from tests.conftest import RATE_HZ, SpokenCall
 from tests.kafka import ConsumerFactory, TopicFactory, consume_until, event_value, wait_for
-from tests.test_decoder_api.test_events import schema_validator
+from tests.test_contract.test_events import schema_validator
 from tests.test_decoder_api.test_failover import chunks_of, uninterrupted
 
 ORIGIN = EventSource("vosk", "vosk-model-small-ko-0.22", "ko")
@@ -101,6 +103,8 @@ def test_each_process_has_its_own_journal_and_orphans_are_adopted(tmp_path: Path
 def test_kafka_settings_come_from_the_standard_variables(tmp_path: Path) -> None:
     secret = tmp_path / "password"
     secret.write_text("s3cret\n")
+    ca = tmp_path / "ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": "kafka-0:9093,kafka-1:9093",
         "KAFKA_TOPIC": "calls.v1",
@@ -108,7 +112,7 @@ def test_kafka_settings_come_from_the_standard_variables(tmp_path: Path) -> None
         "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
         "KAFKA_SASL_USERNAME": "decoder",
         "KAFKA_SASL_PASSWORD_FILE": str(secret),
-        "KAFKA_SSL_CA_LOCATION": "/etc/kafka/ca.crt",
+        "KAFKA_SSL_CA_LOCATION": str(ca),
         "DECODER_KAFKA_PARTIALS": "false",
     }
     settings = load_settings(env)
@@ -121,7 +125,7 @@ def test_kafka_settings_come_from_the_standard_variables(tmp_path: Path) -> None
         "sasl.mechanism": "SCRAM-SHA-512",
         "sasl.username": "decoder",
         "sasl.password": "s3cret",
-        "ssl.ca.location": "/etc/kafka/ca.crt",
+        "ssl.ca.location": str(ca),
     }
     assert config.topic == "calls.v1"
     assert config.partials is False
@@ -140,7 +144,9 @@ def test_no_bootstrap_servers_means_publishing_is_disabled() -> None:
 
 
 def test_an_unknown_sasl_mechanism_is_a_clear_start_up_error(tmp_path: Path) -> None:
-    config = KafkaConfig(UNREACHABLE, security_protocol="SASL_PLAINTEXT", sasl_mechanism="NOPE")
+    config = KafkaConfig(
+        KafkaClientSettings(UNREACHABLE, security_protocol="SASL_PLAINTEXT", sasl_mechanism="NOPE")
+    )
     with pytest.raises(KafkaClientError, match="Unsupported SASL mechanism: NOPE") as caught:
         TranscriptPublisher(config, SqliteOutbox.open(tmp_path), PublisherMetrics(CollectorRegistry()))
     assert caught.value.to_dict()["kafka_code"] == "_INVALID_ARG"
@@ -195,7 +201,7 @@ def test_events_are_delivered_keyed_in_order_and_leave_the_outbox(
     consumer_factory: ConsumerFactory,
 ) -> None:
     topic = topic_factory()
-    publisher = harness.start(KafkaConfig(kafka_bootstrap, topic=topic), outbox)
+    publisher = harness.start(KafkaConfig(KafkaClientSettings(kafka_bootstrap), topic=topic), outbox)
     for i in range(4):  # two sessions, interleaved
         publisher.publish(finals_events("first", 1, start=i))
         publisher.publish(finals_events("second", 1, start=i))
@@ -228,7 +234,9 @@ def test_events_left_by_a_previous_process_go_first(
     left = finals_events("call", 3)
     earlier.append([OutboxRecord(topic, e.key, e.to_json(), e.headers) for e in left])
     earlier.close()
-    publisher = harness.start(KafkaConfig(kafka_bootstrap, topic=topic), SqliteOutbox.open(tmp_path))
+    publisher = harness.start(
+        KafkaConfig(KafkaClientSettings(kafka_bootstrap), topic=topic), SqliteOutbox.open(tmp_path)
+    )
     publisher.publish(finals_events("call", 2, start=3))
     messages = consume_until(consumer_factory(topic), lambda m: len(m) >= 5)
     assert [event_value(m)["utterance"] for m in messages] == [0, 1, 2, 3, 4]
@@ -237,7 +245,9 @@ def test_events_left_by_a_previous_process_go_first(
 def test_an_unreachable_broker_keeps_events_journaled_and_reports_not_ready(
     tmp_path: Path, harness: Harness
 ) -> None:
-    publisher = harness.start(KafkaConfig(UNREACHABLE), SqliteOutbox.open(tmp_path), unready_after_s=0)
+    publisher = harness.start(
+        KafkaConfig(KafkaClientSettings(UNREACHABLE)), SqliteOutbox.open(tmp_path), unready_after_s=0
+    )
     publisher.publish(finals_events("call", 3))
 
     def failing() -> tuple[dict[str, Any], bool] | None:
@@ -258,7 +268,10 @@ def test_a_full_outbox_refuses_new_sessions_then_audio_but_keeps_every_final(
     tmp_path: Path, harness: Harness
 ) -> None:
     publisher = harness.start(
-        KafkaConfig(UNREACHABLE), SqliteOutbox.open(tmp_path), limits=OutboxLimits(2, 3), unready_after_s=60
+        KafkaConfig(KafkaClientSettings(UNREACHABLE)),
+        SqliteOutbox.open(tmp_path),
+        limits=OutboxLimits(2, 3),
+        unready_after_s=60,
     )
     opened: list[RecognizerOptions] = []
 
@@ -369,7 +382,7 @@ def test_an_undeliverable_event_is_parked_and_does_not_block_the_others(
 ) -> None:
     topic = topic_factory()
     outbox = SqliteOutbox.open(tmp_path)
-    publisher = harness.start(KafkaConfig(kafka_bootstrap, topic=topic), outbox)
+    publisher = harness.start(KafkaConfig(KafkaClientSettings(kafka_bootstrap), topic=topic), outbox)
     publisher.publish(finals_events("huge", 1, metadata={"blob": "x" * 2_000_000}))
     publisher.publish(finals_events("fine", 1))
     messages = consume_until(consumer_factory(topic), lambda m: len(m) >= 1)
@@ -401,9 +414,13 @@ def test_partials_go_only_to_their_own_topic_when_enabled(
     partial = PartialTranscriptEvent(
         "call", "", 0, "안녕", 600, "vosk", "m", "ko", "2026-01-31T12:00:00.000Z"
     )
-    disabled = harness.start(KafkaConfig(kafka_bootstrap, topic=finals_topic), SqliteOutbox.open(tmp_path))
+    disabled = harness.start(
+        KafkaConfig(KafkaClientSettings(kafka_bootstrap), topic=finals_topic), SqliteOutbox.open(tmp_path)
+    )
     disabled.publish_partial(partial)  # a no-op
-    config = KafkaConfig(kafka_bootstrap, topic=finals_topic, partials=True, partial_topic=partial_topic)
+    config = KafkaConfig(
+        KafkaClientSettings(kafka_bootstrap), topic=finals_topic, partials=True, partial_topic=partial_topic
+    )
     sink = TranscriptSink(harness.start(config, SqliteOutbox.open(tmp_path / "second")), lambda: STUB_ENGINE)
     sink.partial(stub_session("call", finals=1), "오늘 날")
     sink.partial(stub_session("call", finals=1), " ")  # nothing to say: nothing published

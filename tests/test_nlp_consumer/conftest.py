@@ -15,15 +15,13 @@ import pytest
 import requests
 from confluent_kafka import Producer
 
+from contract.events import TranscriptEvent, rfc3339_utc
 from decoder_api.evaluation import ManifestEntry
-from decoder_api.events import TranscriptEvent, rfc3339_utc
 from nlp_consumer.config import ModelSettings
 from nlp_consumer.enrich import Enricher, load_enricher
-from nlp_consumer.train import default_cache_dir
 from tests.kafka import wait_for
 from tests.servers import ROOT, free_port
 
-TRAIN_TIMEOUT_S = 1800
 READY_TIMEOUT_S = 120
 
 
@@ -45,22 +43,6 @@ def manifest_turns(manifest: list[ManifestEntry]) -> list[Turn]:
     ]
     assert len(turns) > 40
     return turns
-
-
-@pytest.fixture(scope="session")
-def trained_model() -> Path:
-    """The model ``python -m nlp_consumer.train`` builds (once per machine; later runs hit the cache)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "nlp_consumer.train"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=TRAIN_TIMEOUT_S,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    from nlp_consumer.train import default_model_dir
-
-    return default_model_dir(default_cache_dir(os.environ))
 
 
 @pytest.fixture(scope="session")

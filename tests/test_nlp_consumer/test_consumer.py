@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import uuid
@@ -121,6 +122,32 @@ def test_poison_messages_go_to_the_dead_letter_topic_once(
     # never retried: everything is committed, and nothing more arrives in the dead-letter topic
     wait_for(lambda: committed_total(kafka_bootstrap, group, source) == len(records), 60, "the commit")
     assert len(consume_until(consumer_factory(dlq), lambda got: len(got) >= 4, timeout_s=60)) == 4
+
+
+def test_an_event_stamped_with_an_offset_is_enriched_not_dead_lettered(
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    consumer_factory: ConsumerFactory,
+    consumer_runner: ConsumerRunner,
+) -> None:
+    """RFC 3339 writes UTC as ``Z`` or ``+00:00``: both are valid transcript.v1 events."""
+    source, enriched, dlq = topic_factory("in"), topic_factory("enriched"), topic_factory("dlq")
+    stamp = "2026-01-31T12:00:00.250+00:00"
+    offset = dataclasses.replace(
+        transcript_event("call-offset", 0, "Thank you, that was very helpful."), produced_at=stamp
+    )
+    zulu = transcript_event("call-offset", 1, "Thank you.")
+    produce_events(kafka_bootstrap, source, [offset, zulu])
+    consumer_runner(source, enriched, dlq, f"nlp-{uuid.uuid4().hex}")
+
+    out = values(consume_until(consumer_factory(enriched), lambda got: len(got) >= 2, timeout_s=300))
+
+    assert [(d["event_id"], d["produced_at"]) for d in out] == [
+        ("call-offset:0", stamp),
+        ("call-offset:1", zulu.produced_at),
+    ]
+    for document in out:  # each message is either enriched or dead-lettered: both were enriched
+        validate_enriched(document)
 
 
 def test_a_consumer_killed_mid_batch_enriches_every_event_after_restart(

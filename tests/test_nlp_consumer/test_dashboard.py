@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from decoder_api.events import rfc3339_utc
-from nlp_consumer.config import DashboardSettings, KafkaSettings
+from contract.events import rfc3339_utc
+from contract.kafka import KafkaClientSettings
+from nlp_consumer.config import DashboardSettings
 from nlp_consumer.dashboard import create_app
 from nlp_consumer.dashboard.state import CallBoard
 from nlp_consumer.enrich import Enricher
@@ -39,7 +40,7 @@ ENRICHMENT = ("sentiment", "explanation", "keywords")
 def test_api_serves_snapshot_detail_and_stream() -> None:
     board = CallBoard(expire_s=60)
     board.add(enriched("call-a", 0, "POSITIVE", "thanks a lot"))
-    app = create_app(DashboardSettings(KafkaSettings("unused"), push_ms=50), board)
+    app = create_app(DashboardSettings(KafkaClientSettings("unused"), push_ms=50), board)
     client = app.test_client()
 
     calls = client.get("/api/calls").get_json()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decoder_api.events import load_schema
+from contract.events import load_schema
 from nlp_consumer.events import enriched_schema
 
 

@@ -3,8 +3,9 @@
 ``test_env_contract.py`` holds both sides to it: each rendered overlay sets exactly these names
 on each container (from ConfigMaps, Secrets or literals), and the code reads each of them. The
 decoder's names are checked strictly against ``decoder_api.config`` (``Settings`` fields behind
-``DECODER_``, plus its unprefixed ``KAFKA_*``/``REDIS_URL`` names); the other packages' names are
-checked against their source as soon as the package runs as its container runs it (it has a
+``DECODER_``, plus its unprefixed ``REDIS_URL`` names) and the contract's ``KAFKA_*`` variables
+(``contract.kafka``, in every image); the other packages' names are checked against their
+image's source (package and contract) as soon as the package runs as its container runs it (it has a
 ``__main__.py``: ``recorder`` now, ``nlp_consumer`` when it lands), so the check tightens by
 itself. Renaming a variable means changing it here, in the manifests and in the code, or a test
 fails.
@@ -86,8 +87,8 @@ CONTAINERS: dict[str, ContainerEnv] = {
     ),
     "simulator": ContainerEnv(
         package="recorder",
-        # Not KAFKA_BROKERS/KAFKA_TOPIC: with those the recorder publishes its own copy of every
-        # final (plaintext, no SASL); in the cluster the decoder publishes them.
+        # No KAFKA_BOOTSTRAP_SERVERS (or KAFKA_BROKERS) nor KAFKA_TOPIC: with those the recorder
+        # publishes its own copy of every final; in the cluster the decoder publishes them.
         reads=frozenset({"HOST", "DO_SIMULATE", "DECODER_API_KEY"}),
         command_only=frozenset({"SIMULATOR_CALLERS"}),
         command_words=("-S", "--json", "--callers"),

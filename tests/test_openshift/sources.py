@@ -1,5 +1,6 @@
 """What a Python package's source says, read with ``ast`` (nothing is imported): its string
-constants and identifiers, to tell whether it reads an environment variable."""
+constants and identifiers, to tell whether it reads an environment variable. An image holds its
+component's package and the contract (``contract.kafka`` reads the Kafka variables for all)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.test_openshift.kustomize import REPO
+
+SHARED_PACKAGE = "contract"  # copied into every image, next to its component
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,13 @@ def package_source(package: str) -> PackageSource:
             elif isinstance(node, ast.arg | ast.keyword):
                 identifiers.add((node.arg or "").lower())
     return PackageSource(frozenset(strings), frozenset(identifiers))
+
+
+@functools.cache
+def image_source(package: str) -> PackageSource:
+    """The source of the image that runs ``package``: the package and the contract."""
+    own, shared = package_source(package), package_source(SHARED_PACKAGE)
+    return PackageSource(own.strings | shared.strings, own.identifiers | shared.identifiers)
 
 
 def settings_keys(cls: type, prefix: str = "") -> set[str]:

@@ -5,60 +5,23 @@ and agreement with the BuildConfigs and the manifests."""
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
 from typing import Any
 
-import dockerfile
 import pytest
 
-from tests.test_openshift.kustomize import OPENSHIFT, REPO
+from tests.test_openshift.containerfile import (
+    COMPONENTS,
+    CONTAINERFILE,
+    IGNOREFILE,
+    PACKAGES,
+    context_copies,
+    global_args,
+    run_text,
+    stages,
+)
+from tests.test_openshift.kustomize import REPO
 from tests.test_openshift.manifests import Manifests, image_name, pod_spec, rendered_overlay
 from tests.test_openshift.sources import package_landed
-
-CONTAINERFILE = OPENSHIFT / "Containerfile"
-IGNOREFILE = OPENSHIFT / "Containerfile.dockerignore"
-# Component (stage and image name) -> the Pipfile categories its image installs.
-COMPONENTS = {"decoder": "packages decoder", "recorder": "packages recorder", "nlp": "packages nlp"}
-# Python package each component's image runs (COPY sources that may not exist yet).
-PACKAGES = {"decoder": "decoder_api", "recorder": "recorder", "nlp": "nlp_consumer"}
-
-
-@dataclass
-class Stage:
-    name: str
-    base: str
-    commands: list[dockerfile.Command] = field(default_factory=list)
-
-    def of(self, instruction: str) -> list[dockerfile.Command]:
-        return [c for c in self.commands if c.cmd == instruction]
-
-
-def stages() -> dict[str, Stage]:
-    found: dict[str, Stage] = {}
-    current: Stage | None = None
-    for command in dockerfile.parse_file(str(CONTAINERFILE)):
-        if command.cmd == "FROM":
-            words = command.value
-            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else f"<stage {len(found)}>"
-            current = found[name] = Stage(name, words[0])
-        elif current is not None:
-            current.commands.append(command)
-    return found
-
-
-def global_args() -> dict[str, str]:
-    args = {}
-    for command in dockerfile.parse_file(str(CONTAINERFILE)):
-        if command.cmd == "FROM":
-            break
-        if command.cmd == "ARG":
-            name, _, default = command.value[0].partition("=")
-            args[name] = default
-    return args
-
-
-def run_text(stage: Stage) -> str:
-    return "\n".join(c.value[0] for c in stage.of("RUN"))
 
 
 def test_the_last_stage_is_the_chosen_component() -> None:
@@ -120,12 +83,7 @@ def test_each_image_runs_as_a_non_root_user_of_group_0(component: str) -> None:
 
 @pytest.mark.parametrize("component", COMPONENTS)
 def test_copied_sources_exist(component: str) -> None:
-    sources = [
-        source.rstrip("/")
-        for copy in stages()[component].of("COPY")
-        if not copy.flags or not copy.flags[0].startswith("--from=")
-        for source in copy.value[:-1]
-    ]
+    sources = [source.rstrip("/") for copy in context_copies(stages()[component]) for source in copy.sources]
     if not package_landed(PACKAGES[component]):
         pytest.skip(f"{PACKAGES[component]} has no __main__ yet")
     assert [s for s in sources if not (REPO / s).exists()] == []

@@ -8,20 +8,21 @@ from decoder_api import config
 from decoder_api.config import Settings
 from tests.test_openshift.env_contract import CONTAINERS
 from tests.test_openshift.manifests import Manifests, expansions
-from tests.test_openshift.sources import package_landed, package_source, settings_keys
+from tests.test_openshift.sources import image_source, package_landed, package_source, settings_keys
 
 OTHER_PACKAGES = sorted({(name, c.package) for name, c in CONTAINERS.items() if c.package != "decoder_api"})
 
 
 def decoder_reads(variable: str) -> bool:
-    """Whether ``decoder_api`` reads the variable: a ``Settings`` field behind ``DECODER_`` or an
-    unprefixed alias (``config.UNPREFIXED``), or a name its code reads directly."""
+    """Whether the decoder reads the variable: a ``Settings`` field behind ``DECODER_`` or an
+    unprefixed alias (``config.UNPREFIXED``), or a name its image's code (the decoder's and the
+    contract's Kafka settings) reads directly."""
     fields = settings_keys(Settings)
     if variable in config.UNPREFIXED:
         return config.UNPREFIXED[variable] in fields
     if variable.startswith(config.ENV_PREFIX) and variable[len(config.ENV_PREFIX) :].lower() in fields:
         return True
-    return variable in package_source("decoder_api").strings
+    return variable in image_source("decoder_api").strings
 
 
 def test_manifests_set_exactly_the_contracted_variables(rendered: Manifests) -> None:
@@ -65,7 +66,7 @@ def test_the_decoder_check_rejects_unknown_names() -> None:
 def test_other_packages_read_their_variables(container: str, package: str) -> None:
     if not package_landed(package):
         pytest.skip(f"{package} has no __main__ yet")
-    source = package_source(package)
+    source = image_source(package)
     assert sorted(v for v in CONTAINERS[container].reads if not source.reads(v)) == []
     assert not source.reads("NO_SUCH_VARIABLE_ANYWHERE")
 

@@ -11,7 +11,7 @@ from decoder_api.config import Settings
 from tests.test_openshift.env_contract import ALL_TOPICS, CONTAINERS, TOPICS
 from tests.test_openshift.kustomize import STRIMZI_OVERLAYS
 from tests.test_openshift.manifests import Manifests, pod_spec, rendered_overlay
-from tests.test_openshift.sources import package_landed, package_source, settings_default
+from tests.test_openshift.sources import image_source, package_landed, settings_default
 
 # What each Kafka client does with the topic or group its variable names.
 NEEDS = {
@@ -74,7 +74,7 @@ OTHER_TOPIC_READERS = sorted(
 def test_other_packages_default_to_the_same_topics(variable: str, package: str) -> None:
     if not package_landed(package):
         pytest.skip(f"{package} has no __main__ yet")
-    source = package_source(package)
+    source = image_source(package)  # its defaults may be the contract's (TRANSCRIPTS_TOPIC)
     assert source.reads(variable), f"{package} does not read {variable}"
     assert TOPICS[variable] in source.strings, f"{package} reads {variable} with another default"
 

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RECORDER_ENV = (
     "HOST",
     "DO_SIMULATE",
+    "KAFKA_BOOTSTRAP_SERVERS",
     "KAFKA_BROKERS",
     "KAFKA_TOPIC",
     "DECODER_API_KEY",

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from contract.env import parse_bool
 from recorder.cli import build_parser, main, settings_from
-from recorder.config import RecorderSettings, parse_bool, parse_server_url
+from recorder.config import RecorderSettings, parse_server_url
 from recorder.errors import ConfigError
 from tests.test_recorder.conftest import recorder
 
@@ -67,7 +68,7 @@ def test_bad_hosts(value: str) -> None:
     [("False", False), ("false", False), ("0", False), ("no", False), ("", False), ("TRUE", True)],
 )
 def test_booleans_are_parsed_explicitly(text: str, value: bool) -> None:
-    assert parse_bool(text, "DO_SIMULATE") is value
+    assert parse_bool(text) is value
 
 
 def test_defaults_per_mode() -> None:
@@ -99,18 +100,24 @@ def test_environment_and_precedence() -> None:
     assert from_env.server.url == "http://envhost:9000"
     assert from_env.server.api_key == "secret"
     assert from_env.kafka is not None
-    assert (from_env.kafka.brokers, from_env.kafka.topic) == ("k1:9092,k2:9092", "transcripts")
+    assert (from_env.kafka.client.bootstrap_servers, from_env.kafka.topic) == (
+        "k1:9092,k2:9092",
+        "transcripts",
+    )
     flags = settings("-H", "flaghost", "-f", "a.wav", "-b", "b:1", "-t", "t2", "--api-key", "k", **env)
     assert flags.mode == "file"
     assert flags.server.url == "http://flaghost:8080"
     assert flags.server.api_key == "k"
     assert flags.kafka is not None
-    assert (flags.kafka.brokers, flags.kafka.topic) == ("b:1", "t2")
+    assert (flags.kafka.client.bootstrap_servers, flags.kafka.topic) == ("b:1", "t2")
     assert settings(DO_SIMULATE="False").mode == "microphone"
     assert settings(DO_SIMULATE="0").mode == "microphone"
     default_topic = settings(KAFKA_BROKERS="k:9092").kafka
     assert default_topic is not None
     assert default_topic.topic == "transcripts.v1"
+    standard = settings(KAFKA_BOOTSTRAP_SERVERS="s:9092", KAFKA_BROKERS="k:9092").kafka
+    assert standard is not None  # the name every component reads; KAFKA_BROKERS is its alias
+    assert standard.client.bootstrap_servers == "s:9092"
 
 
 def test_kafka_tls_and_sasl_come_from_the_environment_only(tmp_path: Path) -> None:
@@ -129,7 +136,8 @@ def test_kafka_tls_and_sasl_come_from_the_environment_only(tmp_path: Path) -> No
     }
     kafka = settings(**env).kafka
     assert kafka is not None
-    assert kafka.security.client_config() == {
+    assert kafka.client.client_config() == {
+        "bootstrap.servers": "k:9093",
         "security.protocol": "SASL_SSL",
         "ssl.ca.location": str(ca),
         "sasl.mechanism": "SCRAM-SHA-512",
@@ -139,7 +147,7 @@ def test_kafka_tls_and_sasl_come_from_the_environment_only(tmp_path: Path) -> No
     assert "s3cret" not in repr(kafka)
     plain = settings(KAFKA_BROKERS="k:9092").kafka
     assert plain is not None
-    assert plain.security.client_config() == {}
+    assert plain.client.client_config() == {"bootstrap.servers": "k:9092"}
     with pytest.raises(SystemExit):  # no flag can carry a secret
         build_parser().parse_args(["--sasl-password", "x"])
 

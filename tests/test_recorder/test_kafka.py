@@ -1,7 +1,7 @@
 """The recorder's own finals on Kafka (``-b/-t``), in the service's ``transcript.v1`` contract.
 
 Against the test session's real broker (``kafka_bootstrap``); each message is checked with the
-service's own parser and JSON Schema (``decoder_api.events.TranscriptEvent``).
+contract's parser and JSON Schema (``contract.events.TranscriptEvent``), like the decoder's.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from decoder_api.events import TranscriptEvent
+from contract.events import TranscriptEvent
+from contract.kafka import KafkaClientSettings
 from recorder.config import KafkaSettings
 from recorder.errors import KafkaDeliveryError
 from recorder.events import Final, SessionInfo, Word
@@ -26,7 +27,7 @@ def test_event_contract() -> None:
     final = Final(3, "안녕하세요", 240, 1560, (Word("안녕하세요", 240, 1560, 0.9),))
     moment = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
     event = transcript_event(session, "caller-1", final, moment)
-    assert event == {
+    assert event.to_dict() == {
         "schema": "transcript.v1",
         "event_id": "s-1:3",
         "session_id": "s-1",
@@ -42,11 +43,11 @@ def test_event_contract() -> None:
         "produced_at": "2026-01-02T03:04:05.678Z",
         "source": "recorder",
     }
-    assert TranscriptEvent.from_dict(event).to_dict() == event
+    assert TranscriptEvent.from_json(event.to_json()) == event
     websocket = transcript_event(SessionInfo("ws-1", 16000), "u", Final(0, "a", 0, 1), moment)
-    assert "words" not in websocket
-    assert (websocket["engine"], websocket["model"]) == ("unknown", "unknown")
-    TranscriptEvent.from_dict(websocket)
+    assert "words" not in websocket.to_dict()
+    assert (websocket.engine, websocket.model) == ("unknown", "unknown")
+    TranscriptEvent.from_json(websocket.to_json())
 
 
 @pytest.mark.parametrize("protocol", ["http", "ws"])
@@ -96,7 +97,19 @@ def test_finals_are_published(
 
 
 def test_undelivered_events_are_an_error() -> None:
-    publisher = TranscriptPublisher(KafkaSettings(f"127.0.0.1:{free_port()}", "t", delivery_timeout_s=1))
+    publisher = TranscriptPublisher(
+        KafkaSettings(KafkaClientSettings(f"127.0.0.1:{free_port()}"), "t", delivery_timeout_s=1)
+    )
     publisher.publish(SessionInfo("s", 16000), "u", Final(0, "text", 0, 10))
     with pytest.raises(KafkaDeliveryError, match=r"1 transcript event\(s\) not delivered to t"):
+        publisher.close()
+
+
+def test_an_event_that_breaks_the_schema_is_never_produced() -> None:
+    """The recorder's events are validated like the decoder's: a bad one counts as undelivered."""
+    publisher = TranscriptPublisher(
+        KafkaSettings(KafkaClientSettings(f"127.0.0.1:{free_port()}"), "t", delivery_timeout_s=1)
+    )
+    publisher.publish(SessionInfo("s", 16000), "u", Final(0, "text", -5, 10))
+    with pytest.raises(KafkaDeliveryError, match=r"1 transcript event\(s\).*invalid event: .*start_ms"):
         publisher.close()

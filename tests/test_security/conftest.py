@@ -8,7 +8,6 @@ import pytest
 
 from decoder_api.devstack import TlsFiles, make_tls_files, wait_for_kafka
 from tests.kafka import Broker
-from tests.test_nlp_consumer.conftest import trained_model  # noqa: F401  (the NLP consumer's model)
 from tests.test_security.tls import SaslKafka, TlsRedis, start_tls_redis
 
 

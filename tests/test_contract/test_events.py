@@ -1,0 +1,182 @@
+"""The transcript event contract: JSON Schema files and the dataclasses' round trip."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jsonschema
+import pytest
+
+from contract.events import (
+    PARTIAL_SCHEMA,
+    SCHEMA_DIR,
+    TRANSCRIPT_SCHEMA,
+    InvalidEvent,
+    PartialTranscriptEvent,
+    TranscriptEvent,
+    Word,
+    decode_event,
+    is_rfc3339_date_time,
+    load_schema,
+    rfc3339_utc,
+)
+
+
+def event(**changes: Any) -> TranscriptEvent:
+    fields: dict[str, Any] = {
+        "session_id": "s-1",
+        "user_id": "agent-7",
+        "utterance": 2,
+        "text": "네 알겠습니다",
+        "start_ms": 4200,
+        "end_ms": 5650,
+        "engine": "vosk",
+        "model": "vosk-model-small-ko-0.22",
+        "language": "ko",
+        "produced_at": "2026-01-31T12:00:00.250Z",
+        "words": (Word("네", 4200, 4400, 0.91), Word("알겠습니다", 4450, 5650, 1.0)),
+        "metadata": {"campaign": "spring", "priority": 2},
+    }
+    return TranscriptEvent(**(fields | changes))
+
+
+def schema_validator(name: str) -> jsonschema.protocols.Validator:
+    """Validation as another consumer would do it: the schema file alone, with jsonschema's own
+    format checks."""
+    schema = json.loads((SCHEMA_DIR / f"{name}.json").read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def test_value_key_and_headers_follow_the_contract() -> None:
+    original = event()
+    value = json.loads(original.to_json())
+    schema_validator(TRANSCRIPT_SCHEMA).validate(value)
+    assert value["schema"] == "transcript.v1"
+    assert value["event_id"] == "s-1:2"
+    assert value["source"] == "decoder"
+    assert value["words"][1] == {"word": "알겠습니다", "start_ms": 4450, "end_ms": 5650, "conf": 1.0}
+    assert original.key == b"s-1"
+    assert dict(original.headers) == {"content-type": "application/json", "schema": "transcript.v1"}
+    assert "알겠습니다".encode() in original.to_json()  # UTF-8, not \\u escapes
+
+
+@pytest.mark.parametrize(
+    "changes", [{}, {"words": None, "metadata": None}, {"source": "recorder", "user_id": ""}]
+)
+def test_round_trip(changes: dict[str, Any]) -> None:
+    original = event(**changes)
+    assert TranscriptEvent.from_json(original.to_json()) == original
+    assert decode_event(original.to_json()) == original
+
+
+def test_optional_fields_are_left_out_rather_than_null() -> None:
+    value = json.loads(event(words=None, metadata=None).to_json())
+    assert "words" not in value
+    assert "metadata" not in value
+
+
+@pytest.mark.parametrize(
+    ("mutate", "complaint"),
+    [
+        (lambda v: v.pop("session_id"), "'session_id' is a required property"),
+        (lambda v: v.update(schema="transcript.v2"), "schema"),
+        (lambda v: v.update(text=""), "text"),
+        (lambda v: v.update(utterance=-1), "utterance"),
+        (lambda v: v.update(produced_at="2026-01-31 12:00:00"), "produced_at"),
+        (lambda v: v.update(source="someone"), "source"),
+        (lambda v: v.update(extra=1), "extra"),
+        (lambda v: v.update(event_id="s-1:3"), "event_id"),
+    ],
+)
+def test_from_json_rejects_what_breaks_the_schema(mutate: Any, complaint: str) -> None:
+    value = json.loads(event().to_json())
+    mutate(value)
+    with pytest.raises(InvalidEvent, match=complaint):
+        TranscriptEvent.from_json(json.dumps(value))
+
+
+def test_to_json_refuses_an_invalid_event() -> None:
+    with pytest.raises(InvalidEvent, match="text"):
+        event(text="").to_json()
+
+
+def test_garbage_is_an_invalid_event() -> None:
+    with pytest.raises(InvalidEvent, match="JSON"):
+        TranscriptEvent.from_json(b"\xff not json")
+    with pytest.raises(InvalidEvent, match="unknown schema"):
+        decode_event(b"{}")
+    assert InvalidEvent("x").code == "invalid_event"
+
+
+def test_rfc3339_utc() -> None:
+    assert rfc3339_utc(0) == "1970-01-01T00:00:00.000Z"
+    assert rfc3339_utc(1_780_000_000.25) == "2026-05-28T20:26:40.250Z"
+
+
+ANY_OFFSET = [
+    "2026-01-31T12:00:00.250Z",
+    "2026-01-31T12:00:00.250+00:00",
+    "2026-01-31T21:00:00+09:00",
+    "2026-01-31T07:30:00.123456789-04:30",
+    "2026-01-31t12:00:00z",
+]
+NOT_RFC3339 = [
+    "2026-01-31 12:00:00Z",
+    "2026-01-31T12:00:00",  # no offset
+    "2026-01-31T12:00Z",
+    "2026-13-01T00:00:00+00:00",  # no 13th month
+    "2026-02-30T00:00:00Z",
+    "2026-01-31T24:00:00Z",
+    "٢٠٢٦-01-31T12:00:00Z",  # other digits than ASCII ones
+]
+
+
+@pytest.mark.parametrize("stamp", ANY_OFFSET)
+def test_produced_at_is_any_rfc3339_date_time(stamp: str) -> None:
+    """RFC 3339 allows ``+00:00`` (or any offset) as well as ``Z``: both schemas take it."""
+    final = event(produced_at=stamp)
+    assert TranscriptEvent.from_json(final.to_json()) == final
+    schema_validator(TRANSCRIPT_SCHEMA).validate(final.to_dict())
+    partial = PartialTranscriptEvent("s-1", "", 0, "네", 200, "vosk", "m", "ko", stamp)
+    assert PartialTranscriptEvent.from_json(partial.to_json()) == partial
+
+
+@pytest.mark.parametrize("stamp", NOT_RFC3339)
+def test_produced_at_is_nothing_else(stamp: str) -> None:
+    assert not is_rfc3339_date_time(stamp)
+    with pytest.raises(InvalidEvent, match="produced_at"):
+        event(produced_at=stamp).to_json()
+
+
+def test_partials_have_their_own_flagged_schema() -> None:
+    partial = PartialTranscriptEvent(
+        session_id="s-1",
+        user_id="",
+        utterance=3,
+        text="오늘 날씨",
+        audio_ms=8200,
+        engine="vosk",
+        model="m",
+        language="ko",
+        produced_at=rfc3339_utc(),
+    )
+    value = json.loads(partial.to_json())
+    schema_validator(PARTIAL_SCHEMA).validate(value)
+    assert value["partial"] is True
+    assert dict(partial.headers)["schema"] == "transcript.partial.v1"
+    assert PartialTranscriptEvent.from_json(partial.to_json()) == partial
+    assert decode_event(partial.to_json()) == partial
+    with pytest.raises(jsonschema.ValidationError):  # a partial is never a valid final
+        schema_validator(TRANSCRIPT_SCHEMA).validate(value)
+    with pytest.raises(InvalidEvent):
+        TranscriptEvent.from_json(partial.to_json())
+
+
+def test_schema_files_are_valid_and_list_every_field() -> None:
+    for name in (TRANSCRIPT_SCHEMA, PARTIAL_SCHEMA):
+        schema_validator(name)
+    properties = set(load_schema(TRANSCRIPT_SCHEMA)["properties"])
+    assert set(event().to_dict()) == properties
