@@ -17,12 +17,10 @@ SESSION_TOKEN_HEADER = "X-Session-Token"
 
 class Unauthorized(DecoderError):
     code = "unauthorized"
-    status = 401
 
 
 class Forbidden(DecoderError):
     code = "forbidden"
-    status = 403
 
 
 def read_keys(keys: Iterable[str], keys_file: Path | None) -> list[str]:

@@ -258,12 +258,12 @@ def format_ms(ms: int) -> str:
 
 
 def run_eval(args: argparse.Namespace, settings: Settings) -> int:
-    from decoder_api.evaluation import load_manifest, score, whole_files, word_error_rate
+    from decoder_api.evaluation import ManifestError, load_manifest, score, whole_files, word_error_rate
 
     engine = load_engine(settings)
     entries = whole_files(load_manifest(args.manifest), engine.model.language)
     if not entries:
-        raise DecoderError(f"{args.manifest}: no files in language '{engine.model.language}' to evaluate")
+        raise ManifestError(f"{args.manifest}: no files in language '{engine.model.language}' to evaluate")
     scores = []
     for entry in entries:
         audio = read_input(entry.path, native_rate_hz(engine), 16000)

@@ -37,8 +37,9 @@ UNPREFIXED = {"REDIS_URL": "redis_url", "REDIS_SSL_CA_CERTS": "redis_ssl_ca_cert
 
 
 class ConfigError(DecoderError):
-    code = "invalid_config"
-    status = 500
+    """The settings (environment) are not valid; not the WebSocket's ``invalid_config``."""
+
+    code = "invalid_settings"
 
 
 def default_instance_id() -> str:

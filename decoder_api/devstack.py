@@ -55,8 +55,8 @@ SCRAM_MECHANISM = "SCRAM-SHA-512"
 SCRAM_USER = "devstack"
 
 
-class DevStackError(DecoderError):
-    code = "devstack"
+class DevStackError(RuntimeError):
+    """The local stack cannot start (developer tooling: no HTTP route raises it, so it has no error code)."""
 
 
 def free_port() -> int:
@@ -591,6 +591,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for s in states:
             print(f"{s.name}: {'running' if s.running else 'stopped'} pid={s.pid} port={s.port}")
         return 0 if all(s.running for s in states) else 1
+    except DevStackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except DecoderError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1

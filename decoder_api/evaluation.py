@@ -33,7 +33,6 @@ _BASIC = BasicTextNormalizer()
 
 class ManifestError(DecoderError):
     code = "invalid_manifest"
-    status = 400
 
 
 @dataclass(frozen=True, slots=True)

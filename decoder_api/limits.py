@@ -17,12 +17,10 @@ MAX_TRACKED_CLIENTS = 10_000
 
 class RateLimited(DecoderError):
     code = "rate_limited"
-    status = 429
 
 
 class RequestTimeout(DecoderError):
     code = "request_timeout"
-    status = 408
 
 
 class RateLimiter:

@@ -9,8 +9,10 @@ messages; the full protocol and close codes are in ``decoder_api/routes/stream.p
 from __future__ import annotations
 
 import copy
+from http import HTTPStatus
 from typing import Any
 
+from decoder_api.errors import ERROR_CODES, codes_with_status
 from decoder_api.routes.compat import DECODE_SCHEMA
 from decoder_api.routes.stream import CONFIG_SCHEMA
 from decoder_api.routes.v1 import FILE_TYPES, SESSION_SCHEMA
@@ -45,47 +47,54 @@ def ok(description: str, body: Schema | None = None, media: str = JSON) -> Schem
 
 
 def errors(*statuses: int) -> dict[str, Schema]:
-    return {str(status): ref("responses", ERROR_RESPONSES[status][0]) for status in statuses}
+    return {str(status): ref("responses", RESPONSE_NAMES[status]) for status in statuses}
 
 
-ERROR_RESPONSES: dict[int, tuple[str, str]] = {
-    400: ("BadRequest", "The request is malformed (`invalid_request`, `invalid_audio`, `empty_audio`, …)"),
-    401: ("Unauthorized", "An API key (or the session's token) is required and was missing or not valid"),
-    403: ("Forbidden", "The token or API key does not belong to this session"),
-    404: ("NotFound", "No such session (`session_not_found`), or it expired (`session_expired`)"),
-    408: (
-        "RequestTimeout",
-        "The request body did not arrive within `DECODER_REQUEST_TIMEOUT_S` (`request_timeout`)",
-    ),
-    409: (
-        "Conflict",
-        "The session has ended (`session_ended`), another request holds it (`session_busy`), or another "
-        "instance still owns it (`wrong_instance`; `Retry-After` says when its heartbeat lapses)",
-    ),
-    413: ("PayloadTooLarge", "The body is over `DECODER_MAX_BODY_BYTES`"),
-    415: ("UnsupportedMediaType", "The Content-Type is not accepted here, or the audio cannot be decoded"),
-    422: (
-        "Unprocessable",
-        "The options cannot be applied: `unsupported_sample_rate` (model or session), `invalid_options`",
-    ),
-    429: (
-        "TooManyRequests",
-        "Slow down: `rate_limited` (this client opened too many sessions in the last minute) or "
-        "`too_many_sessions` (this API key's open sessions are at their limit)",
-    ),
-    503: (
-        "Unavailable",
-        "Try again later: `capacity` (the instance is at its session limit), `not_ready` (the model is "
-        "loading) or `shutting_down`",
-    ),
+# The components' name of each error status; the codes under each come from ``ERROR_CODES``.
+RESPONSE_NAMES: dict[int, str] = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    408: "RequestTimeout",
+    409: "Conflict",
+    413: "PayloadTooLarge",
+    415: "UnsupportedMediaType",
+    422: "Unprocessable",
+    429: "TooManyRequests",
+    500: "InternalError",
+    502: "BadGateway",
+    503: "Unavailable",
 }
+# Answers that come from the framework, not from a ``DecoderError`` (see ``decoder_api/app.py``).
+FRAMEWORK_ANSWERS: dict[int, str] = {
+    413: "`request_entity_too_large`: the body is over `DECODER_MAX_BODY_BYTES`",
+    500: "`internal`: an unexpected failure (`request_id` finds its log line)",
+}
+RETRY_AFTER_STATUSES = frozenset({409, 429, 503})
+
+
+def error_statuses() -> list[int]:
+    return sorted({entry.status for entry in ERROR_CODES.values()} | FRAMEWORK_ANSWERS.keys())
+
+
+def status_description(status: int) -> str:
+    """The status's phrase, then a Markdown list of its codes (``- `session_ended`: the session ended``)."""
+    answers = [f"`{entry.code}`: {entry.summary}" for entry in codes_with_status(status)]
+    if status in FRAMEWORK_ANSWERS:
+        answers.append(FRAMEWORK_ANSWERS[status])
+    return f"{HTTPStatus(status).phrase}:\n" + "\n".join(f"- {answer}" for answer in answers)
+
+
+def error_response(status: int) -> Schema:
+    response = json_body(schema("Error"), status_description(status))
+    if status in RETRY_AFTER_STATUSES:
+        response["headers"] = {"Retry-After": ref("headers", "RetryAfter")}
+    return response
 
 
 def error_responses() -> dict[str, Schema]:
-    responses = {name: json_body(schema("Error"), text) for name, text in ERROR_RESPONSES.values()}
-    for name in ("Conflict", "TooManyRequests", "Unavailable"):
-        responses[name]["headers"] = {"Retry-After": ref("headers", "RetryAfter")}
-    return responses
+    return {RESPONSE_NAMES[status]: error_response(status) for status in error_statuses()}
 
 
 def schemas() -> dict[str, Schema]:

@@ -58,7 +58,6 @@ class OutboxUnavailable(DecoderError):
     """The journal cannot be written (disk full, Redis unreachable): nothing is accepted unjournaled."""
 
     code = "outbox_unavailable"
-    status = 503
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,7 +99,6 @@ class KafkaClientError(DecoderError):
     """A Kafka client failure; ``kafka_code`` is the ``KafkaError`` name (e.g. ``_INVALID_ARG``)."""
 
     code = "kafka_error"
-    status = 503
 
     def __init__(self, message: str, error: KafkaError | None = None) -> None:
         super().__init__(message, **({"kafka_code": error.name()} if error is not None else {}))
@@ -113,7 +112,6 @@ class KafkaClientError(DecoderError):
 
 class OutboxFull(DecoderError):
     code = "outbox_full"
-    status = 503
 
 
 @dataclass(frozen=True, slots=True)

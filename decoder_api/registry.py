@@ -50,7 +50,6 @@ return 1
 
 class RegistryUnavailable(DecoderError):
     code = "registry_unavailable"
-    status = 503
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,6 @@ EXTENSION = "decoder"
 
 class NotReady(DecoderError):
     code = "not_ready"
-    status = 503
 
 
 class EngineLoader:

@@ -44,47 +44,38 @@ PartitionPin = Callable[[str], int | None]
 
 class SessionNotFound(DecoderError):
     code = "session_not_found"
-    status = 404
 
 
 class SessionExpired(DecoderError):
     code = "session_expired"
-    status = 404
 
 
 class SessionEnded(DecoderError):
     code = "session_ended"
-    status = 409
 
 
 class SessionBusy(DecoderError):
     code = "session_busy"
-    status = 409
 
 
 class ChunkOutOfOrder(DecoderError):
     code = "chunk_out_of_order"
-    status = 409
 
 
 class WrongInstance(DecoderError):
     code = "wrong_instance"
-    status = 409
 
 
 class TooManySessions(DecoderError):
     code = "too_many_sessions"
-    status = 429
 
 
 class CapacityExceeded(DecoderError):
     code = "capacity"
-    status = 503
 
 
 class ShuttingDown(DecoderError):
     code = "shutting_down"
-    status = 503
 
 
 @dataclass(frozen=True, slots=True)

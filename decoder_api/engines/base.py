@@ -126,17 +126,14 @@ class Engine(Protocol):
 
 class UnsupportedSampleRate(DecoderError):
     code = "unsupported_sample_rate"
-    status = 422
 
 
 class InvalidAudio(DecoderError):
     code = "invalid_audio"
-    status = 400
 
 
 class InvalidOptions(DecoderError):
     code = "invalid_options"
-    status = 422
 
 
 def samples_to_ms(samples: int, sample_rate_hz: int) -> int:

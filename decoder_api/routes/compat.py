@@ -49,8 +49,8 @@ from flask.blueprints import BlueprintSetupState
 from jsonschema.exceptions import best_match
 
 from decoder_api.auth import Forbidden, SessionCredentials, bearer
-from decoder_api.engines.base import Final
-from decoder_api.routes.v1 import InvalidRequest, SampleRateMismatch, request_json
+from decoder_api.engines.base import Final, UnsupportedSampleRate
+from decoder_api.routes.v1 import InvalidRequest, request_json
 from decoder_api.service import EXTENSION as SERVICE_EXTENSION
 from decoder_api.service import DecoderService, service
 from decoder_api.sessions import Session, SessionConfig, SessionExpired, SessionNotFound, SessionStore
@@ -127,7 +127,7 @@ class CompatStreams:
                 logger.info("decode_stream_opened session_id=%s", session.id)
             self._ids.move_to_end(key)
         if session.config.sample_rate_hz != config.sample_rate_hz:
-            raise SampleRateMismatch(
+            raise UnsupportedSampleRate(
                 f"stream {stream_id!r} sends {session.config.sample_rate_hz} Hz audio, "
                 f"not {config.sample_rate_hz} Hz"
             )

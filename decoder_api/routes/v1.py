@@ -12,7 +12,7 @@ from flask import Blueprint, Request, Response, jsonify, request
 from decoder_api.audio import chunk_bytes, decode_bytes, iter_chunks
 from decoder_api.auth import authorize_session, bearer, session_token
 from decoder_api.engines import native_rate_hz
-from decoder_api.engines.base import InvalidAudio
+from decoder_api.engines.base import InvalidAudio, UnsupportedSampleRate
 from decoder_api.errors import DecoderError, EmptyAudio
 from decoder_api.registry import SessionRecord
 from decoder_api.service import DecoderService, service
@@ -58,17 +58,10 @@ SESSION_SCHEMA: dict[str, Any] = {
 
 class InvalidRequest(DecoderError):
     code = "invalid_request"
-    status = 400
 
 
 class UnsupportedMediaType(DecoderError):
     code = "unsupported_media_type"
-    status = 415
-
-
-class SampleRateMismatch(DecoderError):
-    code = "unsupported_sample_rate"
-    status = 422
 
 
 @blueprint.before_request
@@ -261,7 +254,7 @@ def pcm_body(req: Request, sample_rate_hz: int) -> bytes:
     require_content_type(req, PCM_TYPES)
     rate = req.mimetype_params.get("rate")
     if rate is not None and rate != str(sample_rate_hz):
-        raise SampleRateMismatch(f"the session streams {sample_rate_hz} Hz audio, not {rate} Hz")
+        raise UnsupportedSampleRate(f"the session streams {sample_rate_hz} Hz audio, not {rate} Hz")
     pcm = req.get_data(cache=False)
     if not pcm:
         raise EmptyAudio("the chunk is empty; send at least one 16-bit sample")
