@@ -21,7 +21,6 @@ from typing import Any, TextIO
 
 from contract.events import SOURCE_DECODER, InvalidEvent, TranscriptEvent, Word, decode_event, rfc3339_utc
 from decoder_api.engines.base import Final
-from decoder_api.engines.base import Word as EngineWord
 from decoder_api.errors import DecoderError
 
 
@@ -67,7 +66,7 @@ def events_from_finals(
     ]
 
 
-def _clamped(words: tuple[EngineWord, ...] | None) -> tuple[Word, ...] | None:
+def _clamped(words: tuple[Word, ...] | None) -> tuple[Word, ...] | None:
     """The contract's words, confidences within 0..1 (an engine's rounding must not make a final
     unpublishable)."""
     if words is None:

@@ -11,13 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-
-@dataclass(frozen=True, slots=True)
-class Word:
-    word: str
-    start_ms: int
-    end_ms: int
-    conf: float
+from contract.events import Word  # the words of a final, as published
 
 
 @dataclass(frozen=True, slots=True)

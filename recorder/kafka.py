@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from contract.events import SOURCE_RECORDER, InvalidEvent, TranscriptEvent, Word, rfc3339_utc
+from contract.events import SOURCE_RECORDER, InvalidEvent, TranscriptEvent, rfc3339_utc
 from recorder.config import KafkaSettings
 from recorder.errors import ConfigError, KafkaDeliveryError
 from recorder.events import CallEvent, Final, FinalReceived, SessionInfo
@@ -37,11 +37,6 @@ def transcript_event(
     session: SessionInfo, user_id: str, final: Final, produced_at: datetime
 ) -> TranscriptEvent:
     """The event of one final utterance."""
-    words = (
-        None
-        if final.words is None
-        else tuple(Word(w.word, w.start_ms, w.end_ms, w.conf) for w in final.words)
-    )
     return TranscriptEvent(
         session_id=session.session_id,
         user_id=user_id,
@@ -53,7 +48,7 @@ def transcript_event(
         model=session.model or UNKNOWN,
         language=session.language,
         produced_at=rfc3339_utc(produced_at.timestamp()),
-        words=words,
+        words=final.words,
         source=SOURCE_RECORDER,
     )
 

@@ -10,19 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from contract.events import Word  # one word type from the engine to the event
 from decoder_api.errors import DecoderError
 
 BYTES_PER_SAMPLE = 2
-
-
-@dataclass(frozen=True, slots=True)
-class Word:
-    """One recognised word; times in milliseconds from the start of the stream."""
-
-    word: str
-    start_ms: int
-    end_ms: int
-    conf: float
 
 
 @dataclass(frozen=True, slots=True)

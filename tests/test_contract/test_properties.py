@@ -27,6 +27,7 @@ from contract.events import (
 )
 
 T = TypeVar("T")
+E = TypeVar("E", bound=Exception)
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
 
@@ -37,7 +38,7 @@ fuzz = settings(
 )
 
 
-def outcome(call: Callable[[], T], *errors: type[Exception]) -> T | Exception:
+def outcome(call: Callable[[], T], *errors: type[E]) -> T | E:
     """The call's result, or the typed error it raised; any other exception fails the test."""
     try:
         return call()

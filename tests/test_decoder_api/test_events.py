@@ -13,38 +13,18 @@ import sys
 import threading
 import uuid
 from queue import Empty, Queue
-from typing import Any
 
 import pytest
 from confluent_kafka import Producer
 
 from contract.events import TRANSCRIPT_SCHEMA, TranscriptEvent, Word
 from decoder_api.engines.base import Final
-from decoder_api.engines.base import Word as EngineWord
 from decoder_api.events import EventSource, events_from_finals
 from tests.kafka import TopicFactory, iter_lines
 from tests.servers import ROOT
-from tests.test_contract.test_events import schema_validator
+from tests.test_contract.test_events import event, schema_validator
 
 ORIGIN = EventSource(engine="vosk", model="vosk-model-small-ko-0.22", language="ko")
-
-
-def event(**changes: Any) -> TranscriptEvent:
-    fields: dict[str, Any] = {
-        "session_id": "s-1",
-        "user_id": "agent-7",
-        "utterance": 2,
-        "text": "네 알겠습니다",
-        "start_ms": 4200,
-        "end_ms": 5650,
-        "engine": "vosk",
-        "model": "vosk-model-small-ko-0.22",
-        "language": "ko",
-        "produced_at": "2026-01-31T12:00:00.250Z",
-        "words": (Word("네", 4200, 4400, 0.91), Word("알겠습니다", 4450, 5650, 1.0)),
-        "metadata": {"campaign": "spring", "priority": 2},
-    }
-    return TranscriptEvent(**(fields | changes))
 
 
 def test_events_from_finals_skip_empty_finals_and_stamp_rfc3339_utc() -> None:
@@ -52,7 +32,7 @@ def test_events_from_finals_skip_empty_finals_and_stamp_rfc3339_utc() -> None:
         Final(0, "안녕하세요", 300, 1200),
         Final(1, "", 1500, 1600),
         Final(2, "  ", 1700, 1800),
-        Final(3, "감사합니다", 2400, 3300, (EngineWord("감사합니다", 2400, 3300, 1.0000001),)),
+        Final(3, "감사합니다", 2400, 3300, (Word("감사합니다", 2400, 3300, 1.0000001),)),
     ]
     events = events_from_finals(finals, session_id="abc", user_id="u", origin=ORIGIN, metadata={"k": "v"})
     assert [e.utterance for e in events] == [0, 3]

@@ -9,15 +9,12 @@ tests/test_contract/test_properties.py). ``FUZZ_EXAMPLES`` sets the number of ex
 from __future__ import annotations
 
 import math
-import os
 import struct
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from decoder_api.audio import (
@@ -33,22 +30,14 @@ from decoder_api.audio import (
 from decoder_api.config import ConfigError, Settings, load_settings
 from decoder_api.engines.base import InvalidAudio
 from decoder_api.errors import DecoderError, EmptyAudio, UnsupportedAudio
+from tests.test_contract.test_properties import FUZZ_EXAMPLES, fuzz, outcome
 
-T = TypeVar("T")
-
-FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
 TARGET_RATES_HZ = (8000, 16000, 22050, 44100, 48000)
 COMMON_RATES_HZ = (4000, 8000, 11025, 16000, 22050, 32000, 44100, 48000, 96000)
 FORMAT_PCM, FORMAT_FLOAT, FORMAT_ALAW, FORMAT_MULAW = 1, 3, 6, 7
 
 # A numeric warning (e.g. NaN cast to an integer) is a wrong result, not just noise.
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
-
-fuzz = settings(
-    max_examples=FUZZ_EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
 
 
 def wav_header(
@@ -81,14 +70,6 @@ def check_decoded(audio: DecodedAudio, target_hz: int) -> None:
     assert audio.sample_rate_hz == target_hz
     assert len(audio.pcm) % 2 == 0
     assert audio.duration_ms == len(audio.pcm) // 2 * 1000 // target_hz
-
-
-def outcome(call: Callable[[], T], *errors: type[DecoderError]) -> T | DecoderError:
-    """The call's result, or the typed error it raised; any other exception fails the test."""
-    try:
-        return call()
-    except errors as exc:
-        return exc
 
 
 def decode_or_refuse(data: bytes, target_hz: int) -> DecodedAudio | DecoderError:
