@@ -54,7 +54,7 @@ lint: install ## ruff lint and format check; the import rules between components
 	$(VENV)/bin/lint-imports
 
 typecheck: install ## mypy over every package
-	$(VENV)/bin/mypy contract decoder_api recorder nlp_consumer data/build.py tests bench
+	$(VENV)/bin/mypy contract decoder_api devtools recorder nlp_consumer data/build.py tests bench
 
 audit: install ## known vulnerabilities in the locked pins (pip-audit; AUDIT_STRICT=1: unreachable advisories fail)
 	$(PY) .ci/audit.py
@@ -63,11 +63,11 @@ test: install lint typecheck audit ## set everything up and run the whole suite
 	$(PY) -m pytest
 
 services: install ## local Apache Kafka (KRaft) and Redis in the background; env in .devstack/env
-	$(PY) -m decoder_api.devstack up --dir .devstack
-	@echo "load it with: set -a; . .devstack/env; set +a  (stop: $(PY) -m decoder_api.devstack down)"
+	$(PY) -m devtools.devstack up --dir .devstack
+	@echo "load it with: set -a; . .devstack/env; set +a  (stop: $(PY) -m devtools.devstack down)"
 
 demo: install ## the whole pipeline on a sample call (KEEP=1 leaves it running for a browser)
-	$(PY) -m decoder_api.demo $(if $(KEEP),--keep)
+	$(PY) -m devtools.demo $(if $(KEEP),--keep)
 
 bench: install ## benchmarks; results in bench/results/
 	$(PY) -m bench

@@ -31,7 +31,7 @@ from typing import Any
 
 from bench.figures import Figure, Result, build_result, figure, print_figures, write_result
 from bench.kafka_path import sentiment_model
-from decoder_api.evaluation import load_manifest
+from devtools.evaluation import load_manifest
 
 logger = logging.getLogger(__name__)
 

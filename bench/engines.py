@@ -25,8 +25,8 @@ from bench.report import EngineResult, PassResult, build_report, print_tables, w
 from decoder_api.audio import decode_file
 from decoder_api.config import load_settings
 from decoder_api.engines import Engine, RecognizerOptions, load_engine
-from decoder_api.evaluation import load_manifest, whole_files, word_error_rate
-from decoder_api.transcripts import stream_pcm
+from decoder_api.sessions.transcripts import stream_pcm
+from devtools.evaluation import load_manifest, whole_files, word_error_rate
 
 logger = logging.getLogger(__name__)
 

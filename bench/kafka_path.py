@@ -47,9 +47,9 @@ from bench.figures import Figure, Result, build_result, figure, percentile, prin
 from bench.load import stop_group
 from contract.events import TranscriptEvent, rfc3339_utc
 from contract.kafka import KafkaClientSettings
-from decoder_api import devstack
-from decoder_api.evaluation import load_manifest
-from decoder_api.publisher import KafkaConfig
+from decoder_api.delivery.publisher import KafkaConfig
+from devtools import devstack
+from devtools.evaluation import load_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -202,7 +202,7 @@ def measure_bare(variant: str, count: int) -> BareResult:
     from decoder_api.engines.base import RecognizerOptions
     from decoder_api.engines.models import resolve_model
     from decoder_api.engines.vosk import VoskEngine, VoskRecognizer
-    from decoder_api.transcripts import stream_pcm
+    from decoder_api.sessions.transcripts import stream_pcm
 
     conf, env = BARE_VARIANTS[variant]
     info = resolve_model("vosk", "ko", None)

@@ -41,13 +41,13 @@ import requests
 from bench.figures import Figure, Result, build_result, figure, print_figures, write_result
 from bench.load import stop_group
 from bench.streams import espeak_korean, silence
-from decoder_api import devstack
 from decoder_api.audio import chunk_bytes, iter_chunks
 from decoder_api.config import load_settings
 from decoder_api.engines.base import RecognizerOptions
 from decoder_api.engines.models import resolve_model
 from decoder_api.engines.vosk import VoskEngine
-from decoder_api.transcripts import stream_pcm
+from decoder_api.sessions.transcripts import stream_pcm
+from devtools import devstack
 from recorder.client import HttpTransport, SessionRequest
 from recorder.config import ServerSettings
 

@@ -63,12 +63,12 @@ from bench.load import (
 )
 from bench.report import Machine, machine_info, markdown_table, rich_table, write_outputs
 from bench.streams import DATA, english_speech, korean_speech
-from decoder_api import devstack
 from decoder_api.config import load_settings
 from decoder_api.engines import load_engine
 from decoder_api.engines.base import Engine
 from decoder_api.engines.pool import PoolSettings, RecognizerPool
 from decoder_api.metrics import LAG_BUCKETS_S
+from devtools import devstack
 
 logger = logging.getLogger(__name__)
 
@@ -511,7 +511,7 @@ CATEGORIES: tuple[tuple[str, str], ...] = (
     ("decoder_api/engines/", "engine wrapper"),
     ("numpy", "engine wrapper (dither, Vosk JSON)"),
     ("redis/", "Redis registry"),
-    ("decoder_api/registry.py", "Redis registry"),
+    ("decoder_api/sessions/registry.py", "Redis registry"),
     ("prometheus_client", "metrics"),
     ("json/", "JSON"),
     ("simple_websocket", "WebSocket layer"),

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
-from decoder_api.engines.base import BYTES_PER_SAMPLE, check_pcm
+from decoder_api.engines.base import BYTES_PER_SAMPLE
 from decoder_api.errors import EmptyAudio, UnsupportedAudio
 
 MAX_DECODED_SECONDS = 4 * 3600
@@ -113,11 +113,6 @@ def float_to_pcm(samples: npt.NDArray[np.float32]) -> bytes:
     """Samples in [-1, 1) to s16le; beyond that they clip, and NaN (e.g. from a float WAV) is silence."""
     clipped = np.clip(np.nan_to_num(samples, nan=0.0), -1.0, 32767 / 32768)
     return (clipped * 32768).astype("<i2").tobytes()
-
-
-def pcm_to_float(pcm: bytes) -> npt.NDArray[np.float32]:
-    check_pcm(pcm)
-    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) * np.float32(1 / 32768)
 
 
 def chunk_bytes(sample_rate_hz: int, chunk_ms: int) -> int:

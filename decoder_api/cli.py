@@ -1,4 +1,4 @@
-"""``python -m decoder_api``: transcribe files, evaluate WER, manage models, serve."""
+"""``python -m decoder_api``: transcribe files, manage models, serve."""
 
 from __future__ import annotations
 
@@ -20,13 +20,12 @@ from decoder_api.config import ConfigError, Settings, load_settings
 from decoder_api.engines import Engine, RecognizerOptions, load_engine, native_rate_hz
 from decoder_api.engines.base import check_pcm
 from decoder_api.errors import DecoderError, EmptyAudio, UnsupportedAudio
-from decoder_api.transcripts import Transcript, final_to_dict, stream_pcm
+from decoder_api.sessions.transcripts import Transcript, final_to_dict, stream_pcm
 
 logger = logging.getLogger(__name__)
 
 PROGRESS_MIN_MS = 5000
 RAW_SUFFIXES = frozenset({".raw", ".pcm"})
-DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent / "data" / "manifest.tsv"
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -36,7 +35,6 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = _common_options()
     _add_transcribe(commands, common)
-    _add_eval(commands, common)
     _add_models(commands, common)
     _add_serve(commands, common)
     return parser
@@ -60,13 +58,6 @@ def _add_transcribe(commands: Any, common: argparse.ArgumentParser) -> None:
     cmd.add_argument("--chunk-ms", type=_positive_int, help="streaming chunk size (default 200)")
     cmd.add_argument("--sample-rate", type=_positive_int, default=16000, help="rate of .raw/.pcm input")
     cmd.set_defaults(run=run_transcribe)
-
-
-def _add_eval(commands: Any, common: argparse.ArgumentParser) -> None:
-    cmd = commands.add_parser("eval", parents=[common], help="word error rate against a manifest")
-    cmd.add_argument("manifest", nargs="?", type=Path, default=DEFAULT_MANIFEST, help="TSV manifest")
-    cmd.add_argument("--json", action="store_true", help="print results as JSON")
-    cmd.set_defaults(run=run_eval)
 
 
 def _add_models(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -136,7 +127,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Replace this process with gunicorn: one worker, gthread, settings passed as DECODER_* env,
     with the memory allocator of ``allocator_env``."""
     from decoder_api.engines.models import resolve_model
-    from decoder_api.registry import check_tls
+    from decoder_api.sessions.registry import check_tls
 
     resolve_model(settings.engine, settings.model, settings.model_dir)
     check_tls(settings.redis_url, settings.redis_ssl_ca_certs)  # a certificate that does not verify
@@ -255,43 +246,6 @@ def transcript_to_json(path: Path, transcript: Transcript, engine: Engine) -> di
 def format_ms(ms: int) -> str:
     minutes, rest = divmod(ms, 60_000)
     return f"{minutes:02d}:{rest / 1000:06.3f}"
-
-
-def run_eval(args: argparse.Namespace, settings: Settings) -> int:
-    from decoder_api.evaluation import ManifestError, load_manifest, score, whole_files, word_error_rate
-
-    engine = load_engine(settings)
-    entries = whole_files(load_manifest(args.manifest), engine.model.language)
-    if not entries:
-        raise ManifestError(f"{args.manifest}: no files in language '{engine.model.language}' to evaluate")
-    scores = []
-    for entry in entries:
-        audio = read_input(entry.path, native_rate_hz(engine), 16000)
-        transcript = transcribe(engine, audio, settings.chunk_ms, words=False, label=entry.path.name)
-        scores.append(score(entry.path, entry.transcript, transcript.text, entry.language))
-    language = engine.model.language
-    overall = word_error_rate([s.reference for s in scores], [s.hypothesis for s in scores], language)
-    print_scores(scores, overall, engine, as_json=args.json)
-    return 0
-
-
-def print_scores(scores: list[Any], overall: float, engine: Engine, as_json: bool) -> None:
-    if as_json:
-        files = [
-            {"file": str(s.path), "wer": s.wer, "words": s.ref_words, "hypothesis": s.hypothesis}
-            for s in scores
-        ]
-        print(json.dumps({"engine": engine.name, "model": engine.model.name, "wer": overall, "files": files}))
-        return
-    table = Table(title=f"WER — {engine.name} / {engine.model.name}")
-    for column in ("file", "words", "WER"):
-        table.add_column(column, justify="left" if column == "file" else "right")
-    for s in scores:
-        table.add_row(s.path.name, str(s.ref_words), f"{s.wer:.1%}")
-    table.add_row(
-        "[bold]overall[/bold]", str(sum(s.ref_words for s in scores)), f"[bold]{overall:.1%}[/bold]"
-    )
-    Console().print(table)
 
 
 def run_models_list(args: argparse.Namespace, settings: Settings) -> int:

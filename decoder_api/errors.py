@@ -37,7 +37,6 @@ ERROR_CODES: Mapping[str, ErrorCode] = error_table(
     ErrorCode("invalid_request", 400, "the JSON body or a parameter is malformed"),
     ErrorCode("invalid_audio", 400, "the PCM is not whole 16-bit samples"),
     ErrorCode("empty_audio", 400, "the audio file holds no samples"),
-    ErrorCode("invalid_manifest", 400, "the evaluation manifest cannot be read (CLI `evaluate` only)"),
     ErrorCode("invalid_message", 400, "a WebSocket text frame is not one JSON command"),
     ErrorCode("unknown_command", 400, "a WebSocket frame names a command other than config, eof or reset"),
     ErrorCode("invalid_config", 400, "the WebSocket config frame has an unknown key or a bad value"),

@@ -10,7 +10,7 @@ from decoder_api.config import load_settings
 
 _settings = load_settings(os.environ)
 
-wsgi_app = "decoder_api.app:create_app()"
+wsgi_app = "decoder_api.http.app:create_app()"
 bind = [f"{_settings.host}:{_settings.port}"]
 workers = 1
 worker_class = "gthread"

@@ -15,7 +15,7 @@ import pytest
 from decoder_api.audio import decode_file
 from decoder_api.engines.models import resolve_model
 from decoder_api.engines.vosk import VoskEngine
-from decoder_api.evaluation import ManifestEntry, load_manifest
+from devtools.evaluation import ManifestEntry, load_manifest
 from tests.kafka import Broker, ConsumerFactory, TopicFactory, start_broker
 from tests.servers import DecoderServer, start_decoder, start_redis
 

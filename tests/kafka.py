@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 import requests
 from confluent_kafka import Consumer, Message, Producer
 
-from decoder_api import devstack
-from decoder_api.partitioner import key_partition
+from decoder_api.delivery.partitioner import key_partition
+from devtools import devstack
 from tests.servers import ROOT, DecoderServer, free_port
 
 T = TypeVar("T")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import requests
 
-from decoder_api import devstack
+from devtools import devstack
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 120.0

@@ -14,9 +14,11 @@ import pytest
 from tests.servers import ROOT
 
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
-PACKAGES = ("contract", "decoder_api", "recorder", "nlp_consumer")
+PACKAGES = ("contract", "decoder_api", "recorder", "nlp_consumer", "devtools")
 FROM_A_COMPONENT = "recorder and nlp_consumer import neither decoder_api nor an engine"
 SETTINGS_IMPORT_NO_ENGINE = "decoder settings import no engine (one is imported only when chosen)"
+LAYERS = "decoder_api layers: the edge over delivery over sessions over settings and audio over engines"
+NO_TOOLING = "no component imports the developer tooling"
 
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
@@ -48,7 +50,11 @@ def test_the_rules_hold() -> None:
 @pytest.mark.parametrize(
     ("module", "line", "contract"),
     [
-        ("recorder/shortcut.py", "from decoder_api.events import events_from_finals", FROM_A_COMPONENT),
+        (
+            "recorder/shortcut.py",
+            "from decoder_api.delivery.events import events_from_finals",
+            FROM_A_COMPONENT,
+        ),
         ("nlp_consumer/shortcut.py", "import decoder_api.config", FROM_A_COMPONENT),
         ("nlp_consumer/shortcut.py", "import faster_whisper", FROM_A_COMPONENT),
         ("recorder/shortcut.py", "import vosk", FROM_A_COMPONENT),
@@ -59,6 +65,12 @@ def test_the_rules_hold() -> None:
         ),
         ("decoder_api/shortcut.py", "import recorder.config", "components share nothing but the contract"),
         ("decoder_api/config.py", "import decoder_api.engines.vosk", SETTINGS_IMPORT_NO_ENGINE),
+        ("decoder_api/sessions/store.py", "import decoder_api.http.auth", LAYERS),
+        ("decoder_api/engines/pool.py", "import decoder_api.sessions.session", LAYERS),
+        ("decoder_api/delivery/outbox.py", "from decoder_api.http import service", LAYERS),
+        ("decoder_api/errors.py", "import decoder_api.config", LAYERS),
+        ("decoder_api/audio.py", "import decoder_api.config", LAYERS),
+        ("decoder_api/http/app.py", "from devtools import devstack", NO_TOOLING),
     ],
 )
 def test_breaking_a_rule_fails_the_check(module: str, line: str, contract: str, tmp_path: Path) -> None:

@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 from contract.events import Word  # one word type from the engine to the event
 from decoder_api.errors import DecoderError
 
@@ -136,3 +139,9 @@ def check_pcm(pcm: bytes) -> None:
     """Reject PCM that is not whole 16-bit samples."""
     if len(pcm) % BYTES_PER_SAMPLE:
         raise InvalidAudio(f"PCM must be whole 16-bit samples; got an odd byte count ({len(pcm)})")
+
+
+def pcm_to_float(pcm: bytes) -> npt.NDArray[np.float32]:
+    """s16le PCM to float samples in [-1, 1)."""
+    check_pcm(pcm)
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) * np.float32(1 / 32768)

@@ -37,7 +37,6 @@ import soxr
 from faster_whisper import WhisperModel
 from faster_whisper.vad import get_vad_model
 
-from decoder_api.audio import pcm_to_float
 from decoder_api.engines.base import (
     Final,
     InvalidOptions,
@@ -45,6 +44,7 @@ from decoder_api.engines.base import (
     RecognizerOptions,
     UnsupportedSampleRate,
     Word,
+    pcm_to_float,
     samples_to_ms,
 )
 from decoder_api.engines.partials import BackgroundPartials, PartialJob

@@ -31,11 +31,11 @@ import redis
 import requests
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from decoder_api import devstack
 from decoder_api.audio import chunk_bytes, iter_chunks
 from decoder_api.engines.base import RecognizerOptions
 from decoder_api.engines.vosk import VoskEngine
-from decoder_api.transcripts import stream_pcm
+from decoder_api.sessions.transcripts import stream_pcm
+from devtools import devstack
 from tests.conftest import RATE_HZ, SpokenCall, join_turns
 from tests.kafka import Broker, dedup_by_event_id, murmur2_partition, readyz, start_broker, wait_for
 from tests.servers import DecoderServer, RedisServer, free_port

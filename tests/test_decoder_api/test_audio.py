@@ -10,8 +10,8 @@ import av
 import numpy as np
 import pytest
 
-from decoder_api.audio import chunk_bytes, decode_bytes, decode_file, iter_chunks, pcm_to_float
-from decoder_api.engines.base import InvalidAudio
+from decoder_api.audio import chunk_bytes, decode_bytes, decode_file, iter_chunks
+from decoder_api.engines.base import InvalidAudio, pcm_to_float
 from decoder_api.errors import EmptyAudio, UnsupportedAudio
 
 SOURCE = "librivox-0880.wav"

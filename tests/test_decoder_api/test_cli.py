@@ -13,7 +13,7 @@ import pytest
 
 from decoder_api.cli import JEMALLOC_CONF, allocator_env
 from decoder_api.config import ConfigError
-from decoder_api.evaluation import MANIFEST_COLUMNS, ManifestEntry, normalize, word_error_rate
+from devtools.evaluation import ManifestEntry, word_error_rate
 from tests.conftest import ROOT, SpokenCall
 from tests.servers import DecoderServer, free_port
 
@@ -129,30 +129,6 @@ def test_bad_options_exit_non_zero() -> None:
     assert run("transcribe", "--engine", "kaldi", "x.wav").returncode == 2
 
 
-def test_eval_reports_wer_per_file_and_overall(tmp_path: Path, data_dir: Path) -> None:
-    rows = [
-        line
-        for line in (data_dir / "manifest.tsv").read_text().splitlines()[1:]
-        if line.split("\t")[0] in REAL_SPEECH
-    ]
-    manifest = tmp_path / "manifest.tsv"
-    manifest.write_text("\t".join(MANIFEST_COLUMNS) + "\n" + "\n".join(rows) + "\n")
-    for name in REAL_SPEECH:
-        (tmp_path / name).symlink_to(data_dir / name)
-    result = run("eval", "--json", str(manifest))
-    assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout)
-    assert [Path(f["file"]).name for f in out["files"]] == list(REAL_SPEECH)
-    assert 0 <= out["wer"] <= 0.1
-    table = run("eval", str(manifest))
-    assert "overall" in table.stdout
-    assert "%" in table.stdout
-
-
-def test_eval_with_no_matching_language_fails_cleanly() -> None:
-    assert_one_line_error(run("eval", "--engine", "vosk"), "no files in language 'ko'")
-
-
 def test_models_list_shows_the_installed_models() -> None:
     result = run("models", "list", "--json")
     assert result.returncode == 0, result.stderr
@@ -173,11 +149,6 @@ def test_models_download_offline_is_one_line(tmp_path: Path) -> None:
         run("models", "download", "vosk-model-small-en-us-0.15", env=env), "cannot download"
     )
     assert list(tmp_path.iterdir()) == []
-
-
-def test_normalisation_ignores_case_and_punctuation() -> None:
-    assert normalize("Hello,  World!") == "hello world"
-    assert normalize("Go forward ten meters.") == normalize("go forward 10 meters")
 
 
 def _env() -> dict[str, str]:

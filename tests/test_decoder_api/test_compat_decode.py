@@ -16,9 +16,10 @@ import requests
 from decoder_api.audio import chunk_bytes, iter_chunks
 from decoder_api.engines.base import RecognizerOptions
 from decoder_api.engines.vosk import VoskEngine
+from decoder_api.http.routes.compat import CompatStreams
 from decoder_api.metrics import DecoderMetrics
-from decoder_api.routes.compat import CompatStreams
-from decoder_api.sessions import SessionConfig, SessionLimits, SessionStore
+from decoder_api.sessions.session import SessionConfig, SessionLimits
+from decoder_api.sessions.store import SessionStore
 from tests.conftest import RATE_HZ, SpokenCall
 from tests.servers import DecoderServer, start_decoder
 

@@ -9,8 +9,8 @@ import pytest
 
 import decoder_api
 from decoder_api.errors import ERROR_CODES, DecoderError
-from decoder_api.openapi import RESPONSE_NAMES, openapi_document
-from decoder_api.sessions import SessionBusy, WrongInstance
+from decoder_api.http.openapi import RESPONSE_NAMES, openapi_document
+from decoder_api.sessions.errors import SessionBusy, WrongInstance
 
 
 def import_every_module() -> None:
@@ -61,7 +61,7 @@ def test_the_openapi_document_lists_every_code_under_its_status() -> None:
 def test_a_class_with_an_unknown_or_taken_code_or_its_own_status_is_refused() -> None:
     with pytest.raises(TypeError, match=r"not in decoder_api\.errors\.ERROR_CODES"):
         type("Unlisted", (DecoderError,), {"code": "no_such_code"})
-    with pytest.raises(TypeError, match=r"already raised by decoder_api\.sessions\.SessionBusy"):
+    with pytest.raises(TypeError, match=r"already raised by decoder_api\.sessions\.errors\.SessionBusy"):
         type("AnotherBusy", (DecoderError,), {"code": SessionBusy.code})
     with pytest.raises(TypeError, match="declare only code"):
         type("WithStatus", (DecoderError,), {"code": "session_busy", "status": 418})

@@ -37,9 +37,9 @@ from schemathesis.specs.openapi.checks import (
 )
 from schemathesis.transport.serialization import Binary
 
-from decoder_api.auth import SESSION_TOKEN_HEADER
-from decoder_api.openapi import openapi_document
-from decoder_api.routes.v1 import FILE_TYPES
+from decoder_api.http.auth import SESSION_TOKEN_HEADER
+from decoder_api.http.openapi import openapi_document
+from decoder_api.http.routes.v1 import FILE_TYPES
 from tests.servers import DecoderServer, start_decoder
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
-from decoder_api import devstack
-from decoder_api.outbox import SqliteOutbox
+from decoder_api.delivery.outbox import SqliteOutbox
+from devtools import devstack
 from tests.conftest import RATE_HZ, SpokenCall
 from tests.kafka import (
     Broker,
@@ -345,7 +345,7 @@ def test_devstack_up_status_down(tmp_path: Path) -> None:
     state = tmp_path / "devstack"
 
     def run(action: str) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, "-m", "decoder_api.devstack", action, "--dir", str(state)]
+        argv = [sys.executable, "-m", "devtools.devstack", action, "--dir", str(state)]
         return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
 
     up = run("up")

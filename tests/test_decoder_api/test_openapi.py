@@ -10,12 +10,12 @@ import jsonschema
 import pytest
 from flask import Flask
 
-from decoder_api.app import create_app
-from decoder_api.openapi import openapi_document
-from decoder_api.routes.compat import DECODE_SCHEMA
-from decoder_api.routes.stream import CONFIG_SCHEMA
-from decoder_api.routes.v1 import SESSION_SCHEMA
-from decoder_api.service import EXTENSION
+from decoder_api.http.app import create_app
+from decoder_api.http.openapi import openapi_document
+from decoder_api.http.routes.compat import DECODE_SCHEMA
+from decoder_api.http.routes.stream import CONFIG_SCHEMA
+from decoder_api.http.routes.v1 import SESSION_SCHEMA
+from decoder_api.http.service import EXTENSION
 
 METHODS = ("get", "put", "post", "delete", "patch", "options", "head", "trace")
 

@@ -25,14 +25,21 @@ from confluent_kafka.admin import AdminClient, NewPartitions
 from prometheus_client import CollectorRegistry
 
 from contract.kafka import KafkaClientSettings
-from decoder_api.auth import authorize_session
+from decoder_api.delivery.outbox import (
+    JOURNAL_PREFIX,
+    REDIS_KEY_PREFIX,
+    OutboxRecord,
+    RedisOutbox,
+    SqliteOutbox,
+)
+from decoder_api.delivery.partitioner import key_partition
+from decoder_api.delivery.publisher import KafkaConfig, PublisherMetrics, TranscriptPublisher, TranscriptSink
 from decoder_api.engines.vosk import VoskEngine
+from decoder_api.http.auth import authorize_session
 from decoder_api.metrics import DecoderMetrics
-from decoder_api.outbox import JOURNAL_PREFIX, REDIS_KEY_PREFIX, OutboxRecord, RedisOutbox, SqliteOutbox
-from decoder_api.partitioner import key_partition
-from decoder_api.publisher import KafkaConfig, PublisherMetrics, TranscriptPublisher, TranscriptSink
-from decoder_api.registry import ChunkUpdate, RedisRegistry, SessionRecord
-from decoder_api.sessions import Session, SessionConfig, SessionLimits, SessionStore
+from decoder_api.sessions.registry import ChunkUpdate, RedisRegistry, SessionRecord
+from decoder_api.sessions.session import Session, SessionConfig, SessionLimits
+from decoder_api.sessions.store import SessionStore
 from tests.conftest import RATE_HZ, SpokenCall
 from tests.kafka import (
     Call,

@@ -9,7 +9,7 @@ from decoder_api.engines.base import InvalidAudio, RecognizerOptions
 from decoder_api.engines.pool import PoolSettings, PoolStats, RecognizerPool
 from decoder_api.engines.vosk import VoskEngine
 from decoder_api.engines.whisper import WhisperEngine
-from decoder_api.transcripts import stream_pcm
+from decoder_api.sessions.transcripts import stream_pcm
 from tests.conftest import RATE_HZ, SpokenCall
 
 OPTIONS = RecognizerOptions(RATE_HZ, words=True)

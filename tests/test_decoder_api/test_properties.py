@@ -24,11 +24,10 @@ from decoder_api.audio import (
     decode_file,
     float_to_pcm,
     iter_chunks,
-    pcm_to_float,
     resample,
 )
 from decoder_api.config import ConfigError, Settings, load_settings
-from decoder_api.engines.base import InvalidAudio
+from decoder_api.engines.base import InvalidAudio, pcm_to_float
 from decoder_api.errors import DecoderError, EmptyAudio, UnsupportedAudio
 from tests.test_contract.test_properties import FUZZ_EXAMPLES, fuzz, outcome
 

@@ -14,11 +14,9 @@ from prometheus_client import CollectorRegistry
 from contract.events import PartialTranscriptEvent, TranscriptEvent
 from contract.kafka import KafkaClientSettings
 from decoder_api.config import load_settings
-from decoder_api.engines.base import Final, RecognizerOptions
-from decoder_api.engines.vosk import VoskEngine
-from decoder_api.events import EventSource, events_from_finals
-from decoder_api.outbox import Outbox, OutboxRecord, RedisOutbox, SqliteOutbox
-from decoder_api.publisher import (
+from decoder_api.delivery.events import EventSource, events_from_finals
+from decoder_api.delivery.outbox import Outbox, OutboxRecord, RedisOutbox, SqliteOutbox
+from decoder_api.delivery.publisher import (
     GuardedRecognizer,
     KafkaClientError,
     KafkaConfig,
@@ -29,7 +27,9 @@ from decoder_api.publisher import (
     TranscriptSink,
     kafka_config,
 )
-from decoder_api.sessions import Session, SessionConfig, SessionLimits
+from decoder_api.engines.base import Final, RecognizerOptions
+from decoder_api.engines.vosk import VoskEngine
+from decoder_api.sessions.session import Session, SessionConfig, SessionLimits
 from tests.conftest import RATE_HZ, SpokenCall
 from tests.kafka import ConsumerFactory, TopicFactory, consume_until, event_value, wait_for
 from tests.test_contract.test_events import schema_validator

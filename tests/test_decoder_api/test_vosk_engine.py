@@ -17,7 +17,7 @@ from decoder_api.engines.base import (
     UnsupportedSampleRate,
 )
 from decoder_api.engines.vosk import VoskEngine, VoskRecognizer, read_model_rates
-from decoder_api.transcripts import stream_pcm
+from decoder_api.sessions.transcripts import stream_pcm
 from tests.conftest import RATE_HZ, SpokenCall
 
 

@@ -10,8 +10,8 @@ from decoder_api.audio import decode_file
 from decoder_api.engines.base import RecognizerOptions
 from decoder_api.engines.models import resolve_model
 from decoder_api.engines.whisper import WhisperEngine
-from decoder_api.evaluation import ManifestEntry, word_error_rate
-from decoder_api.transcripts import stream_pcm
+from decoder_api.sessions.transcripts import stream_pcm
+from devtools.evaluation import ManifestEntry, word_error_rate
 from tests.conftest import RATE_HZ
 
 REAL_SPEECH_SOURCES = ("debian:pocketsphinx-testdata", "pypi:moonshine-voice")

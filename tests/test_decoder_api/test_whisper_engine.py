@@ -34,8 +34,8 @@ from decoder_api.engines.models import resolve_model
 from decoder_api.engines.partials import BackgroundPartials
 from decoder_api.engines.whisper import WhisperEngine, WhisperSettings
 from decoder_api.errors import ModelNotFound
-from decoder_api.evaluation import word_error_rate
-from decoder_api.transcripts import Transcript, stream_pcm
+from decoder_api.sessions.transcripts import Transcript, stream_pcm
+from devtools.evaluation import word_error_rate
 from tests.conftest import RATE_HZ, SpokenCall, join_turns, silence
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")

@@ -6,7 +6,7 @@ import json
 import time
 
 from decoder_api.audio import decode_file
-from decoder_api.evaluation import ManifestEntry, normalize, word_error_rate
+from devtools.evaluation import ManifestEntry, normalize, word_error_rate
 from tests.conftest import RATE_HZ
 from tests.servers import DecoderServer
 from tests.test_decoder_api.test_stream_ws import CHUNK, CHUNK_MS, connect, metric, reply

@@ -1,6 +1,6 @@
 """Generated frames against the Vosk-protocol WebSocket ``/v1/stream`` of a running decoder.
 
-Whatever text frame a client sends, the answer is what ``decoder_api/routes/stream.py`` documents:
+Whatever text frame a client sends, the answer is what ``decoder_api/http/routes/stream.py`` documents:
 exactly one JSON reply (partial, result, alternatives, or an error with ``error`` and ``message``),
 or, for a refused config and after ``eof``, that reply and a close with the documented code; a
 valid first ``config`` frame gets no reply. Binary frames of any length get one reply each. After
@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websocket import ABNF
 
-from decoder_api.openapi import openapi_document
-from decoder_api.routes.v1 import SERVER_ONLY_KEYS
+from decoder_api.http.openapi import openapi_document
+from decoder_api.http.routes.v1 import SERVER_ONLY_KEYS
 from tests.servers import DecoderServer, start_decoder
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
@@ -58,7 +58,7 @@ WORDS: dict[str, Any] = {
         },
     },
 }
-# The server's messages as the module docstring of decoder_api/routes/stream.py documents them.
+# The server's messages as the module docstring of decoder_api/http/routes/stream.py documents them.
 REPLY_SCHEMA: dict[str, Any] = {
     "oneOf": [
         {

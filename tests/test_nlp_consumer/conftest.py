@@ -16,7 +16,7 @@ import requests
 from confluent_kafka import Producer
 
 from contract.events import TranscriptEvent, rfc3339_utc
-from decoder_api.evaluation import ManifestEntry
+from devtools.evaluation import ManifestEntry
 from nlp_consumer.config import ModelSettings
 from nlp_consumer.enrich import Enricher, load_enricher
 from tests.kafka import wait_for

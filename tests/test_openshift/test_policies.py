@@ -149,7 +149,7 @@ def test_decoder_websocket_outlives_server_pings(rendered: Manifests) -> None:
     notes = rendered.get("Route", "decoder")["metadata"]["annotations"]
     tunnel_s = policies.duration_s(notes["haproxy.router.openshift.io/timeout-tunnel"])
     assert tunnel_s is not None
-    assert tunnel_s > 25  # flask-sock ping interval (decoder_api/app.py)
+    assert tunnel_s > 25  # flask-sock ping interval (decoder_api/http/app.py)
 
 
 def test_dashboard_route_allows_long_event_streams(rendered: Manifests) -> None:

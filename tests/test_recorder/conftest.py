@@ -15,7 +15,7 @@ import pytest
 
 from decoder_api.engines import RecognizerOptions
 from decoder_api.engines.vosk import VoskEngine
-from decoder_api.transcripts import stream_pcm
+from decoder_api.sessions.transcripts import stream_pcm
 from tests.conftest import RATE_HZ, SpokenCall
 
 ROOT = Path(__file__).resolve().parents[2]

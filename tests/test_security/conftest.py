@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from decoder_api.devstack import TlsFiles, make_tls_files, wait_for_kafka
+from devtools.devstack import TlsFiles, make_tls_files, wait_for_kafka
 from tests.kafka import Broker
 from tests.test_security.tls import SaslKafka, TlsRedis, start_tls_redis
 

@@ -15,10 +15,10 @@ import pytest
 import requests
 import websocket
 
-from decoder_api import auth
-from decoder_api.auth import ApiKeys, authorize_session
-from decoder_api.openapi import openapi_document
-from decoder_api.sessions import hash_secret
+from decoder_api.http import auth
+from decoder_api.http.auth import ApiKeys, authorize_session
+from decoder_api.http.openapi import openapi_document
+from decoder_api.sessions.session import hash_secret
 from tests.servers import DecoderServer, start_decoder
 
 KEY_A, KEY_B, FILE_KEY = (f"{name}-{uuid.uuid4().hex}" for name in ("alpha", "beta", "filed"))
@@ -174,7 +174,7 @@ def test_no_request_can_name_a_path_url_broker_or_model() -> None:
 
 def test_the_url_map_has_no_path_converters() -> None:
     """No route takes anything from its URL but a session id (no ``<path:...>`` or file names)."""
-    from decoder_api.app import create_app
+    from decoder_api.http.app import create_app
 
     app = create_app({"engine": "vosk", "model": "ko", "pool_warm": 0})
     try:

@@ -25,7 +25,7 @@ from confluent_kafka import Consumer, Message
 from prometheus_client import CollectorRegistry
 
 from decoder_api.config import load_settings
-from decoder_api.publisher import TranscriptPublisher, build_publisher
+from decoder_api.delivery.publisher import TranscriptPublisher, build_publisher
 from nlp_consumer.config import load_consumer_settings
 from nlp_consumer.events import validate_enriched
 from tests.conftest import SpokenCall

@@ -12,7 +12,7 @@ import pytest
 import redis
 from confluent_kafka import Message
 
-from decoder_api.registry import PREFIX
+from decoder_api.sessions.registry import PREFIX
 from tests.conftest import RATE_HZ, SpokenCall
 from tests.kafka import (
     Call,

@@ -1,6 +1,6 @@
 """TLS-enabled local servers for tests: Redis with TLS, and the SASL_SSL listener of the session's broker.
 
-Certificates come from ``decoder_api.devstack.make_tls_files`` (the ``openssl`` command line): a
+Certificates come from ``devtools.devstack.make_tls_files`` (the ``openssl`` command line): a
 CA, a server certificate it signs (for ``127.0.0.1`` and ``localhost``), and a second, unrelated
 CA to play a wrong trust anchor.
 
@@ -20,8 +20,8 @@ from pathlib import Path
 import redis
 from confluent_kafka import Consumer
 
-from decoder_api import devstack
-from decoder_api.devstack import TlsFiles
+from devtools import devstack
+from devtools.devstack import TlsFiles
 from tests.kafka import Broker
 from tests.servers import free_port
 

@@ -1,4 +1,4 @@
-"""The Flask application factory; gunicorn serves ``decoder_api.app:create_app()``."""
+"""The Flask application factory; gunicorn serves ``decoder_api.http.app:create_app()``."""
 
 from __future__ import annotations
 
@@ -12,19 +12,20 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from decoder_api.auth import ApiKeys, bearer, read_keys
 from decoder_api.config import Settings, load_settings
+from decoder_api.delivery.publisher import TranscriptSink, build_publisher
 from decoder_api.engines import load_engine
 from decoder_api.engines.models import resolve_model
 from decoder_api.engines.pool import PoolSettings
 from decoder_api.errors import DecoderError
-from decoder_api.limits import RateLimiter, ReadDeadline
+from decoder_api.http.auth import ApiKeys, bearer, read_keys
+from decoder_api.http.limits import RateLimiter, ReadDeadline
+from decoder_api.http.routes import compat, ops, stream, v1
+from decoder_api.http.service import EXTENSION, DecoderService, EngineLoader
 from decoder_api.metrics import DecoderMetrics
-from decoder_api.publisher import TranscriptSink, build_publisher
-from decoder_api.registry import LocalRegistry, RedisRegistry, Registry
-from decoder_api.routes import compat, ops, stream, v1
-from decoder_api.service import EXTENSION, DecoderService, EngineLoader
-from decoder_api.sessions import SessionLimits, SessionStore, hash_secret
+from decoder_api.sessions.registry import LocalRegistry, RedisRegistry, Registry
+from decoder_api.sessions.session import SessionLimits, hash_secret
+from decoder_api.sessions.store import SessionStore
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""``python -m decoder_api.demo``: the whole pipeline on this machine, end to end.
+"""``python -m devtools.demo``: the whole pipeline on this machine, end to end.
 
 Starts the local broker and Redis, the decoder, the NLP consumer and the dashboard; streams a
 sample call through the recorder in real time (live transcript in the terminal); prints every
@@ -28,8 +28,8 @@ import requests
 from confluent_kafka import Consumer
 from rich.console import Console
 
-from decoder_api.devstack import DevStack, free_port
-from decoder_api.evaluation import load_manifest
+from devtools.devstack import DevStack, free_port
+from devtools.evaluation import load_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 ENRICHED_TOPIC = "transcripts.enriched.v1"
@@ -236,7 +236,7 @@ def run(call: Path, engine: str, keep: bool, workdir: Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m decoder_api.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devtools.demo", description=__doc__)
     parser.add_argument("--call", type=Path, default=ROOT / "data" / "call0.wav", help="the audio to stream")
     parser.add_argument("--engine", default="whisper", choices=("whisper", "vosk"), help="decoder engine")
     parser.add_argument("--keep", action="store_true", help="leave everything running until Ctrl-C")

@@ -1,4 +1,4 @@
-"""Local Apache Kafka and Redis for development and tests: ``python -m decoder_api.devstack up|down|status``.
+"""Local Apache Kafka and Redis for development and tests: ``python -m devtools.devstack up|down|status``.
 
 ``up`` starts, in the background and bound to 127.0.0.1:
 
@@ -572,9 +572,7 @@ def _terminate(pid: int, timeout_s: float = STOP_TIMEOUT_S) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m decoder_api.devstack", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m devtools.devstack", description=__doc__.split("\n")[0])
     parser.add_argument("action", choices=("up", "down", "status"))
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="state directory (default .devstack)")
     args = parser.parse_args(argv)

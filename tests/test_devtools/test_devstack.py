@@ -1,6 +1,6 @@
 """The development stack's broker is Apache Kafka, and a call survives its SIGKILL and restart.
 
-``python -m decoder_api.devstack up`` is what ``make services`` and ``make demo`` run: its broker
+``python -m devtools.devstack up`` is what ``make services`` and ``make demo`` run: its broker
 keeps its log directory on disk, so after a crash ``up`` starts it again on the same address
 with every topic, offset and idempotent-producer state, and the decoder's outbox delivers what
 it journaled meanwhile.
@@ -19,7 +19,7 @@ import pytest
 from confluent_kafka import Consumer, Message
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
-from decoder_api import devstack
+from devtools import devstack
 from tests.conftest import RATE_HZ, SpokenCall
 from tests.kafka import (
     Call,
@@ -39,7 +39,7 @@ CHUNK_BYTES = RATE_HZ * 2 * 200 // 1000  # 200 ms of 16-bit mono PCM
 
 
 def run_devstack(state: Path, action: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "decoder_api.devstack", action, "--dir", str(state)]
+    argv = [sys.executable, "-m", "devtools.devstack", action, "--dir", str(state)]
     return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
 
 

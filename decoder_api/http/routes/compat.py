@@ -48,12 +48,14 @@ from flask import Blueprint, Request, Response, current_app, jsonify, request
 from flask.blueprints import BlueprintSetupState
 from jsonschema.exceptions import best_match
 
-from decoder_api.auth import Forbidden, SessionCredentials, bearer
 from decoder_api.engines.base import Final, UnsupportedSampleRate
-from decoder_api.routes.v1 import InvalidRequest, request_json
-from decoder_api.service import EXTENSION as SERVICE_EXTENSION
-from decoder_api.service import DecoderService, service
-from decoder_api.sessions import Session, SessionConfig, SessionExpired, SessionNotFound, SessionStore
+from decoder_api.http.auth import Forbidden, SessionCredentials, bearer
+from decoder_api.http.routes.v1 import InvalidRequest, request_json
+from decoder_api.http.service import EXTENSION as SERVICE_EXTENSION
+from decoder_api.http.service import DecoderService, service
+from decoder_api.sessions.errors import SessionExpired, SessionNotFound
+from decoder_api.sessions.session import Session, SessionConfig
+from decoder_api.sessions.store import SessionStore
 
 logger = logging.getLogger(__name__)
 

@@ -13,16 +13,16 @@ from typing import Any
 
 from flask import current_app
 
-from decoder_api.auth import ApiKeys
 from decoder_api.config import Settings
+from decoder_api.delivery.publisher import TranscriptPublisher
 from decoder_api.engines import native_rate_hz
 from decoder_api.engines.base import Engine, Recognizer, RecognizerOptions
 from decoder_api.engines.pool import PoolSettings, RecognizerPool
 from decoder_api.errors import DecoderError
-from decoder_api.limits import RateLimiter
+from decoder_api.http.auth import ApiKeys
+from decoder_api.http.limits import RateLimiter
 from decoder_api.metrics import DecoderMetrics
-from decoder_api.publisher import TranscriptPublisher
-from decoder_api.sessions import SessionStore
+from decoder_api.sessions.store import SessionStore
 
 logger = logging.getLogger(__name__)
 

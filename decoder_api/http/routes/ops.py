@@ -6,8 +6,8 @@ from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from decoder_api.engines.partials import BackgroundPartials
-from decoder_api.openapi import openapi_document
-from decoder_api.service import service
+from decoder_api.http.openapi import openapi_document
+from decoder_api.http.service import service
 
 blueprint = Blueprint("ops", __name__)
 

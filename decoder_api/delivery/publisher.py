@@ -55,12 +55,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from contract.events import PartialTranscriptEvent, TranscriptEvent, rfc3339_utc
 from contract.kafka import PARTIALS_TOPIC, TRANSCRIPTS_TOPIC, KafkaClientSettings
 from decoder_api.config import ConfigError, Settings
+from decoder_api.delivery.events import EventSource, events_from_finals
+from decoder_api.delivery.outbox import Outbox, OutboxEntry, OutboxRecord, open_outbox
+from decoder_api.delivery.partitioner import key_partition
 from decoder_api.engines.base import Engine, Final, Recognizer, RecognizerOptions
 from decoder_api.errors import DecoderError
-from decoder_api.events import EventSource, events_from_finals
-from decoder_api.outbox import Outbox, OutboxEntry, OutboxRecord, open_outbox
-from decoder_api.partitioner import key_partition
-from decoder_api.sessions import Session
+from decoder_api.sessions.session import Session
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Protocol
 from flask import Request
 
 from decoder_api.errors import DecoderError
-from decoder_api.sessions import hash_secret
+from decoder_api.sessions.session import hash_secret
 
 SESSION_TOKEN_HEADER = "X-Session-Token"
 

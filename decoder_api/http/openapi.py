@@ -3,7 +3,7 @@
 Request schemas are the ones the routes validate with (``SESSION_SCHEMA``, ``DECODE_SCHEMA``,
 the stream's ``CONFIG_SCHEMA``), so the document cannot drift from the code. The WebSocket
 ``/v1/stream`` appears as its upgrade request plus an ``x-websocket`` description of the
-messages; the full protocol and close codes are in ``decoder_api/routes/stream.py``.
+messages; the full protocol and close codes are in ``decoder_api/http/routes/stream.py``.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from http import HTTPStatus
 from typing import Any
 
 from decoder_api.errors import ERROR_CODES, codes_with_status
-from decoder_api.routes.compat import DECODE_SCHEMA
-from decoder_api.routes.stream import CONFIG_SCHEMA
-from decoder_api.routes.v1 import FILE_TYPES, SESSION_SCHEMA
+from decoder_api.http.routes.compat import DECODE_SCHEMA
+from decoder_api.http.routes.stream import CONFIG_SCHEMA
+from decoder_api.http.routes.v1 import FILE_TYPES, SESSION_SCHEMA
 
 VERSION = "1.0.0"
 JSON = "application/json"
@@ -66,7 +66,7 @@ RESPONSE_NAMES: dict[int, str] = {
     502: "BadGateway",
     503: "Unavailable",
 }
-# Answers that come from the framework, not from a ``DecoderError`` (see ``decoder_api/app.py``).
+# Answers that come from the framework, not from a ``DecoderError`` (see ``decoder_api/http/app.py``).
 FRAMEWORK_ANSWERS: dict[int, str] = {
     413: "`request_entity_too_large`: the body is over `DECODER_MAX_BODY_BYTES`",
     500: "`internal`: an unexpected failure (`request_id` finds its log line)",
@@ -326,7 +326,7 @@ def other_paths() -> dict[str, Schema]:
         },
         "/decode": {
             "post": operation(
-                "Seed-compatible decode: one piece of a caller's stream (see decoder_api/routes/compat.py)",
+                "Seed-compatible decode: one piece of a caller's stream (decoder_api/http/routes/compat.py)",
                 KEY_AUTH,
                 {
                     "200": ok("The current utterance's text", schema("DecodeResponse")),
@@ -418,7 +418,7 @@ def x_websocket() -> Schema:
     return {
         "path": "/v1/stream",
         "protocol": "Vosk server (alphacep/vosk-server websocket/asr_server.py)",
-        "documentation": "decoder_api/routes/stream.py",
+        "documentation": "decoder_api/http/routes/stream.py",
         "client_messages": {
             "config": {
                 "description": "Optional first text frame",

@@ -82,12 +82,13 @@ from flask import Blueprint, Flask, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
-from decoder_api.auth import bearer
 from decoder_api.engines.base import Final, InvalidOptions, UnsupportedSampleRate, Word, check_pcm
 from decoder_api.errors import DecoderError
-from decoder_api.routes.v1 import SERVER_ONLY_KEYS
-from decoder_api.service import DecoderService, service
-from decoder_api.sessions import Session, SessionConfig, SessionEnded, SessionExpired, ShuttingDown
+from decoder_api.http.auth import bearer
+from decoder_api.http.routes.v1 import SERVER_ONLY_KEYS
+from decoder_api.http.service import DecoderService, service
+from decoder_api.sessions.errors import SessionEnded, SessionExpired, ShuttingDown
+from decoder_api.sessions.session import Session, SessionConfig
 
 logger = logging.getLogger(__name__)
 

@@ -10,14 +10,15 @@ import jsonschema
 from flask import Blueprint, Request, Response, jsonify, request
 
 from decoder_api.audio import chunk_bytes, decode_bytes, iter_chunks
-from decoder_api.auth import authorize_session, bearer, session_token
 from decoder_api.engines import native_rate_hz
 from decoder_api.engines.base import InvalidAudio, UnsupportedSampleRate
 from decoder_api.errors import DecoderError, EmptyAudio
-from decoder_api.registry import SessionRecord
-from decoder_api.service import DecoderService, service
-from decoder_api.sessions import Authorize, Session, SessionConfig
-from decoder_api.transcripts import final_to_dict
+from decoder_api.http.auth import authorize_session, bearer, session_token
+from decoder_api.http.service import DecoderService, service
+from decoder_api.sessions.registry import SessionRecord
+from decoder_api.sessions.session import Session, SessionConfig
+from decoder_api.sessions.store import Authorize
+from decoder_api.sessions.transcripts import final_to_dict
 
 blueprint = Blueprint("v1", __name__, url_prefix="/v1")
 
