@@ -15,7 +15,7 @@ from pathlib import Path
 
 import requests
 
-from tests.servers import DecoderServer, free_port
+from devtools.processes import DecoderServer, free_port
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MODELS = {"vosk": "ko", "whisper": "tiny.en"}

@@ -24,14 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import requests
 from confluent_kafka import Consumer
 from rich.console import Console
 
 from devtools.devstack import DevStack, free_port
 from devtools.evaluation import load_manifest
+from devtools.processes import ROOT, DecoderServer, ServiceProcess, http_ready
 
-ROOT = Path(__file__).resolve().parent.parent
 ENRICHED_TOPIC = "transcripts.enriched.v1"
 READY_TIMEOUT_S = 300.0
 ENRICH_TIMEOUT_S = 120.0
@@ -50,50 +49,29 @@ class Pipeline:
 
     workdir: Path
     env: dict[str, str]
-    processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    processes: list[ServiceProcess] = field(default_factory=list)
 
-    def spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> None:
-        log = (self.workdir / f"{name}.log").open("ab")
-        process = subprocess.Popen(
-            [sys.executable, *argv],
-            cwd=ROOT,
-            env={**os.environ, **self.env, **(extra_env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.processes.append((name, process))
+    def launch(self, *services: ServiceProcess) -> None:
+        """Launch every service, then wait until each is ready (all start in parallel)."""
+        self.processes.extend(service.launch() for service in services)
+        for service in services:
+            try:
+                service.wait_ready(READY_TIMEOUT_S)
+            except (RuntimeError, TimeoutError) as exc:
+                raise DemoError(f"{service.name} did not start: {str(exc).splitlines()[0]}") from None
+            self.check_alive()
 
     def check_alive(self) -> None:
-        for name, process in self.processes:
-            if process.poll() is not None:
-                tail = (self.workdir / f"{name}.log").read_text(errors="replace")[-800:]
-                raise DemoError(
-                    f"{name} exited with status {process.returncode}: {tail.strip().splitlines()[-1:]}"
-                )
+        for process in self.processes:
+            try:
+                process.check_alive()
+            except RuntimeError:
+                last = process.tail(800).strip().splitlines()[-1:]
+                raise DemoError(f"{process.name} exited: {last}") from None
 
     def stop(self) -> None:
-        for _, process in reversed(self.processes):
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
-        for _, process in reversed(self.processes):
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-
-
-def wait_http(url: str, pipeline: Pipeline, what: str) -> None:
-    """Poll ``url`` until it answers 200 (or a started process dies)."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        pipeline.check_alive()
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise DemoError(f"{what} did not become ready in {READY_TIMEOUT_S:.0f} s")
+        for process in reversed(self.processes):
+            process.stop()
 
 
 def expected_turns(call: Path) -> int:
@@ -164,12 +142,18 @@ def start_pipeline(workdir: Path, stack_env: dict[str, str], engine: str) -> tup
         "DASHBOARD_PORT": str(dashboard_port),
     }
     pipeline = Pipeline(workdir, env)
-    pipeline.spawn("decoder", ["-m", "decoder_api", "serve", "--port", str(decoder_port)])
-    pipeline.spawn("nlp-consumer", ["-m", "nlp_consumer"])
-    pipeline.spawn("dashboard", ["-m", "nlp_consumer", "--dashboard"])
     decoder_url, dashboard_url = f"http://127.0.0.1:{decoder_port}", f"http://127.0.0.1:{dashboard_port}/"
-    wait_http(f"{decoder_url}/readyz", pipeline, "the decoder")
-    wait_http(dashboard_url, pipeline, "the dashboard")
+    pipeline.launch(
+        DecoderServer(decoder_port, env, workdir / "decoder.log"),
+        ServiceProcess("nlp-consumer", ["-m", "nlp_consumer"], env, workdir / "nlp-consumer.log"),
+        ServiceProcess(
+            "dashboard",
+            ["-m", "nlp_consumer", "--dashboard"],
+            env,
+            workdir / "dashboard.log",
+            http_ready(dashboard_url),
+        ),
+    )
     return pipeline, decoder_url, dashboard_url
 
 

@@ -16,8 +16,8 @@ from decoder_api.audio import decode_file
 from decoder_api.engines.models import resolve_model
 from decoder_api.engines.vosk import VoskEngine
 from devtools.evaluation import ManifestEntry, load_manifest
+from devtools.processes import DecoderServer, start_decoder, start_redis
 from tests.kafka import Broker, ConsumerFactory, TopicFactory, start_broker
-from tests.servers import DecoderServer, start_decoder, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"

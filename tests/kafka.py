@@ -7,9 +7,6 @@ against a deadline.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -22,7 +19,7 @@ from confluent_kafka import Consumer, Message, Producer
 
 from decoder_api.delivery.partitioner import key_partition
 from devtools import devstack
-from tests.servers import ROOT, DecoderServer, free_port
+from devtools.processes import DecoderServer, free_port
 
 T = TypeVar("T")
 PARTITIONS = 4
@@ -146,34 +143,15 @@ def decoder_env(bootstrap: str, topic: str, outbox_dir: Path, **settings: str) -
 def launch_decoder(log_dir: Path, env: Mapping[str, str], wait_ready: bool = True) -> DecoderServer:
     """A decoder with ``env`` added to this process's; without ``wait_ready`` it may never be ready."""
     server = DecoderServer(free_port(), dict(env), log_dir / f"decoder-{uuid.uuid4().hex[:8]}.log")
-    if wait_ready:
-        return server.start()
-    with server.log.open("ab") as out:
-        server.process = subprocess.Popen(
-            [sys.executable, "-m", "decoder_api", "serve", "--port", str(server.port)],
-            cwd=ROOT,
-            env={**os.environ, **server.env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return server
+    return server.start() if wait_ready else server.launch()
 
 
 def readyz(server: DecoderServer) -> tuple[int, dict[str, Any]]:
-    try:
-        response = requests.get(f"{server.url}/readyz", timeout=5)
-    except requests.ConnectionError:
-        return 0, {}
-    return response.status_code, response.json()
+    return server.readyz()
 
 
 def metric(server: DecoderServer, name: str) -> float | None:
-    text = requests.get(f"{server.url}/metrics", timeout=5).text
-    for line in text.splitlines():
-        if line.startswith(f"{name} "):
-            return float(line.split()[1])
-    return None
+    return server.metric(name)
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import ROOT
+from devtools.processes import ROOT
 
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 PACKAGES = ("contract", "decoder_api", "recorder", "nlp_consumer", "devtools")

@@ -36,9 +36,9 @@ from decoder_api.engines.base import RecognizerOptions
 from decoder_api.engines.vosk import VoskEngine
 from decoder_api.sessions.transcripts import stream_pcm
 from devtools import devstack
+from devtools.processes import DecoderServer, RedisServer, free_port
 from tests.conftest import RATE_HZ, SpokenCall, join_turns
 from tests.kafka import Broker, dedup_by_event_id, murmur2_partition, readyz, start_broker, wait_for
-from tests.servers import DecoderServer, RedisServer, free_port
 from tests.test_nlp_consumer.conftest import ConsumerRun, ConsumerRunner, metric
 
 TRANSCRIPTS = "transcripts.v1"

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.servers import ROOT
+from devtools.processes import ROOT
 
 QuickRun = tuple[Path, subprocess.CompletedProcess[str]]  # (results directory, the finished run)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from tests.servers import ROOT
+from devtools.processes import ROOT
 from tests.test_openshift.images import imported_modules, locked_distributions, module_distributions
 
 

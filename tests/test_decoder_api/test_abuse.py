@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.servers import DecoderServer, start_decoder
+from devtools.processes import DecoderServer, start_decoder
 
 
 @pytest.fixture(scope="module")

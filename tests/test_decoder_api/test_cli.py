@@ -14,8 +14,8 @@ import pytest
 from decoder_api.cli import JEMALLOC_CONF, allocator_env
 from decoder_api.config import ConfigError
 from devtools.evaluation import ManifestEntry, word_error_rate
+from devtools.processes import DecoderServer, free_port
 from tests.conftest import ROOT, SpokenCall
-from tests.servers import DecoderServer, free_port
 
 REAL_SPEECH = ("librivox-0930.wav", "beckett.wav")
 

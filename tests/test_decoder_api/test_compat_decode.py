@@ -20,8 +20,8 @@ from decoder_api.http.routes.compat import CompatStreams
 from decoder_api.metrics import DecoderMetrics
 from decoder_api.sessions.session import SessionConfig, SessionLimits
 from decoder_api.sessions.store import SessionStore
+from devtools.processes import DecoderServer, start_decoder
 from tests.conftest import RATE_HZ, SpokenCall
-from tests.servers import DecoderServer, start_decoder
 
 CHUNK_MS = 200
 CHUNK = chunk_bytes(RATE_HZ, CHUNK_MS)

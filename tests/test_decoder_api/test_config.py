@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from decoder_api.config import ConfigError, load_settings
-from tests.servers import ROOT
+from devtools.processes import ROOT
 
 # Top-level modules of the engines and their runtimes: imported only once an engine is chosen.
 ENGINE_PACKAGES = ("vosk", "faster_whisper", "ctranslate2", "onnxruntime", "tokenizers", "huggingface_hub")

@@ -17,6 +17,7 @@ from decoder_api.audio import chunk_bytes, iter_chunks
 from decoder_api.engines.base import RecognizerOptions
 from decoder_api.engines.vosk import VoskEngine
 from decoder_api.sessions.transcripts import stream_pcm
+from devtools.processes import DecoderServer, RedisServer, start_decoder, start_redis
 from tests.conftest import RATE_HZ, SpokenCall
 from tests.kafka import (
     ConsumerFactory,
@@ -26,7 +27,6 @@ from tests.kafka import (
     produce_fence,
     session_messages,
 )
-from tests.servers import DecoderServer, RedisServer, start_decoder, start_redis
 
 PCM = {"Content-Type": "application/octet-stream"}
 HEARTBEAT_TTL_S = "1.5"

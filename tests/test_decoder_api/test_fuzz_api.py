@@ -40,7 +40,7 @@ from schemathesis.transport.serialization import Binary
 from decoder_api.http.auth import SESSION_TOKEN_HEADER
 from decoder_api.http.openapi import openapi_document
 from decoder_api.http.routes.v1 import FILE_TYPES
-from tests.servers import DecoderServer, start_decoder
+from devtools.processes import DecoderServer, start_decoder
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 COMPAT_STREAMS = 8  # distinct POST /decode ids: each keeps a session until it idles out

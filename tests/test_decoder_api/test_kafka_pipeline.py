@@ -22,6 +22,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from decoder_api.delivery.outbox import SqliteOutbox
 from devtools import devstack
+from devtools.processes import ROOT, DecoderServer, free_port
 from tests.conftest import RATE_HZ, SpokenCall
 from tests.kafka import (
     Broker,
@@ -42,7 +43,6 @@ from tests.kafka import (
     stream_call,
     wait_for,
 )
-from tests.servers import ROOT, DecoderServer, free_port
 from tests.test_contract.test_events import schema_validator
 
 CHUNK_BYTES = RATE_HZ * 2 * 200 // 1000  # 200 ms of 16-bit mono PCM

@@ -40,6 +40,7 @@ from decoder_api.metrics import DecoderMetrics
 from decoder_api.sessions.registry import ChunkUpdate, RedisRegistry, SessionRecord
 from decoder_api.sessions.session import Session, SessionConfig, SessionLimits
 from decoder_api.sessions.store import SessionStore
+from devtools.processes import DecoderServer, start_decoder
 from tests.conftest import RATE_HZ, SpokenCall
 from tests.kafka import (
     Call,
@@ -54,7 +55,6 @@ from tests.kafka import (
     session_messages,
     wait_for,
 )
-from tests.servers import DecoderServer, start_decoder
 from tests.test_decoder_api.test_failover import Caller, chunks_of, uninterrupted
 from tests.test_decoder_api.test_kafka_pipeline import CHUNK_BYTES, expected, received
 from tests.test_decoder_api.test_publisher import STUB_ENGINE, UNREACHABLE, finals_events

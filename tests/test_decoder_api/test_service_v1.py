@@ -16,8 +16,8 @@ from decoder_api.audio import chunk_bytes, iter_chunks
 from decoder_api.engines.base import RecognizerOptions
 from decoder_api.engines.vosk import VoskEngine
 from decoder_api.sessions.transcripts import stream_pcm
+from devtools.processes import DecoderServer, start_decoder
 from tests.conftest import RATE_HZ, SpokenCall
-from tests.servers import DecoderServer, start_decoder
 
 PCM = {"Content-Type": "application/octet-stream"}
 

@@ -16,8 +16,8 @@ import websocket
 from websocket import ABNF
 
 from decoder_api.audio import chunk_bytes, iter_chunks
+from devtools.processes import DecoderServer, start_decoder
 from tests.conftest import PAUSE_MS, RATE_HZ, SpokenCall
-from tests.servers import DecoderServer, start_decoder
 
 CHUNK_MS = 200
 CHUNK = chunk_bytes(RATE_HZ, CHUNK_MS)

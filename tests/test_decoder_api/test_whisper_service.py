@@ -7,8 +7,8 @@ import time
 
 from decoder_api.audio import decode_file
 from devtools.evaluation import ManifestEntry, normalize, word_error_rate
+from devtools.processes import DecoderServer
 from tests.conftest import RATE_HZ
-from tests.servers import DecoderServer
 from tests.test_decoder_api.test_stream_ws import CHUNK, CHUNK_MS, connect, metric, reply
 
 PACE = 2.0  # twice real time: a background partial (~0.2 s to decode) still arrives within a turn

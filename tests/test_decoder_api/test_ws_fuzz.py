@@ -25,7 +25,7 @@ from websocket import ABNF
 
 from decoder_api.http.openapi import openapi_document
 from decoder_api.http.routes.v1 import SERVER_ONLY_KEYS
-from tests.servers import DecoderServer, start_decoder
+from devtools.processes import DecoderServer, start_decoder
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 NORMAL, INVALID_DATA, POLICY_VIOLATION = 1000, 1007, 1008

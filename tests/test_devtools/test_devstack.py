@@ -20,6 +20,7 @@ from confluent_kafka import Consumer, Message
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from devtools import devstack
+from devtools.processes import ROOT
 from tests.conftest import RATE_HZ, SpokenCall
 from tests.kafka import (
     Call,
@@ -33,7 +34,6 @@ from tests.kafka import (
     session_messages,
     wait_for,
 )
-from tests.servers import ROOT
 
 CHUNK_BYTES = RATE_HZ * 2 * 200 // 1000  # 200 ms of 16-bit mono PCM
 

@@ -16,8 +16,8 @@ from confluent_kafka import Producer
 
 from contract.events import TranscriptEvent
 from decoder_api.delivery.events import EventSource
+from devtools.processes import ROOT
 from tests.kafka import TopicFactory, iter_lines
-from tests.servers import ROOT
 from tests.test_contract.test_events import event
 
 ORIGIN = EventSource(engine="vosk", model="vosk-model-small-ko-0.22", language="ko")

@@ -17,10 +17,10 @@ from confluent_kafka import Producer
 
 from contract.events import TranscriptEvent, rfc3339_utc
 from devtools.evaluation import ManifestEntry
+from devtools.processes import ROOT, free_port
 from nlp_consumer.config import ModelSettings
 from nlp_consumer.enrich import Enricher, load_enricher
 from tests.kafka import wait_for
-from tests.servers import ROOT, free_port
 
 READY_TIMEOUT_S = 120
 

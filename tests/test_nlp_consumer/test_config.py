@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from devtools.processes import ROOT
 from nlp_consumer.config import load_consumer_settings, load_dashboard_settings
 from nlp_consumer.errors import ConfigError
-from tests.servers import ROOT
 
 BROKER = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
 

@@ -14,12 +14,12 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from contract.events import rfc3339_utc
 from contract.kafka import KafkaClientSettings
+from devtools.processes import ROOT, free_port
 from nlp_consumer.config import DashboardSettings
 from nlp_consumer.dashboard import create_app
 from nlp_consumer.dashboard.state import CallBoard
 from nlp_consumer.enrich import Enricher
 from tests.kafka import TopicFactory
-from tests.servers import ROOT, free_port
 from tests.test_nlp_consumer.conftest import ServiceProcess, Turn, produce, transcript_event, wait_http_ok
 from tests.test_nlp_consumer.test_state import enriched
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from devtools.processes import ROOT
 from nlp_consumer.corpus import asr_style, label_for, load_corpus
 from nlp_consumer.errors import ModelUnavailable
 from nlp_consumer.train import TrainConfig, default_cache_dir, default_model_dir, target_polarity
-from tests.servers import ROOT
 
 
 @pytest.mark.parametrize(

@@ -23,8 +23,8 @@ import requests
 from confluent_kafka import Producer
 
 from contract.events import TranscriptEvent, rfc3339_utc
+from devtools.processes import free_port
 from tests.kafka import ConsumerFactory, TopicFactory, consume_until, wait_for
-from tests.servers import free_port
 from tests.test_nlp_consumer.conftest import metric
 from tests.test_openshift.containerfile import COMPONENTS, PACKAGES, run_text, stages
 from tests.test_openshift.images import (

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from devtools.processes import DecoderServer, free_port, start_decoder
 from tests.conftest import SpokenCall
-from tests.servers import DecoderServer, free_port, start_decoder
 from tests.test_recorder.conftest import ROOT, final_texts, json_lines, recorder, write_wav
 
 

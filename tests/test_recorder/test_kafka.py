@@ -13,12 +13,12 @@ import pytest
 
 from contract.events import TranscriptEvent
 from contract.kafka import KafkaClientSettings
+from devtools.processes import DecoderServer, free_port
 from recorder.config import KafkaSettings
 from recorder.errors import KafkaDeliveryError
 from recorder.events import Final, SessionInfo, Word
 from recorder.kafka import TranscriptPublisher, transcript_event
 from tests.kafka import ConsumerFactory, TopicFactory, consume_until, event_value
-from tests.servers import DecoderServer, free_port
 from tests.test_recorder.conftest import json_lines, recorder
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from devtools.processes import DecoderServer
 from tests.conftest import SpokenCall, silence
-from tests.servers import DecoderServer
 from tests.test_recorder.conftest import final_texts, json_lines, recorder
 
 ASOUNDRC = """\

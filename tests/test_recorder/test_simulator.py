@@ -14,8 +14,8 @@ import pytest
 import requests
 
 from decoder_api.engines.vosk import VoskEngine
+from devtools.processes import DecoderServer
 from tests.conftest import espeak, join_turns
-from tests.servers import DecoderServer
 from tests.test_recorder.conftest import ROOT, json_lines, offline_finals, recorder, write_wav
 
 CALLS = {

@@ -19,7 +19,7 @@ from decoder_api.http import auth
 from decoder_api.http.auth import ApiKeys, authorize_session
 from decoder_api.http.openapi import openapi_document
 from decoder_api.sessions.session import hash_secret
-from tests.servers import DecoderServer, start_decoder
+from devtools.processes import DecoderServer, start_decoder
 
 KEY_A, KEY_B, FILE_KEY = (f"{name}-{uuid.uuid4().hex}" for name in ("alpha", "beta", "filed"))
 WRONG_KEY = f"wrong-{uuid.uuid4().hex}"

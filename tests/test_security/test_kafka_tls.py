@@ -26,11 +26,11 @@ from prometheus_client import CollectorRegistry
 
 from decoder_api.config import load_settings
 from decoder_api.delivery.publisher import TranscriptPublisher, build_publisher
+from devtools.processes import ROOT, DecoderServer, free_port
 from nlp_consumer.config import load_consumer_settings
 from nlp_consumer.events import validate_enriched
 from tests.conftest import SpokenCall
 from tests.kafka import consume_until, decoder_env, launch_decoder, readyz, wait_for
-from tests.servers import ROOT, DecoderServer, free_port
 from tests.test_nlp_consumer.conftest import ConsumerRun, ServiceProcess
 from tests.test_recorder.conftest import json_lines, recorder, write_wav
 from tests.test_security.tls import SaslKafka

@@ -13,6 +13,7 @@ import redis
 from confluent_kafka import Message
 
 from decoder_api.sessions.registry import PREFIX
+from devtools.processes import ROOT, decoder_command, free_port
 from tests.conftest import RATE_HZ, SpokenCall
 from tests.kafka import (
     Call,
@@ -24,7 +25,6 @@ from tests.kafka import (
     readyz,
     session_messages,
 )
-from tests.servers import ROOT, free_port
 from tests.test_security.tls import TlsFiles, TlsRedis
 
 CHUNK_BYTES = RATE_HZ * 2 // 5  # 200 ms
@@ -86,7 +86,7 @@ def test_a_bad_redis_tls_setting_stops_the_start_in_one_line(
     env |= redis_env(url, ca)
     if trust == "system_store":
         del env["REDIS_SSL_CA_CERTS"]
-    argv = [sys.executable, "-m", "decoder_api", "serve", "--port", str(free_port())]
+    argv = [sys.executable, *decoder_command(free_port())]
     result = subprocess.run(argv, cwd=ROOT, env=env | base_env(), capture_output=True, text=True, timeout=120)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output

@@ -22,8 +22,8 @@ from confluent_kafka import Consumer
 
 from devtools import devstack
 from devtools.devstack import TlsFiles
+from devtools.processes import free_port
 from tests.kafka import Broker
-from tests.servers import free_port
 
 READY_TIMEOUT_S = 30.0
 SESSION_TIMEOUT_MS = 6000
