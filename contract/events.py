@@ -14,6 +14,15 @@ once, so consumers drop an ``event_id`` they have already seen. Empty finals are
 ``produced_at`` is an RFC 3339 date-time: producers write UTC with ``Z``, and any offset
 (``+00:00``) is valid.
 
+A final of a multi-channel (stereo) call carries its ``channel`` (0-based) and that channel's
+``speaker`` name; a mono call's finals have neither (schema version 1.1 added both as optional
+fields, so 1.0 events stay valid).
+
+When a session ends (normally, by idle expiry, by a failover flush or at shutdown), one
+``call.ended.v1`` event (``CallEndedEvent``, ``schemas/call.ended.v1.json``) follows its last final
+on the same topic with the same key, hence on the same partition: consumers that read finals only
+skip it by its ``schema`` (field and header). Its ``event_id`` is ``<session_id>:ended``.
+
 Partials (interim hypotheses) are a different type, ``PartialTranscriptEvent`` (schema
 ``transcript.partial.v1``, ``"partial": true``), and go only to their own topic
 ``transcripts.partial.v1``; they are best effort and never mixed into the finals topic.
@@ -40,6 +49,10 @@ import jsonschema
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 TRANSCRIPT_SCHEMA = "transcript.v1"
 PARTIAL_SCHEMA = "transcript.partial.v1"
+CALL_ENDED_SCHEMA = "call.ended.v1"
+SCHEMA_VERSION_KEY = "x-schema-version"  # compatible revisions of a schema (minor versions)
+MAX_SPEAKER_CHARS = 32
+END_REASONS = ("normal", "idle", "max-duration", "failover-flush", "shutdown")
 CONTENT_TYPE = "application/json"
 SOURCE_DECODER = "decoder"
 SOURCE_RECORDER = "recorder"
@@ -94,6 +107,11 @@ def load_schema(name: str) -> dict[str, Any]:
     """The JSON Schema document of ``name`` (``transcript.v1`` or ``transcript.partial.v1``)."""
     schema: dict[str, Any] = json.loads((SCHEMA_DIR / f"{name}.json").read_text(encoding="utf-8"))
     return schema
+
+
+def schema_version(name: str) -> str:
+    """The compatible revision of a schema (``"1.1"``): minor versions only add optional fields."""
+    return str(load_schema(name).get(SCHEMA_VERSION_KEY, "1.0"))
 
 
 @functools.cache
@@ -157,6 +175,8 @@ class TranscriptEvent:
     words: tuple[Word, ...] | None = None
     source: str = SOURCE_DECODER
     metadata: Mapping[str, Any] | None = None
+    channel: int | None = None  # of a multi-channel call (0-based); None for mono
+    speaker: str | None = None  # the name the session gave that channel
 
     schema: ClassVar[str] = TRANSCRIPT_SCHEMA
 
@@ -196,6 +216,10 @@ class TranscriptEvent:
             ]
         if self.metadata is not None:
             document["metadata"] = dict(self.metadata)
+        if self.channel is not None:
+            document["channel"] = self.channel
+        if self.speaker is not None:
+            document["speaker"] = self.speaker
         return document
 
     def to_json(self) -> bytes:
@@ -221,6 +245,8 @@ class TranscriptEvent:
             words=_words(document.get("words")),
             source=document["source"],
             metadata=document.get("metadata"),
+            channel=document.get("channel"),
+            speaker=document.get("speaker"),
         )
         if document["event_id"] != event.event_id:
             raise InvalidEvent(f"{TRANSCRIPT_SCHEMA} event_id: expected {event.event_id!r}")
@@ -295,15 +321,117 @@ class PartialTranscriptEvent:
         return cls.from_dict(_loads(data))
 
 
-AnyEvent = TranscriptEvent | PartialTranscriptEvent
+@dataclass(frozen=True, slots=True)
+class CallEndedEvent:
+    """A session ended: published after its last final, on the finals topic, with the same key.
+
+    ``reason``: ``normal`` (the client ended or closed it), ``idle`` (expired after inactivity),
+    ``max-duration``, ``failover-flush`` (its instance died and the client never came back: another
+    instance flushed it) or ``shutdown`` (a lone instance stopped). ``finals`` is how many
+    ``transcript.v1`` events the call has (utterances 0 to ``finals - 1``); ``audio_ms`` the audio
+    decoded (per channel); ``speakers`` the channels' names (empty for a mono call).
+    """
+
+    session_id: str
+    user_id: str
+    reason: str
+    started_at: str
+    ended_at: str
+    audio_ms: int
+    channels: int
+    speakers: tuple[str, ...]
+    finals: int
+    engine: str
+    model: str
+    language: str
+    produced_at: str
+    source: str = SOURCE_DECODER
+    metadata: Mapping[str, Any] | None = None
+
+    schema: ClassVar[str] = CALL_ENDED_SCHEMA
+
+    @property
+    def event_id(self) -> str:
+        """One per call: ``<session_id>:ended``."""
+        return f"{self.session_id}:ended"
+
+    @property
+    def key(self) -> bytes:
+        return self.session_id.encode("utf-8")
+
+    @property
+    def headers(self) -> Headers:
+        return _headers(self.schema)
+
+    def to_dict(self) -> dict[str, Any]:
+        document: dict[str, Any] = {
+            "schema": self.schema,
+            "event_id": self.event_id,
+            "session_id": self.session_id,
+            "user_id": self.user_id,
+            "reason": self.reason,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "audio_ms": self.audio_ms,
+            "channels": self.channels,
+            "speakers": list(self.speakers),
+            "finals": self.finals,
+            "engine": self.engine,
+            "model": self.model,
+            "language": self.language,
+            "produced_at": self.produced_at,
+            "source": self.source,
+        }
+        if self.metadata is not None:
+            document["metadata"] = dict(self.metadata)
+        return document
+
+    def to_json(self) -> bytes:
+        document = self.to_dict()
+        validate(document, self.schema)
+        return _dumps(document)
+
+    @classmethod
+    def from_dict(cls, document: Any) -> CallEndedEvent:
+        validate(document, CALL_ENDED_SCHEMA)
+        fields = {k: v for k, v in document.items() if k not in ("schema", "event_id")}
+        event = cls(**(fields | {"speakers": tuple(document["speakers"])}))
+        if document["event_id"] != event.event_id:
+            raise InvalidEvent(f"{CALL_ENDED_SCHEMA} event_id: expected {event.event_id!r}")
+        return event
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> CallEndedEvent:
+        return cls.from_dict(_loads(data))
+
+
+AnyEvent = TranscriptEvent | PartialTranscriptEvent | CallEndedEvent
 
 
 def decode_event(data: bytes | str) -> AnyEvent:
-    """A message value of either schema, chosen by its ``schema`` field."""
+    """A message value of any of the three schemas, chosen by its ``schema`` field."""
     document = _loads(data)
     name = document.get("schema") if isinstance(document, dict) else None
     if name == TRANSCRIPT_SCHEMA:
         return TranscriptEvent.from_dict(document)
     if name == PARTIAL_SCHEMA:
         return PartialTranscriptEvent.from_dict(document)
+    if name == CALL_ENDED_SCHEMA:
+        return CallEndedEvent.from_dict(document)
     raise InvalidEvent(f"unknown schema {name!r}")
+
+
+def is_call_ended(value: bytes | None, headers: Sequence[tuple[str, Any]] | None = None) -> bool:
+    """Whether a message of the finals topic is a ``call.ended.v1`` event (by its ``schema``
+    header, else its value's ``schema`` field), for consumers that handle only finals."""
+    for name, raw in headers or ():
+        if name == "schema":
+            text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+            return text == CALL_ENDED_SCHEMA
+    if value is None:
+        return False
+    try:
+        document = json.loads(value)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return False
+    return isinstance(document, dict) and document.get("schema") == CALL_ENDED_SCHEMA

@@ -11,7 +11,9 @@ Delivery is at least once:
   uncommitted: the next owner of the partition enriches it again. Duplicates carry the input's
   ``event_id``; downstream consumers drop an ``event_id`` they have already seen;
 * poison messages (not JSON, not transcript.v1, failing enrichment) go to the dead-letter topic
-  once and are committed with their batch: never retried forever.
+  once and are committed with their batch: never retried forever;
+* ``call.ended.v1`` events (the end of a call, on the same topic after its last final) are not
+  transcripts: they are skipped and committed with their batch, neither enriched nor dead-lettered.
 
 Order: one input partition is handled by one consumer at a time, in order, and the idempotent
 producer keeps the order of what it sends per output partition; both topics are keyed by
@@ -31,6 +33,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from contract.events import is_call_ended
 from nlp_consumer.config import ConsumerSettings
 from nlp_consumer.enrich import Enricher
 from nlp_consumer.errors import KafkaClientError, NlpError
@@ -207,6 +210,8 @@ class EnrichmentConsumer:
         good: list[tuple[Message, dict[str, Any]]] = []
         dead: list[DeadLetter] = []
         for message in batch.messages:
+            if is_call_ended(message.value(), _header_items(message)):
+                continue  # the end of a call, not a transcript to enrich
             try:
                 good.append((message, parse_transcript(message.value())))
             except InvalidTranscript as exc:

@@ -9,17 +9,21 @@ import jsonschema
 import pytest
 
 from contract.events import (
+    CALL_ENDED_SCHEMA,
     PARTIAL_SCHEMA,
     SCHEMA_DIR,
     TRANSCRIPT_SCHEMA,
+    CallEndedEvent,
     InvalidEvent,
     PartialTranscriptEvent,
     TranscriptEvent,
     Word,
     decode_event,
+    is_call_ended,
     is_rfc3339_date_time,
     load_schema,
     rfc3339_utc,
+    schema_version,
 )
 
 
@@ -37,8 +41,30 @@ def event(**changes: Any) -> TranscriptEvent:
         "produced_at": "2026-01-31T12:00:00.250Z",
         "words": (Word("네", 4200, 4400, 0.91), Word("알겠습니다", 4450, 5650, 1.0)),
         "metadata": {"campaign": "spring", "priority": 2},
+        "channel": 1,
+        "speaker": "customer",
     }
     return TranscriptEvent(**(fields | changes))
+
+
+def call_ended(**changes: Any) -> CallEndedEvent:
+    fields: dict[str, Any] = {
+        "session_id": "s-1",
+        "user_id": "agent-7",
+        "reason": "normal",
+        "started_at": "2026-01-31T12:00:00.000Z",
+        "ended_at": "2026-01-31T12:03:10.500Z",
+        "audio_ms": 190_500,
+        "channels": 2,
+        "speakers": ("agent", "customer"),
+        "finals": 14,
+        "engine": "whisper",
+        "model": "tiny.en",
+        "language": "en",
+        "produced_at": "2026-01-31T12:03:10.600Z",
+        "metadata": {"campaign": "spring"},
+    }
+    return CallEndedEvent(**(fields | changes))
 
 
 def schema_validator(name: str) -> jsonschema.protocols.Validator:
@@ -64,7 +90,13 @@ def test_value_key_and_headers_follow_the_contract() -> None:
 
 
 @pytest.mark.parametrize(
-    "changes", [{}, {"words": None, "metadata": None}, {"source": "recorder", "user_id": ""}]
+    "changes",
+    [
+        {},
+        {"words": None, "metadata": None},
+        {"source": "recorder", "user_id": ""},
+        {"channel": None, "speaker": None},
+    ],
 )
 def test_round_trip(changes: dict[str, Any]) -> None:
     original = event(**changes)
@@ -73,9 +105,60 @@ def test_round_trip(changes: dict[str, Any]) -> None:
 
 
 def test_optional_fields_are_left_out_rather_than_null() -> None:
-    value = json.loads(event(words=None, metadata=None).to_json())
+    value = json.loads(event(words=None, metadata=None, channel=None, speaker=None).to_json())
     assert "words" not in value
     assert "metadata" not in value
+    assert "channel" not in value
+    assert "speaker" not in value
+
+
+def test_a_1_0_event_without_channel_or_speaker_stays_valid() -> None:
+    value = json.loads(event().to_json())
+    del value["channel"], value["speaker"]
+    schema_validator(TRANSCRIPT_SCHEMA).validate(value)
+    parsed = TranscriptEvent.from_dict(value)
+    assert (parsed.channel, parsed.speaker) == (None, None)
+    assert schema_version(TRANSCRIPT_SCHEMA) == "1.1"
+
+
+@pytest.mark.parametrize("changes", [{"channel": -1}, {"speaker": ""}, {"speaker": "x" * 33}])
+def test_a_bad_channel_or_speaker_is_refused(changes: dict[str, Any]) -> None:
+    with pytest.raises(InvalidEvent):
+        event(**changes).to_json()
+
+
+def test_call_ended_follows_its_schema_and_round_trips() -> None:
+    original = call_ended()
+    value = json.loads(original.to_json())
+    schema_validator(CALL_ENDED_SCHEMA).validate(value)
+    assert value["event_id"] == "s-1:ended"
+    assert value["speakers"] == ["agent", "customer"]
+    assert original.key == b"s-1"
+    assert dict(original.headers)["schema"] == "call.ended.v1"
+    assert CallEndedEvent.from_json(original.to_json()) == original
+    assert decode_event(original.to_json()) == original
+    mono = call_ended(channels=1, speakers=(), metadata=None, reason="failover-flush")
+    assert decode_event(mono.to_json()) == mono
+    assert set(call_ended().to_dict()) == set(load_schema(CALL_ENDED_SCHEMA)["properties"])
+
+
+@pytest.mark.parametrize(
+    "changes", [{"reason": "crashed"}, {"channels": 3}, {"finals": -1}, {"speakers": ("",)}]
+)
+def test_a_bad_call_ended_event_is_refused(changes: dict[str, Any]) -> None:
+    with pytest.raises(InvalidEvent):
+        call_ended(**changes).to_json()
+
+
+def test_call_ended_is_told_apart_from_finals_by_header_or_value() -> None:
+    ended, final = call_ended(), event()
+    assert is_call_ended(ended.to_json(), list(ended.headers))
+    assert is_call_ended(ended.to_json())
+    assert is_call_ended(b"x", [("schema", b"call.ended.v1")])
+    assert not is_call_ended(final.to_json(), list(final.headers))
+    assert not is_call_ended(final.to_json())
+    assert not is_call_ended(b"not json")
+    assert not is_call_ended(None)
 
 
 @pytest.mark.parametrize(
@@ -176,7 +259,7 @@ def test_partials_have_their_own_flagged_schema() -> None:
 
 
 def test_schema_files_are_valid_and_list_every_field() -> None:
-    for name in (TRANSCRIPT_SCHEMA, PARTIAL_SCHEMA):
+    for name in (TRANSCRIPT_SCHEMA, PARTIAL_SCHEMA, CALL_ENDED_SCHEMA):
         schema_validator(name)
     properties = set(load_schema(TRANSCRIPT_SCHEMA)["properties"])
     assert set(event().to_dict()) == properties
