@@ -1,4 +1,4 @@
-"""``python -m decoder_api``: transcribe files, manage models, serve."""
+"""``python -m decoder_api``: transcribe files, manage models, serve, export an MLflow model."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_transcribe(commands, common)
     _add_models(commands, common)
     _add_serve(commands, common)
+    _add_export(commands, common)
     return parser
 
 
@@ -77,6 +78,30 @@ def _add_serve(commands: Any, common: argparse.ArgumentParser) -> None:
     cmd.add_argument("--port", type=_positive_int, help="port (default 8080, DECODER_PORT)")
     cmd.add_argument("--threads", type=_positive_int, help="worker threads (default 96, DECODER_THREADS)")
     cmd.set_defaults(run=run_serve)
+
+
+def _add_export(commands: Any, common: argparse.ArgumentParser) -> None:
+    export = commands.add_parser(
+        "export", help="package the configured engine and model for another platform"
+    )
+    formats = export.add_subparsers(dest="export_format", required=True, metavar="FORMAT")
+    mlflow = formats.add_parser(
+        "mlflow", parents=[common], help="an MLflow pyfunc model directory, weights included"
+    )
+    mlflow.add_argument("target", type=Path, metavar="DIR", help="a new or empty directory")
+    mlflow.add_argument("--chunk-ms", type=_positive_int, help="streaming chunk size (default 200)")
+    mlflow.set_defaults(run=run_export_mlflow)
+
+
+def run_export_mlflow(args: argparse.Namespace, settings: Settings) -> int:
+    """Write the MLflow pyfunc model (MLflow is imported only by this command)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from decoder_api.pyfunc import export_model
+
+    logging.getLogger("mlflow").setLevel(logging.ERROR)  # its advice on pickling and input examples
+    info = export_model(settings, args.target)
+    print(f"{info.engine} model {info.name} exported to {args.target} (MLflow pyfunc)")
+    return 0
 
 
 JEMALLOC_LIBRARIES = (

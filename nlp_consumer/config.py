@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from contract.env import InvalidSetting
+from contract.env import InvalidSetting, env_bool
 from contract.kafka import TRANSCRIPTS_TOPIC, KafkaClientSettings, load_kafka_client
 from nlp_consumer.errors import ConfigError
 
@@ -66,6 +66,7 @@ class DashboardSettings:
     max_turns: int = 200
     push_ms: int = 500
     session_timeout_ms: int = 10_000
+    inference: bool = True  # sentiment over the Open Inference Protocol (/v2), see dashboard/inference.py
 
 
 class _Reader:
@@ -158,4 +159,12 @@ def load_dashboard_settings(env: Mapping[str, str]) -> DashboardSettings:
         session_timeout_ms=read.number(
             "DASHBOARD_SESSION_TIMEOUT_MS", defaults.session_timeout_ms, int, 1000, 300_000
         ),
+        inference=_bool(env, "DASHBOARD_INFERENCE", defaults.inference),
     )
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    try:
+        return env_bool(env, name, default)
+    except InvalidSetting as exc:
+        raise ConfigError(exc.message) from None

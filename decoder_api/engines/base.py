@@ -35,7 +35,8 @@ class RecognizerOptions:
     """Per-stream options a client may choose (never a model, path or broker).
 
     ``partials=False`` lets an engine skip work done only for interim results (offline
-    transcription); finals are the same either way.
+    transcription); finals are the same either way. ``beam_size`` (None: the engine's setting) is
+    the beam of a final's decode, for engines that have one (whisper).
     """
 
     sample_rate_hz: int = 16000
@@ -43,6 +44,7 @@ class RecognizerOptions:
     phrases: tuple[str, ...] | None = None
     max_alternatives: int = 0
     partials: bool = True
+    beam_size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -179,6 +179,8 @@ class VoskEngine:
                 f"(native {self.rates.native_hz} Hz)",
                 sample_rate=options.sample_rate_hz,
             )
+        if options.beam_size is not None:
+            raise InvalidOptions("the vosk engine's beam is set by its model; leave beam_size unset")
         return VoskRecognizer(self._new_kaldi(options), options, self._dither)
 
     def close(self) -> None:

@@ -63,6 +63,7 @@ VAD_HYSTERESIS = 0.15
 PRE_ROLL_MS = 200
 POST_ROLL_MS = 200
 MAX_HOTWORDS_CHARS = 800
+MAX_BEAM_SIZE = 20
 
 # Text with no letter or digit ("", ".", " - ") or a lone annotation ("[BLANK_AUDIO]", "(silence)")
 # is what Whisper produces on near-silence; it is never a transcript.
@@ -120,16 +121,25 @@ class WhisperEngine:
         """Per-stream VAD state over the shared ONNX session."""
         return SileroVad(self._vad_session, self.settings.vad_threshold)
 
-    def transcribe(self, audio: np.ndarray, *, final: bool, words: bool, hotwords: str | None) -> Transcript:
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        *,
+        final: bool,
+        words: bool,
+        hotwords: str | None,
+        beam_size: int | None = None,
+    ) -> Transcript:
         """Decode 16 kHz float32 audio (at most 30 s) in one blocking call.
 
-        Finals use the configured beam size; partials, which are thrown away a second later, are greedy.
+        Finals use ``beam_size`` or else the configured one; partials, which are thrown away a
+        second later, are greedy.
         """
         started = time.perf_counter()
         segments, _info = self._whisper.transcribe(
             audio,
             language=self.settings.language,
-            beam_size=self.settings.beam_size if final else 1,
+            beam_size=(beam_size or self.settings.beam_size) if final else 1,
             temperature=0.0,
             vad_filter=False,
             condition_on_previous_text=False,
@@ -186,6 +196,8 @@ def check_options(options: RecognizerOptions) -> None:
         raise InvalidOptions("the whisper engine does not produce alternatives; use max_alternatives=0")
     if options.phrases is not None:
         check_phrases(options.phrases)
+    if options.beam_size is not None and not 1 <= options.beam_size <= MAX_BEAM_SIZE:
+        raise InvalidOptions(f"beam_size must be 1-{MAX_BEAM_SIZE}; got {options.beam_size}")
 
 
 def check_phrases(phrases: tuple[str, ...]) -> None:
@@ -295,6 +307,7 @@ class WhisperRecognizer:
         self._words = options.words
         self._partials = options.partials
         self._hotwords = hotwords_for(options.phrases)
+        self._beam_size = options.beam_size
         self._rate_hz = options.sample_rate_hz
         self._vad = engine.new_vad()
         self._pre_roll: deque[np.ndarray] = deque(maxlen=pre_roll_windows())
@@ -451,7 +464,11 @@ class WhisperRecognizer:
         if utterance.silence_start is not None:
             end = min(end, utterance.silence_start + ms_to_samples(POST_ROLL_MS))
         transcript = self._engine.transcribe(
-            utterance.audio(end), final=True, words=self._words, hotwords=self._hotwords
+            utterance.audio(end),
+            final=True,
+            words=self._words,
+            hotwords=self._hotwords,
+            beam_size=self._beam_size,
         )
         if not transcript.text:
             logger.debug("utterance had no text start_ms=%d", samples_to_ms(utterance.start, WHISPER_RATE_HZ))

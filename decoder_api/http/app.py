@@ -20,7 +20,7 @@ from decoder_api.engines.pool import PoolSettings
 from decoder_api.errors import DecoderError
 from decoder_api.http.auth import ApiKeys, bearer, read_keys
 from decoder_api.http.limits import RateLimiter, ReadDeadline
-from decoder_api.http.routes import compat, ops, stream, v1
+from decoder_api.http.routes import compat, ops, stream, v1, v2
 from decoder_api.http.service import EXTENSION, DecoderService, EngineLoader
 from decoder_api.metrics import DecoderMetrics
 from decoder_api.sessions.registry import LocalRegistry, RedisRegistry, Registry
@@ -29,7 +29,7 @@ from decoder_api.sessions.store import SessionStore
 
 logger = logging.getLogger(__name__)
 
-SESSION_OPENING_ENDPOINTS = frozenset({"v1.open_session", "v1.transcribe", "stream.vosk_stream"})
+SESSION_OPENING_ENDPOINTS = frozenset({"v1.open_session", "v1.transcribe", "v2.infer", "stream.vosk_stream"})
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -44,7 +44,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 25, "max_message_size": settings.max_body_bytes}
     background = bool((test_config or {}).get("background", True))
     app.extensions[EXTENSION] = build_service(settings, background)
-    for blueprint in (ops.blueprint, v1.blueprint, compat.blueprint):
+    for blueprint in (ops.blueprint, v1.blueprint, v2.blueprint, compat.blueprint):
         app.register_blueprint(blueprint)
     stream.init_app(app)
     register_handlers(app)
@@ -55,7 +55,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
 
 def build_service(settings: Settings, background: bool) -> DecoderService:
-    resolve_model(settings.engine, settings.model, settings.model_dir)  # a missing model fails at start
+    model = resolve_model(settings.engine, settings.model, settings.model_dir)  # a missing one fails now
     metrics = DecoderMetrics()
     pool = PoolSettings(
         settings.pool_max_idle,
@@ -91,7 +91,9 @@ def build_service(settings: Settings, background: bool) -> DecoderService:
     registry.start(on_reconnect=store.resync)
     store.start_reaper(settings.reap_interval_s)
     limiter = RateLimiter(settings.session_rate_per_min)
-    return DecoderService(settings, loader, store, keys, metrics, publisher=publisher, rate_limiter=limiter)
+    return DecoderService(
+        settings, loader, store, keys, metrics, publisher=publisher, rate_limiter=limiter, model=model
+    )
 
 
 def build_registry(settings: Settings) -> Registry:

@@ -16,6 +16,7 @@ from decoder_api.errors import ERROR_CODES, codes_with_status
 from decoder_api.http.routes.compat import DECODE_SCHEMA
 from decoder_api.http.routes.stream import CONFIG_SCHEMA
 from decoder_api.http.routes.v1 import FILE_TYPES, SESSION_SCHEMA
+from decoder_api.http.routes.v2 import AUDIO_INPUT, TEXT_OUTPUT, UTTERANCES_OUTPUT
 
 VERSION = "1.0.0"
 JSON = "application/json"
@@ -194,6 +195,7 @@ def schemas() -> dict[str, Schema]:
         ),
         "StreamConfig": copy.deepcopy(CONFIG_SCHEMA),
         "Health": obj(["status"], status={"type": "string", "enum": ["ok"]}),
+        **inference_schemas(),
         "Readiness": {
             **obj(
                 ["status", "checks"],
@@ -402,6 +404,173 @@ def ops_paths() -> dict[str, Schema]:
     }
 
 
+def inference_schemas() -> dict[str, Schema]:
+    """The Open Inference Protocol (KServe V2) bodies, as far as this server uses them."""
+    parameters = {"type": "object", "additionalProperties": True}
+    tensor_meta = obj(
+        ["name", "datatype", "shape"],
+        name={"type": "string"},
+        datatype={"type": "string"},
+        shape={"type": "array", "items": {"type": "integer"}},
+    )
+    tensor = obj(
+        ["name", "datatype", "shape"],
+        name={"type": "string", "description": f"Any name; the model takes one input (`{AUDIO_INPUT}`)"},
+        datatype={"type": "string", "enum": ["BYTES"]},
+        shape={"type": "array", "items": {"type": "integer", "minimum": 0}, "example": [1]},
+        parameters={
+            **parameters,
+            "description": '`content_type`: `"base64"` (JSON strings are base64 by default here); '
+            "`binary_data_size` with the binary tensor extension (`Inference-Header-Content-Length`)",
+        },
+        data={"type": "array", "items": {}, "description": "The audio file, base64-encoded"},
+    )
+    return {
+        "InferenceError": {
+            **obj(
+                ["error"],
+                error={"type": "string", "description": "What went wrong, for people"},
+                code={"type": "string", "description": "The stable code, as in the native API's errors"},
+            ),
+            "additionalProperties": True,
+        },
+        "InferenceRequest": obj(
+            ["inputs"],
+            id={"type": "string"},
+            parameters={
+                **parameters,
+                "description": "`words` (boolean: word timings in the utterances), `language` (the model's)",
+            },
+            inputs={"type": "array", "items": tensor, "minItems": 1, "maxItems": 1},
+            outputs={"type": "array", "items": obj(["name"], name={"type": "string"}, parameters=parameters)},
+        ),
+        "InferenceResponse": obj(
+            ["model_name", "outputs"],
+            model_name={"type": "string"},
+            model_version={"type": "string"},
+            id={"type": "string"},
+            parameters={**parameters, "description": "`audio_ms`: the audio's length"},
+            outputs={
+                "type": "array",
+                "description": f"`{TEXT_OUTPUT}`: the transcript; `{UTTERANCES_OUTPUT}`: a JSON array of "
+                "the utterances (Final), with words when asked for",
+                "items": obj(
+                    ["name", "datatype", "shape", "data"],
+                    name={"type": "string"},
+                    datatype={"type": "string"},
+                    shape={"type": "array", "items": {"type": "integer"}},
+                    parameters=parameters,
+                    data={"type": "array", "items": {"type": "string"}},
+                ),
+            },
+        ),
+        "ServerMetadata": obj(
+            ["name", "version", "extensions"],
+            name={"type": "string"},
+            version={"type": "string"},
+            extensions={"type": "array", "items": {"type": "string"}},
+        ),
+        "ModelMetadata": obj(
+            ["name", "platform", "inputs", "outputs"],
+            name={"type": "string"},
+            versions={"type": "array", "items": {"type": "string"}},
+            platform={"type": "string"},
+            inputs={"type": "array", "items": tensor_meta},
+            outputs={"type": "array", "items": tensor_meta},
+            parameters=parameters,
+        ),
+    }
+
+
+def inference_errors(*statuses: int) -> dict[str, Schema]:
+    """Error responses in the protocol's shape, their codes from the same registry."""
+    inference_error = json_body(schema("InferenceError"), "")
+    return {
+        str(status): {**inference_error, "description": status_description(status)} for status in statuses
+    }
+
+
+def inference_paths() -> dict[str, Schema]:
+    name = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
+    state = {"type": "object", "additionalProperties": True}
+    return {
+        "/v2": {
+            "get": operation(
+                "Server metadata",
+                OPEN,
+                {"200": ok("Name and version", schema("ServerMetadata"))},
+                operationId="v2ServerMetadata",
+                tags=["inference"],
+            )
+        },
+        "/v2/health/live": {
+            "get": operation(
+                "Liveness",
+                OPEN,
+                {"200": ok("The process answers", state)},
+                operationId="v2Live",
+                tags=["inference"],
+            )
+        },
+        "/v2/health/ready": {
+            "get": operation(
+                "Readiness: the model has loaded",
+                OPEN,
+                {"200": ok("Ready", state), **inference_errors(503)},
+                operationId="v2Ready",
+                tags=["inference"],
+            )
+        },
+        "/v2/models/{name}": {
+            "parameters": name,
+            "get": operation(
+                "Model metadata: the loaded model's name, inputs and outputs",
+                KEY_AUTH,
+                {"200": ok("The model", schema("ModelMetadata")), **inference_errors(401, 404)},
+                operationId="v2ModelMetadata",
+                tags=["inference"],
+            ),
+        },
+        "/v2/models/{name}/ready": {
+            "parameters": name,
+            "get": operation(
+                "Model readiness",
+                KEY_AUTH,
+                {"200": ok("The model has loaded", state), **inference_errors(401, 404, 503)},
+                operationId="v2ModelReady",
+                tags=["inference"],
+            ),
+        },
+        "/v2/models/{name}/infer": {
+            "parameters": name,
+            "post": operation(
+                "Transcribe one audio file carried by a BYTES tensor (as POST /v1/transcribe)",
+                KEY_AUTH,
+                {
+                    "200": ok("The transcript and the utterances", schema("InferenceResponse")),
+                    **inference_errors(400, 401, 404, 408, 413, 415, 422, 429, 503),
+                },
+                operationId="v2Infer",
+                tags=["inference"],
+                requestBody={
+                    "required": True,
+                    "content": {
+                        JSON: {"schema": schema("InferenceRequest")},
+                        "application/octet-stream": {
+                            "schema": {
+                                "type": "string",
+                                "format": "binary",
+                                "description": "Binary tensor extension: the JSON request (its length in "
+                                "`Inference-Header-Content-Length`) followed by the tensor data",
+                            },
+                        },
+                    },
+                },
+            ),
+        },
+    }
+
+
 STREAM_DESCRIPTION = (
     "A WebSocket speaking the Vosk server protocol. Optional first text frame "
     '`{"config": {...}}` (StreamConfig; no reply), then binary frames of s16le mono PCM, each '
@@ -455,7 +624,8 @@ def openapi_document() -> dict[str, Any]:
             "version": VERSION,
             "description": "Streaming speech recognition. Native API under /v1 (HTTP sessions fed with raw "
             "PCM, whole-file transcription), the Vosk WebSocket protocol at /v1/stream (see x-websocket), "
-            "and the seed-compatible POST /decode. Errors are JSON: "
+            "the seed-compatible POST /decode, and the Open Inference Protocol (KServe V2) under /v2, whose "
+            'errors keep that protocol\'s shape `{"error": message, "code": code}`. Other errors are JSON: '
             '`{"error": code, "message": ...}`. ' + STREAM_DESCRIPTION,
         },
         "tags": [
@@ -464,8 +634,9 @@ def openapi_document() -> dict[str, Any]:
             {"name": "streaming", "description": "WebSocket, Vosk protocol"},
             {"name": "compatibility", "description": "The original service's endpoint"},
             {"name": "operations", "description": "Health, readiness, metrics, this document"},
+            {"name": "inference", "description": "Open Inference Protocol (KServe V2) REST, whole files"},
         ],
-        "paths": {**ops_paths(), **session_paths(), **other_paths()},
+        "paths": {**ops_paths(), **session_paths(), **other_paths(), **inference_paths()},
         "components": {
             "schemas": schemas(),
             "responses": error_responses(),

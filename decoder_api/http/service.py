@@ -16,7 +16,7 @@ from flask import current_app
 from decoder_api.config import Settings
 from decoder_api.delivery.publisher import TranscriptPublisher
 from decoder_api.engines import native_rate_hz
-from decoder_api.engines.base import Engine, Recognizer, RecognizerOptions
+from decoder_api.engines.base import Engine, ModelInfo, Recognizer, RecognizerOptions
 from decoder_api.engines.pool import PoolSettings, RecognizerPool
 from decoder_api.errors import DecoderError
 from decoder_api.http.auth import ApiKeys
@@ -113,6 +113,7 @@ class DecoderService:
     closing: bool = False
     publisher: TranscriptPublisher | None = None
     rate_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(0))
+    model: ModelInfo | None = None  # the configured model, known before it has loaded
 
     def delivery_checks(self) -> tuple[dict[str, Any], bool]:
         """``/readyz`` checks of the Kafka publisher and its outbox, and whether they allow readiness."""

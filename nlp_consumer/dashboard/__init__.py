@@ -7,7 +7,9 @@
   one ``update`` per ``push_ms`` with the calls changed and the ids removed since the client's
   last one (coalesced, so a busy board never floods the page), and a comment line as keep-alive;
 * ``/api/calls`` the snapshot, ``/api/calls/<session_id>`` one call with its transcript;
-* ``/healthz``.
+* ``/healthz``;
+* with a ``SentimentModel``, sentiment over the Open Inference Protocol under ``/v2``
+  (``inference.py``).
 
 The board is filled by ``EnrichedFeed`` (``feed.py``), started by ``python -m nlp_consumer.dashboard``.
 """
@@ -24,6 +26,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, stream_with_context
 
 from nlp_consumer.config import DashboardSettings
+from nlp_consumer.dashboard import inference
 from nlp_consumer.dashboard.state import CallBoard
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -32,12 +35,16 @@ KEEPALIVE_S = 15.0
 bp = Blueprint("dashboard", __name__)
 
 
-def create_app(settings: DashboardSettings, board: CallBoard) -> Flask:
+def create_app(
+    settings: DashboardSettings, board: CallBoard, sentiment: inference.SentimentModel | None = None
+) -> Flask:
     app = Flask(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
     app.config.from_mapping(PUSH_S=settings.push_ms / 1000, EXPIRE_S=settings.expire_s, TOPIC=settings.topic)
     app.extensions["call_board"] = board
     app.extensions["dashboard_closing"] = threading.Event()
     app.register_blueprint(bp)
+    if sentiment is not None:
+        inference.init_app(app, sentiment)
     return app
 
 

@@ -1,7 +1,9 @@
 """``python -m nlp_consumer.dashboard`` (or ``python -m nlp_consumer --dashboard``): serve the dashboard.
 
 A threaded WSGI server (one thread per open page, for its event stream) on ``DASHBOARD_HOST``
-(default 127.0.0.1) and ``DASHBOARD_PORT`` (default 8000); SIGTERM or Ctrl-C stops it.
+(default 127.0.0.1) and ``DASHBOARD_PORT`` (default 8000); SIGTERM or Ctrl-C stops it. With
+``DASHBOARD_INFERENCE`` (default true) it also serves sentiment over the Open Inference Protocol
+(``/v2/models/sentiment/infer``), with the consumer's model (``SENTIMENT_MODEL``), loaded once.
 """
 
 from __future__ import annotations
@@ -38,16 +40,22 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 
 
 def serve(env: Mapping[str, str]) -> None:
-    from nlp_consumer.config import load_dashboard_settings
+    from nlp_consumer.config import load_dashboard_settings, load_model_settings
     from nlp_consumer.dashboard import create_app
     from nlp_consumer.dashboard.feed import EnrichedFeed
+    from nlp_consumer.dashboard.inference import SentimentModel
     from nlp_consumer.dashboard.state import CallBoard
+    from nlp_consumer.enrich import load_enricher
 
     settings = load_dashboard_settings(env)
     board = CallBoard(settings.expire_s, settings.max_calls, settings.max_turns)
     feed = EnrichedFeed(settings, board)
     feed.check_broker()
-    app = create_app(settings, board)
+    sentiment = None
+    if settings.inference:
+        model_settings = load_model_settings(env)
+        sentiment = SentimentModel(lambda: load_enricher(model_settings)).start()
+    app = create_app(settings, board, sentiment)
     try:
         server = make_server(settings.host, settings.port, app, threaded=True)
     except OSError as exc:

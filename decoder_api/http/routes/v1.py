@@ -154,7 +154,13 @@ def transcribe() -> Response:
     svc = service()
     require_content_type(request, FILE_TYPES)
     words = query_bool(request, "words")
-    audio = decode_bytes(request.get_data(cache=False), target_rate(svc))
+    return jsonify(transcribe_file(svc, request.get_data(cache=False), words))
+
+
+def transcribe_file(svc: DecoderService, data: bytes, words: bool) -> dict[str, Any]:
+    """Decode a whole audio file through a session of its own, as a live stream would be:
+    ``{"text", "utterances", "audio_ms"}``. Shared by ``/v1/transcribe`` and the v2 protocol."""
+    audio = decode_bytes(data, target_rate(svc))
     config = SessionConfig(sample_rate_hz=audio.sample_rate_hz, words=words, partials=False)
     session, _ = svc.sessions.open(config, owner_key_hash=request.environ.get("decoder.key_hash"))
     finals = []
@@ -166,9 +172,7 @@ def transcribe() -> Response:
         finals += svc.sessions.end(session)
         svc.sessions.delete(session)
     utterances = [final_to_dict(f) for f in finals]
-    return jsonify(
-        {"text": " ".join(f.text for f in finals), "utterances": utterances, "audio_ms": audio.duration_ms}
-    )
+    return {"text": " ".join(f.text for f in finals), "utterances": utterances, "audio_ms": audio.duration_ms}
 
 
 def query_bool(req: Request, name: str) -> bool:
