@@ -1,6 +1,7 @@
 """The audio edge: decode any common file format, mix down, resample, cut into chunks.
 
-Everything past this module sees only signed 16-bit little-endian mono PCM at a known rate.
+Everything past this module sees only signed 16-bit little-endian PCM at a known rate: mono, or
+interleaved stereo when a caller asks to keep two channels (one speaker each).
 Decoding uses PyAV (FFmpeg); resampling uses soxr.
 """
 
@@ -18,25 +19,32 @@ import numpy.typing as npt
 import soxr
 
 from decoder_api.engines.base import BYTES_PER_SAMPLE
-from decoder_api.errors import EmptyAudio, UnsupportedAudio
+from decoder_api.errors import DecoderError, EmptyAudio, UnsupportedAudio
 
 MAX_DECODED_SECONDS = 4 * 3600
 MIN_SOURCE_RATE_HZ = 4000  # lower is not speech audio (and would resample into huge arrays)
 
 
+class InvalidChannels(DecoderError):
+    """A channel count other than 1 or 2, or a file with fewer channels than the call declares."""
+
+    code = "invalid_channels"
+
+
 @dataclass(frozen=True, slots=True)
 class DecodedAudio:
-    """Mono s16le PCM at ``sample_rate_hz``, and what the source was."""
+    """s16le PCM at ``sample_rate_hz`` (mono, or ``channels`` interleaved), and what the source was."""
 
     pcm: bytes
     sample_rate_hz: int
     source_rate_hz: int
     source_channels: int
     codec: str
+    channels: int = 1
 
     @property
     def duration_ms(self) -> int:
-        return len(self.pcm) // BYTES_PER_SAMPLE * 1000 // self.sample_rate_hz
+        return len(self.pcm) // (BYTES_PER_SAMPLE * self.channels) * 1000 // self.sample_rate_hz
 
 
 def decode_file(path: Path, sample_rate_hz: int) -> DecodedAudio:
@@ -47,22 +55,25 @@ def decode_file(path: Path, sample_rate_hz: int) -> DecodedAudio:
         return decode_stream(stream, sample_rate_hz, name=str(path))
 
 
-def decode_bytes(data: bytes, sample_rate_hz: int) -> DecodedAudio:
-    """Decode a whole audio file held in memory (e.g. an HTTP request body)."""
+def decode_bytes(data: bytes, sample_rate_hz: int, channels: int = 1) -> DecodedAudio:
+    """Decode a whole audio file held in memory (e.g. an HTTP request body); ``channels=2`` keeps
+    a stereo file's two channels (interleaved) instead of mixing them down."""
     if not data:
         raise EmptyAudio("the audio is empty")
-    return decode_stream(io.BytesIO(data), sample_rate_hz, name="request body")
+    return decode_stream(io.BytesIO(data), sample_rate_hz, name="request body", channels=channels)
 
 
-def decode_stream(stream: BinaryIO, sample_rate_hz: int, name: str) -> DecodedAudio:
+def decode_stream(stream: BinaryIO, sample_rate_hz: int, name: str, channels: int = 1) -> DecodedAudio:
     try:
         with av.open(stream, mode="r") as container:
-            return _decode_container(container, sample_rate_hz, name)
+            return _decode_container(container, sample_rate_hz, name, channels)
     except (av.FFmpegError, ValueError, IndexError, EOFError) as exc:
         raise UnsupportedAudio(f"{name}: not a readable audio file ({_reason(exc)})") from exc
 
 
-def _decode_container(container: av.container.InputContainer, rate_hz: int, name: str) -> DecodedAudio:
+def _decode_container(
+    container: av.container.InputContainer, rate_hz: int, name: str, channels: int = 1
+) -> DecodedAudio:
     if not container.streams.audio:
         raise UnsupportedAudio(f"{name}: contains no audio stream")
     stream = container.streams.audio[0]
@@ -70,33 +81,42 @@ def _decode_container(container: av.container.InputContainer, rate_hz: int, name
         raise UnsupportedAudio(f"{name}: sample rate below {MIN_SOURCE_RATE_HZ} Hz")
     if stream.codec_context is None:  # FFmpeg has no decoder for the codec (e.g. an unknown WAV format tag)
         raise UnsupportedAudio(f"{name}: no decoder for its audio codec")
-    samples, source_rate = _decode_mono_float(container, stream)
+    source_channels = stream.codec_context.channels
+    if channels > 1 and source_channels < channels:
+        raise InvalidChannels(
+            f"{name}: has {source_channels} channel; channels={channels} needs one channel per speaker"
+        )
+    samples, source_rate = _decode_float(container, stream, channels)
     if samples.size == 0:
         raise EmptyAudio(f"{name}: contains no audio samples")
     return DecodedAudio(
         pcm=float_to_pcm(resample(samples, source_rate, rate_hz)),
         sample_rate_hz=rate_hz,
         source_rate_hz=source_rate,
-        source_channels=stream.codec_context.channels,
+        source_channels=source_channels,
         codec=stream.codec_context.name,
+        channels=channels,
     )
 
 
-def _decode_mono_float(
-    container: av.container.InputContainer, stream: av.AudioStream
+def _decode_float(
+    container: av.container.InputContainer, stream: av.AudioStream, channels: int = 1
 ) -> tuple[npt.NDArray[np.float32], int]:
-    """All samples of the stream as mono float32 at the source rate (FFmpeg does only the mixdown)."""
+    """All samples of the stream as float32 at the source rate, mono or (``channels=2``) as frames
+    of two (FFmpeg does only the mixdown)."""
     source_rate = stream.codec_context.sample_rate or stream.rate
-    mixdown = av.AudioResampler(format="flt", layout="mono", rate=source_rate)
+    layout = "stereo" if channels == 2 else "mono"
+    mixdown = av.AudioResampler(format="flt", layout=layout, rate=source_rate)
     parts: list[npt.NDArray[np.float32]] = []
-    limit = MAX_DECODED_SECONDS * source_rate
+    limit = MAX_DECODED_SECONDS * source_rate * channels
     for frame in container.decode(stream):
         parts.extend(_samples(f) for f in mixdown.resample(frame))
         if sum(p.size for p in parts) > limit:
             raise UnsupportedAudio(f"audio longer than {MAX_DECODED_SECONDS // 3600} hours")
     parts.extend(_samples(f) for f in mixdown.resample(None))
     empty = np.zeros(0, dtype=np.float32)
-    return (np.concatenate(parts).astype(np.float32) if parts else empty), int(source_rate)
+    samples = np.concatenate(parts).astype(np.float32) if parts else empty
+    return (samples.reshape(-1, channels) if channels > 1 else samples), int(source_rate)
 
 
 def _samples(frame: av.AudioFrame) -> npt.NDArray[np.float32]:

@@ -36,6 +36,13 @@ ERROR_CODES: Mapping[str, ErrorCode] = error_table(
     # Requests the decoder cannot take as they are.
     ErrorCode("invalid_request", 400, "the JSON body or a parameter is malformed"),
     ErrorCode("invalid_audio", 400, "the PCM is not whole 16-bit samples"),
+    ErrorCode("incomplete_frame", 400, "a stereo session's PCM is not whole frames (4 bytes: left, right)"),
+    ErrorCode("invalid_channels", 400, "`channels` is not 1 or 2, or the audio file has fewer channels"),
+    ErrorCode(
+        "invalid_speakers",
+        400,
+        "`speakers` is not one distinct, non-empty, printable name (at most 32 characters) per channel",
+    ),
     ErrorCode("empty_audio", 400, "the audio file holds no samples"),
     ErrorCode("invalid_message", 400, "a WebSocket text frame is not one JSON command"),
     ErrorCode("unknown_command", 400, "a WebSocket frame names a command other than config, eof or reset"),

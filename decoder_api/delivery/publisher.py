@@ -52,10 +52,10 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import TopicMetadata
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from contract.events import PartialTranscriptEvent, TranscriptEvent, rfc3339_utc
+from contract.events import CallEndedEvent, PartialTranscriptEvent, TranscriptEvent, rfc3339_utc
 from contract.kafka import PARTIALS_TOPIC, TRANSCRIPTS_TOPIC, KafkaClientSettings
 from decoder_api.config import ConfigError, Settings
-from decoder_api.delivery.events import EventSource, events_from_finals
+from decoder_api.delivery.events import EventSource, call_ended_event, events_from_finals
 from decoder_api.delivery.outbox import Outbox, OutboxEntry, OutboxRecord, open_outbox
 from decoder_api.delivery.partitioner import key_partition
 from decoder_api.engines.base import Engine, Final, Recognizer, RecognizerOptions
@@ -280,7 +280,9 @@ class TranscriptPublisher:
             self._pending,
         )
 
-    def publish(self, events: Sequence[TranscriptEvent], partition: int | None = None) -> None:
+    def publish(
+        self, events: Sequence[TranscriptEvent | CallEndedEvent], partition: int | None = None
+    ) -> None:
         """Journal ``events`` (durably, in order) for the relay; never waits for Kafka.
 
         ``partition``: the one their call is pinned to (``partition_for``); None leaves them to
@@ -622,6 +624,9 @@ class GuardedRecognizer:
     def partial(self) -> str:
         return self._inner.partial()
 
+    def horizon_ms(self) -> int:
+        return self._inner.horizon_ms()
+
     def flush(self) -> list[Final]:
         return self._inner.flush()
 
@@ -644,7 +649,8 @@ class GuardedRecognizer:
 
 
 class TranscriptSink:
-    """The session store's ``on_finals``: non-empty finals become journaled events.
+    """The session store's ``on_finals``: non-empty finals become journaled events; ``ended`` (its
+    ``on_ended``) journals a ``call.ended`` event after a session's last final.
 
     ``partial(session, text)`` is the matching hook for interim hypotheses (best effort, only
     when ``DECODER_KAFKA_PARTIALS`` is on); it needs a caller in ``Session.feed``.
@@ -663,6 +669,24 @@ class TranscriptSink:
             metadata=session.config.metadata or None,
         )
         self._publisher.publish(events, session.partition)
+
+    def ended(self, session: Session, reason: str) -> None:
+        """The session store's ``on_ended``: the call's ``call.ended`` event, journaled after its
+        last final, to the same partition."""
+        layout = session.config.layout
+        event = call_ended_event(
+            session_id=session.id,
+            user_id=session.config.user_id,
+            reason=reason,
+            started_at_s=session.created_at,
+            audio_ms=session.audio_ms,
+            channels=layout.channels,
+            speakers=layout.speakers,
+            finals=session.finals,
+            origin=self._origin(),
+            metadata=session.config.metadata or None,
+        )
+        self._publisher.publish([event], session.partition)
 
     def pin(self, session_id: str) -> int | None:
         """The session store's ``pin_partition``: where this call's finals go for the whole call."""

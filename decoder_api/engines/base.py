@@ -21,13 +21,17 @@ BYTES_PER_SAMPLE = 2
 
 @dataclass(frozen=True, slots=True)
 class Final:
-    """A finished utterance. ``words`` is None unless word output was requested."""
+    """A finished utterance. ``words`` is None unless word output was requested; ``channel`` and
+    ``speaker`` are set only in a multi-channel (stereo) session, which decodes each channel on a
+    recognizer of its own."""
 
     utterance: int
     text: str
     start_ms: int
     end_ms: int
     words: tuple[Word, ...] | None = None
+    channel: int | None = None
+    speaker: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,12 @@ class Recognizer(Protocol):
 
     def partial(self) -> str:
         """The current hypothesis of the open utterance ("" when there is none)."""
+        ...
+
+    def horizon_ms(self) -> int:
+        """Stream time before which no final still to come can start: the open utterance's start,
+        else (nothing open) about where decoding stands. A stereo session releases one channel's
+        finals once the other channel's horizon has passed their start, so they come in order."""
         ...
 
     def flush(self) -> list[Final]:

@@ -197,6 +197,9 @@ class PooledRecognizer:
     def partial(self) -> str:
         return self._guarded(lambda r: r.partial())
 
+    def horizon_ms(self) -> int:
+        return self._guarded(lambda r: r.horizon_ms())
+
     def flush(self) -> list[Final]:
         return self._guarded(lambda r: r.flush())
 

@@ -235,6 +235,7 @@ class VoskRecognizer:
         self._next_utterance = 0
         self._samples = 0
         self._kaldi_samples = 0
+        self._utterance_start = 0  # stream samples: where the open utterance began (the last boundary)
         self._partial = ""
 
     @property
@@ -254,6 +255,7 @@ class VoskRecognizer:
         if self._kaldi.AcceptWaveform(dithered):
             finals = self._finals(self._kaldi.Result())
             self._new_utterance()
+            self._utterance_start = self._samples
             return finals
         if self._options.partials:
             self._partial = str(json.loads(self._kaldi.PartialResult()).get("partial", ""))
@@ -262,12 +264,18 @@ class VoskRecognizer:
     def partial(self) -> str:
         return self._partial
 
+    def horizon_ms(self) -> int:
+        """The last utterance boundary: Kaldi's open segment (silence included) began there."""
+        return samples_to_ms(self._utterance_start, self.sample_rate_hz)
+
     def flush(self) -> list[Final]:
         self._partial = ""
+        self._utterance_start = self._samples
         return self._finals(self._kaldi.FinalResult())
 
     def reset(self) -> None:
         self._kaldi.FinalResult()
+        self._utterance_start = self._samples
         self._partial = ""
 
     def restart(self) -> None:
@@ -278,7 +286,7 @@ class VoskRecognizer:
         """Continue a stream whose audio up to ``position_samples`` (and utterances before
         ``next_utterance``) was decoded elsewhere; the open utterance is discarded."""
         self._kaldi.FinalResult()
-        self._samples = position_samples
+        self._samples = self._utterance_start = position_samples
         self._next_utterance = next_utterance
         self._partial = ""
 

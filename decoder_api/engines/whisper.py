@@ -347,6 +347,14 @@ class WhisperRecognizer:
         with self._partial_lock:
             return self._partial
 
+    def horizon_ms(self) -> int:
+        """The open utterance's start; with none open, the earliest start one opened next can have
+        (the VAD position less the pre-roll windows it would take along)."""
+        if self._utterance is not None:
+            return samples_to_ms(self._utterance.start, WHISPER_RATE_HZ)
+        pre_roll = sum(len(window) for window in self._pre_roll)
+        return samples_to_ms(max(self._position - pre_roll, 0), WHISPER_RATE_HZ)
+
     def flush(self) -> list[Final]:
         """End of stream: finalise the open utterance if it holds enough speech."""
         self._check_open()

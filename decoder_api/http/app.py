@@ -85,6 +85,7 @@ def build_service(settings: Settings, background: bool) -> DecoderService:
         instance_id=settings.instance_id,
         on_partial=sink.partial if sink is not None and settings.kafka_partials else None,
         pin_partition=sink.pin if sink is not None else None,
+        on_ended=sink.ended if sink is not None else None,
     )
     keys = ApiKeys(read_keys(settings.api_keys, settings.api_keys_file))
     loader.start(background)

@@ -70,6 +70,7 @@ class SessionRecord:
     last_active: float = 0.0
     created_at: float = 0.0
     partition: int | None = None  # of the finals topic, pinned for the whole call (None: not yet)
+    channel_restarts: tuple[int, ...] = ()  # stereo: the frame each channel is replayed from
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,8 @@ class ChunkUpdate:
     ``clear_tail``: an utterance ended (or was dropped), the audio since the last final is
     now empty and starts at ``tail_start_samples``; otherwise ``pcm`` joins the tail.
     ``partition``: the finals topic partition the call is pinned to, once it is.
+    A stereo session's tail is trimmed rather than cleared: ``pcm`` joins it (``append``), then
+    its first ``drop_chunks`` chunks go; ``channel_restarts`` are its channels' restart points.
     """
 
     pcm: bytes
@@ -89,6 +92,9 @@ class ChunkUpdate:
     tail_start_samples: int
     finals: tuple[Final, ...] = ()
     partition: int | None = None
+    drop_chunks: int = 0
+    append: bool = True
+    channel_restarts: tuple[int, ...] = ()
 
 
 class Registry(Protocol):
@@ -172,7 +178,15 @@ def final_to_record(final: Final) -> dict[str, Any]:
 def final_from_record(raw: dict[str, Any]) -> Final:
     words = raw.get("words")
     parsed = tuple(Word(**w) for w in words) if words is not None else None
-    return Final(raw["utterance"], raw["text"], raw["start_ms"], raw["end_ms"], parsed)
+    return Final(
+        raw["utterance"],
+        raw["text"],
+        raw["start_ms"],
+        raw["end_ms"],
+        parsed,
+        raw.get("channel"),
+        raw.get("speaker"),
+    )
 
 
 class RedisRegistry:
@@ -221,6 +235,7 @@ class RedisRegistry:
             "last_active": self.now(),
             "created_at": record.created_at,
             "partition": "" if record.partition is None else record.partition,
+            "channel_restarts": json.dumps(list(record.channel_restarts)),
         }
         finals = [json.dumps(final_to_record(f)) for f in record.finals]
         with self._client.pipeline(transaction=True) as pipe:
@@ -241,8 +256,11 @@ class RedisRegistry:
                 pipe.rpush(f"{key}:finals", *(json.dumps(final_to_record(f)) for f in update.finals))
             if update.clear_tail:
                 pipe.delete(f"{key}:tail")
-            elif update.pcm:
-                pipe.rpush(f"{key}:tail", update.pcm)
+            else:
+                if update.pcm and update.append:
+                    pipe.rpush(f"{key}:tail", update.pcm)
+                if update.drop_chunks:
+                    pipe.ltrim(f"{key}:tail", update.drop_chunks, -1)
             fields: dict[Any, Any] = {
                 "next_seq": update.next_seq,
                 "position": update.position_samples,
@@ -252,6 +270,8 @@ class RedisRegistry:
             }
             if update.partition is not None:
                 fields["partition"] = update.partition
+            if update.channel_restarts:
+                fields["channel_restarts"] = json.dumps(list(update.channel_restarts))
             pipe.hset(key, mapping=fields)
             self._expire(pipe, session_id)
             self._run(pipe.execute)
@@ -429,6 +449,7 @@ def _record(session_id: str, meta: dict[str, str], finals: list[bytes], tail: li
         last_active=float(meta.get("last_active", 0.0)),
         created_at=float(meta.get("created_at", 0.0)),
         partition=int(meta["partition"]) if meta.get("partition") else None,
+        channel_restarts=tuple(int(r) for r in json.loads(meta.get("channel_restarts") or "[]")),
         finals=tuple(final_from_record(json.loads(f)) for f in finals),
         tail=tuple(tail),
     )

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from decoder_api.engines.base import Final, Recognizer, RecognizerOptions, samples_to_ms
+from decoder_api.sessions.channels import MONO, ChannelLayout, StereoRecognizer, check_frames
 from decoder_api.sessions.errors import ChunkOutOfOrder, SessionBusy, SessionEnded, SessionExpired
 from decoder_api.sessions.registry import ChunkUpdate, SessionRecord
 from decoder_api.sessions.transcripts import join_finals
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 FinalsSink = Callable[["Session", Sequence[Final]], None]
 ChunkSink = Callable[["Session", ChunkUpdate], None]
 PartialSink = Callable[["Session", str], None]
+EndedSink = Callable[["Session", str], None]  # the session and why it ended (call.ended reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +52,10 @@ class SessionConfig:
     user_id: str = ""
     metadata: Mapping[str, Any] = field(default_factory=dict)
     partials: bool = True
+    layout: ChannelLayout = MONO  # stereo: one recognizer (with these options) per channel
 
     def recognizer_options(self) -> RecognizerOptions:
+        """The options of the recognizer of one channel (of the only one, in a mono session)."""
         return RecognizerOptions(
             self.sample_rate_hz, self.words, self.phrases, self.max_alternatives, partials=self.partials
         )
@@ -73,6 +77,8 @@ def config_to_dict(config: SessionConfig) -> dict[str, Any]:
         "user_id": config.user_id,
         "metadata": dict(config.metadata),
         "partials": config.partials,
+        "channels": config.layout.channels,
+        "speakers": list(config.layout.speakers),
     }
 
 
@@ -86,6 +92,7 @@ def config_from_dict(raw: dict[str, Any]) -> SessionConfig:
         user_id=str(raw.get("user_id", "")),
         metadata=dict(raw.get("metadata", {})),
         partials=bool(raw.get("partials", True)),
+        layout=ChannelLayout(int(raw.get("channels", 1)), tuple(raw.get("speakers", ()))),
     )
 
 
@@ -101,6 +108,7 @@ class _Mark:
     utterance_start: int
     next_seq: int
     finals: int
+    restarts: tuple[int, ...] = ()  # a stereo session's channel restart points
 
 
 class Session:
@@ -152,7 +160,19 @@ class Session:
 
     @property
     def audio_ms(self) -> int:
+        """Audio decoded so far (per channel: positions count frames)."""
         return samples_to_ms(self._samples, self.config.sample_rate_hz)
+
+    @property
+    def stereo(self) -> StereoRecognizer | None:
+        """The recognizer of a stereo session (None for mono, or once released)."""
+        recognizer = self._recognizer
+        return recognizer if isinstance(recognizer, StereoRecognizer) else None
+
+    def partials(self) -> tuple[str, ...]:
+        """Each channel's partial (caller holds the lock); empty for mono sessions."""
+        stereo = self.stereo
+        return stereo.partials() if stereo is not None else ()
 
     @property
     def transcript(self) -> str:
@@ -180,10 +200,11 @@ class Session:
     def feed(self, pcm: bytes) -> ChunkResult:
         """Decode one chunk (caller holds the lock)."""
         recognizer = self._open_recognizer()
+        check_frames(pcm, self.config.layout)
         self.last_active = self._clock()
         before = self._mark()
         finals = recognizer.accept(pcm)
-        self._samples += len(pcm) // 2
+        self._samples += len(pcm) // self.config.layout.frame_bytes
         finals += self._enforce_utterance_limit(recognizer, finals)
         self.next_seq += 1
         self._record(finals, undo=before)
@@ -248,6 +269,8 @@ class Session:
             "state": self.state,
             "user_id": self.config.user_id,
             "sample_rate": self.config.sample_rate_hz,
+            "channels": self.config.layout.channels,
+            "speakers": list(self.config.layout.speakers),
             "audio_ms": self.audio_ms,
             "utterances": len(self.finals),
             "next_seq": self.next_seq,
@@ -287,6 +310,7 @@ class Session:
             tail=tuple(self.tail),
             created_at=self.created_at,
             partition=self.partition,
+            channel_restarts=self._restarts(),
         )
 
     def restore(self, record: SessionRecord) -> list[Final]:
@@ -295,14 +319,14 @@ class Session:
         Returns finals the replay produced (none for Vosk, whose replay is exact).
         """
         recognizer = self._open_recognizer()
-        recognizer.resume(record.tail_start_samples, record.next_utterance)
+        self._resume(record.tail_start_samples, record.next_utterance, record.channel_restarts)
         self.finals = list(record.finals)
         self.created_at = record.created_at or self.created_at
         self._samples = self.tail_start = self._utterance_start = record.tail_start_samples
         replayed: list[Final] = []
         for chunk in record.tail:
             replayed += recognizer.replay(chunk)
-            self._samples += len(chunk) // 2
+            self._samples += len(chunk) // self.config.layout.frame_bytes
             self.tail.append(chunk)
         self.next_seq = record.next_seq
         self._last_reply = (record.next_seq - 1, ChunkResult(recognizer.partial(), [], self.audio_ms))
@@ -311,9 +335,32 @@ class Session:
             self._track_tail(b"", clear=True, finals=replayed)
         return replayed
 
+    def _resume(self, tail_start: int, next_utterance: int, restarts: tuple[int, ...]) -> None:
+        """Place the recognizer where the audio to replay starts (each channel at its own point)."""
+        stereo = self.stereo
+        if stereo is not None and restarts:
+            stereo.resume_channels(restarts, next_utterance)
+        else:
+            self._open_recognizer().resume(tail_start, next_utterance)
+
+    def _restarts(self) -> tuple[int, ...]:
+        stereo = self.stereo
+        return stereo.restart_points if stereo is not None else ()
+
     def _track_tail(self, pcm: bytes, clear: bool, finals: Sequence[Final] = ()) -> None:
-        """Keep the audio since the last final (what a takeover replays) and tell the registry."""
-        if clear:
+        """Keep the audio since the last final (what a takeover replays) and tell the registry.
+
+        A stereo session keeps the audio from the earlier of its channels' restart points: a
+        final of one channel does not end the other's utterance.
+        """
+        dropped = 0
+        stereo = self.stereo
+        if stereo is not None:
+            if pcm:
+                self.tail.append(pcm)
+            dropped = self._trim_tail(stereo.replay_start)
+            clear = not self.tail
+        elif clear:
             self.tail, self.tail_start = [], self._samples
         elif pcm:
             self.tail.append(pcm)
@@ -326,8 +373,22 @@ class Session:
             self.tail_start,
             tuple(finals),
             self.partition,
+            drop_chunks=dropped if stereo is not None else 0,
+            append=bool(pcm),
+            channel_restarts=self._restarts(),
         )
         self._on_chunk(self, update)
+
+    def _trim_tail(self, start: int) -> int:
+        """Drop the tail's chunks before frame ``start``; returns how many."""
+        dropped = 0
+        frame_bytes = self.config.layout.frame_bytes
+        while self.tail and self.tail_start + len(self.tail[0]) // frame_bytes <= start:
+            self.tail_start += len(self.tail.pop(0)) // frame_bytes
+            dropped += 1
+        if not self.tail:
+            self.tail_start = self._samples
+        return dropped
 
     def _record(self, finals: list[Final], undo: _Mark | None = None) -> None:
         """Keep and hand on new finals. When the sink refuses them (the outbox cannot journal:
@@ -344,7 +405,7 @@ class Session:
                 raise
 
     def _mark(self) -> _Mark:
-        return _Mark(self._samples, self._utterance_start, self.next_seq, len(self.finals))
+        return _Mark(self._samples, self._utterance_start, self.next_seq, len(self.finals), self._restarts())
 
     def _undo(self, mark: _Mark) -> None:
         """Back to ``mark``: the recognizer is rebuilt from the audio since the last final, as a
@@ -356,7 +417,7 @@ class Session:
         )
         del self.finals[mark.finals :]
         recognizer = self._open_recognizer()
-        recognizer.resume(self.tail_start, len(self.finals))
+        self._resume(self.tail_start, len(self.finals), mark.restarts)
         for chunk in self.tail:
             recognizer.replay(chunk)
         logger.warning(

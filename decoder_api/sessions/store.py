@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from decoder_api.engines.base import Final, Recognizer, RecognizerOptions
 from decoder_api.errors import DecoderError
 from decoder_api.metrics import DecoderMetrics
+from decoder_api.sessions.channels import StereoRecognizer
 from decoder_api.sessions.errors import (
     CapacityExceeded,
     SessionExpired,
@@ -35,6 +36,7 @@ from decoder_api.sessions.registry import (
     SessionRecord,
 )
 from decoder_api.sessions.session import (
+    EndedSink,
     FinalsSink,
     PartialSink,
     Session,
@@ -70,8 +72,10 @@ class SessionStore:
         instance_id: str = "local",
         on_partial: PartialSink | None = None,
         pin_partition: PartitionPin | None = None,
+        on_ended: EndedSink | None = None,
     ) -> None:
         self._recognizers = recognizers
+        self._on_ended: EndedSink = on_ended or (lambda session, reason: None)
         self._pin_partition: PartitionPin = pin_partition or (lambda session_id: None)
         self._registry: Registry = registry or LocalRegistry()
         self._on_partial = on_partial
@@ -101,7 +105,7 @@ class SessionStore:
     def open(self, config: SessionConfig, owner_key_hash: str | None = None) -> tuple[Session, str]:
         """A new session and its secret token; 503 when full or shutting down."""
         self._admit(owner_key_hash)
-        recognizer = self._recognizers(config.recognizer_options())
+        recognizer = self._new_recognizer(config)
         session_id, token = secrets.token_urlsafe(18), secrets.token_urlsafe(32)
         session = self._new_session(session_id, hash_secret(token), config, recognizer, owner_key_hash)
         session.partition = self._pin_partition(session_id)
@@ -160,11 +164,12 @@ class SessionStore:
             finals = session.end()
         if was_open:
             self._unregister(session.id)
-            self._closed(session, "closed")
+            self._closed(session, "closed", ended="normal")
         return finals
 
-    def delete(self, session: Session) -> None:
-        """Remove a session now; an open one is flushed first so no final is lost."""
+    def delete(self, session: Session, ended: str = "normal") -> None:
+        """Remove a session now; an open one is flushed first so no final is lost. ``ended`` is
+        the reason its ``call.ended`` event gives."""
         with session.locked():
             was_open = session.state == "open"
             session.end()
@@ -172,14 +177,14 @@ class SessionStore:
             self._sessions.pop(session.id, None)
         self._unregister(session.id)
         if was_open:
-            self._closed(session, "closed")
+            self._closed(session, "closed", ended=ended)
 
     def reap(self) -> int:
         """Expire idle and over-long sessions; returns how many were removed."""
         now = self._clock()
         with self._lock:
             candidates = [s for s in self._sessions.values() if self._is_due(s, now)]
-        return sum(1 for s in candidates if self._expire(s))
+        return sum(1 for s in candidates if self._expire(s, ended=self._why_due(s, now)))
 
     def start_reaper(self, interval_s: float) -> None:
         if self._reaper is None:
@@ -206,7 +211,7 @@ class SessionStore:
                 self._hand_over(session)
         else:
             for session in sessions:
-                self._expire(session, reason="closed", wait_s=self._limits.lock_timeout_s)
+                self._expire(session, reason="closed", wait_s=self._limits.lock_timeout_s, ended="shutdown")
         self._registry.close()
         logger.info("session_store_closed sessions=%d", len(sessions))
 
@@ -227,7 +232,7 @@ class SessionStore:
                 session = self._take_over(session_id, authorize=None)  # the instances' own housekeeping
             except DecoderError:
                 continue
-            count += self._expire(session, wait_s=self._limits.lock_timeout_s)
+            count += self._expire(session, wait_s=self._limits.lock_timeout_s, ended="failover-flush")
         return count
 
     def _new_session(
@@ -279,9 +284,23 @@ class SessionStore:
                 raise WrongInstance("another instance took this session over", owner=record.owner)
             return self._rebuild(record)
 
+    def _new_recognizer(self, config: SessionConfig) -> Recognizer:
+        """The session's recognizer: one from the pool, or one per channel for a stereo call."""
+        if not config.layout.stereo:
+            return self._recognizers(config.recognizer_options())
+        channels: list[Recognizer] = []
+        try:
+            for _ in range(config.layout.channels):
+                channels.append(self._recognizers(config.recognizer_options()))
+        except BaseException:
+            for recognizer in channels:
+                recognizer.close()
+            raise
+        return StereoRecognizer(channels, config.layout.speakers)
+
     def _rebuild(self, record: SessionRecord) -> Session:
         config = config_from_dict(record.config)
-        recognizer = self._recognizers(config.recognizer_options())
+        recognizer = self._new_recognizer(config)
         session = self._new_session(
             record.session_id, record.token_hash, config, recognizer, record.owner_key_hash
         )
@@ -360,7 +379,12 @@ class SessionStore:
         idle_limit = self._limits.idle_s
         return session.idle_s(now) >= idle_limit or session.age_s(now) >= self._limits.max_duration_s
 
-    def _expire(self, session: Session, reason: str = "expired", wait_s: float = 0.0) -> bool:
+    def _why_due(self, session: Session, now: float) -> str:
+        return "max-duration" if session.age_s(now) >= self._limits.max_duration_s else "idle"
+
+    def _expire(
+        self, session: Session, reason: str = "expired", wait_s: float = 0.0, ended: str = "idle"
+    ) -> bool:
         acquired = session.lock.acquire(timeout=wait_s) if wait_s else session.lock.acquire(blocking=False)
         if not acquired:
             return False
@@ -375,7 +399,7 @@ class SessionStore:
         self._forget(session, remember=reason == "expired")
         self._unregister(session.id)
         if was_open:
-            self._closed(session, reason)
+            self._closed(session, reason, ended)
         return True
 
     def _forget(self, session: Session, remember: bool) -> None:
@@ -386,10 +410,15 @@ class SessionStore:
                 while len(self._expired) > REMEMBERED_EXPIRED:
                     self._expired.popitem(last=False)
 
-    def _closed(self, session: Session, reason: str) -> None:
+    def _closed(self, session: Session, reason: str, ended: str) -> None:
+        """Count a session that ended, and hand on its ``call.ended`` event (after its last final)."""
         self._metrics.sessions.labels(reason).inc()
         self._metrics.active_sessions.dec()
         logger.info("session_%s session_id=%s utterances=%d", reason, session.id, len(session.finals))
+        try:
+            self._on_ended(session, ended)
+        except DecoderError as exc:
+            logger.error("call_ended_not_journaled session_id=%s error=%s", session.id, exc.code)
 
     def _sink(self, session: Session, finals: Sequence[Final]) -> None:
         if session.partition is None:  # opened while the partition count was unknown

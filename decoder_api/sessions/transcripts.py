@@ -49,7 +49,8 @@ def word_to_dict(word: Word) -> dict[str, Any]:
 
 
 def final_to_dict(final: Final) -> dict[str, Any]:
-    """The wire form of a final utterance; ``words`` only when they were requested."""
+    """The wire form of a final utterance; ``words`` only when they were requested, ``channel`` and
+    ``speaker`` only in a stereo session."""
     out: dict[str, Any] = {
         "utterance": final.utterance,
         "text": final.text,
@@ -58,4 +59,8 @@ def final_to_dict(final: Final) -> dict[str, Any]:
     }
     if final.words is not None:
         out["words"] = [word_to_dict(w) for w in final.words]
+    if final.channel is not None:
+        out["channel"] = final.channel
+    if final.speaker is not None:
+        out["speaker"] = final.speaker
     return out

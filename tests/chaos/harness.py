@@ -31,6 +31,7 @@ import redis
 import requests
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from contract.events import is_call_ended
 from decoder_api.audio import chunk_bytes, iter_chunks
 from decoder_api.engines.base import RecognizerOptions
 from decoder_api.engines.vosk import VoskEngine
@@ -422,7 +423,7 @@ def read_events(bootstrap: str, topic: str, wanted: set[str], timeout_s: float =
         quiet_until: float | None = None
         while quiet_until is None or time.monotonic() < quiet_until:
             message = consumer.poll(0.5)
-            if message is not None and message.error() is None:
+            if message is not None and message.error() is None and not is_call_ended(message.value()):
                 documents.append(json.loads(message.value() or b""))
             if quiet_until is None and wanted <= {d["event_id"] for d in documents}:
                 quiet_until = time.monotonic() + 1.0

@@ -23,12 +23,13 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 from decoder_api.delivery.outbox import SqliteOutbox
 from devtools import devstack
 from devtools.processes import ROOT, DecoderServer, free_port
-from tests.conftest import RATE_HZ, SpokenCall
+from tests.conftest import RATE_HZ, SpokenCall, split_turns
 from tests.kafka import (
     Broker,
     Call,
     ConsumerFactory,
     TopicFactory,
+    call_ended_messages,
     consume_until,
     decoder_env,
     dedup_by_event_id,
@@ -102,7 +103,8 @@ def expected(call: Call) -> list[tuple[int, str]]:
 
 
 def received(values: list[dict[str, Any]]) -> list[tuple[int, str]]:
-    return [(v["utterance"], v["text"]) for v in values]
+    """(utterance, text) of the finals among ``values`` (a call's call.ended event left out)."""
+    return [(v["utterance"], v["text"]) for v in values if v["schema"] == "transcript.v1"]
 
 
 def wait_until_delivered(server: DecoderServer, count: int) -> None:
@@ -129,7 +131,7 @@ def test_a_call_yields_exactly_its_utterances_in_order_keyed_by_session(
         server.url, korean_call.pcm, CHUNK_BYTES, user_id="agent-7", words=True, metadata=metadata
     )
     assert len(expected(call)) >= 3
-    wait_until_delivered(server, int(produced_before) + len(expected(call)))
+    wait_until_delivered(server, int(produced_before) + len(expected(call)) + 1)  # and call.ended
     fence = produce_fence(kafka_bootstrap, topic, call.session_id.encode())
     messages = consume_until(consumer_factory(topic), lambda ms: any(m.value() == fence for m in ms))
     mine = [m for m in session_messages(messages, call.session_id) if m.value() != fence]
@@ -151,6 +153,42 @@ def test_a_call_yields_exactly_its_utterances_in_order_keyed_by_session(
         assert value["words"] == final["words"]
         assert (value["user_id"], value["metadata"], value["source"]) == ("agent-7", metadata, "decoder")
         assert (value["engine"], value["language"]) == ("vosk", "ko")
+    (ended,) = call_ended_messages(messages, call.session_id)  # after the last final, same partition
+    assert (ended.partition(), (ended.offset() or 0) > (mine[-1].offset() or 0)) == (
+        mine[0].partition(),
+        True,
+    )
+    summary = event_value(ended)
+    schema_validator("call.ended.v1").validate(summary)
+    assert dict(ended.headers() or [])["schema"] == b"call.ended.v1"
+    assert (summary["reason"], summary["finals"], summary["channels"], summary["speakers"]) == (
+        "normal",
+        len(mine),
+        1,
+        [],
+    )
+    assert (summary["event_id"], summary["metadata"]) == (f"{call.session_id}:ended", metadata)
+
+
+def test_a_stereo_call_names_each_final_s_speaker_and_ends_with_call_ended(
+    shared: tuple[DecoderServer, str],
+    kafka_bootstrap: str,
+    consumer_factory: ConsumerFactory,
+    korean_call: SpokenCall,
+) -> None:
+    server, topic = shared
+    speakers = ["상담원", "customer"]
+    call = stream_call(server.url, split_turns(korean_call), CHUNK_BYTES * 2, channels=2, speakers=speakers)
+    assert [f["channel"] for f in call.finals] == [t % 2 for t in range(len(korean_call.turns))]
+    fence = produce_fence(kafka_bootstrap, topic, call.session_id.encode())
+    messages = consume_until(consumer_factory(topic), lambda ms: any(m.value() == fence for m in ms))
+    values = [event_value(m) for m in session_messages(messages, call.session_id) if m.value() != fence]
+    assert [(v["utterance"], v["channel"], v["speaker"]) for v in values] == [
+        (f["utterance"], f["channel"], speakers[f["channel"]]) for f in call.finals
+    ]
+    (ended,) = call_ended_messages(messages, call.session_id)
+    summary = event_value(ended)
+    assert (summary["channels"], summary["speakers"], summary["finals"]) == (2, speakers, len(values))
 
 
 def test_two_concurrent_calls_interleave_across_partitions_and_each_stays_ordered(
@@ -329,7 +367,7 @@ def test_the_outbox_survives_sigkill_and_the_next_process_publishes_it(
     nowhere = f"127.0.0.1:{free_port()}"
     first = start(nowhere, topic, outbox_dir=outbox_dir, kafka_unready_after_s="600")
     call = stream_call(first.url, korean_call.pcm, CHUNK_BYTES)
-    assert metric(first, "decoder_kafka_queued") == len(expected(call))
+    assert metric(first, "decoder_kafka_queued") == len(expected(call)) + 1  # and its call.ended
     first.stop(signal.SIGKILL)
     second = start(kafka_bootstrap, topic, outbox_dir=outbox_dir)
     messages = consume_until(
@@ -337,7 +375,7 @@ def test_the_outbox_survives_sigkill_and_the_next_process_publishes_it(
         lambda ms: len(dedup_by_event_id([event_value(m) for m in ms])) >= len(expected(call)),
     )
     assert received(dedup_by_event_id([event_value(m) for m in messages])) == expected(call)
-    wait_until_delivered(second, len(expected(call)))
+    wait_until_delivered(second, len(expected(call)) + 1)
     assert len(list(outbox_dir.glob("journal-*.sqlite3"))) == 1  # the orphan was adopted, not copied
 
 
@@ -388,7 +426,7 @@ def test_partials_go_to_their_own_topic_only_when_asked_for(
     for value in partials:
         validator.validate(value)
     assert [p["utterance"] for p in partials] == sorted(p["utterance"] for p in partials)
-    wait_until_delivered(server, len(expected(call)))
+    wait_until_delivered(server, len(expected(call)) + 1)
     fence = produce_fence(kafka_bootstrap, topic, call.session_id.encode())
     finals = consume_until(consumer_factory(topic), lambda ms: any(m.value() == fence for m in ms))
     values = [event_value(m) for m in session_messages(finals, call.session_id) if m.value() != fence]

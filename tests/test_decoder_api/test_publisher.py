@@ -354,6 +354,9 @@ class FakeRecognizer:
     def partial(self) -> str:
         return ""
 
+    def horizon_ms(self) -> int:
+        return 0
+
     def flush(self) -> list[Final]:
         return []
 

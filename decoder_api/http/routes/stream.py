@@ -7,8 +7,12 @@ Client → server
     * Optional first text frame ``{"config": {"sample_rate": 16000, "words": true,
       "phrase_list": ["..."], "max_alternatives": 0}}`` (all keys optional; no reply, as in
       vosk-server). Without it the stream is 16000 Hz, no words, no phrase list. ``words``
-      also takes 0/1; ``sample_rate`` must be a whole number of hertz.
-    * Binary frames: signed 16-bit little-endian mono PCM at that rate.
+      also takes 0/1; ``sample_rate`` must be a whole number of hertz. ``"channels": 2`` (with
+      optional ``"speakers": ["agent", "customer"]``, the default) declares a dual-channel call:
+      binary frames are then interleaved stereo, each channel is decoded on its own, and every
+      result names its ``channel`` and ``speaker`` (below). A bad value closes with 1008.
+    * Binary frames: signed 16-bit little-endian mono PCM at that rate (stereo: whole frames of
+      4 bytes, left then right; a frame that is not is ``incomplete_frame`` and is dropped).
     * ``{"eof": 1}``: end of stream. ``{"reset": 1}``: end the open utterance now.
       Control frames are parsed as JSON, so spacing does not matter (``{ "eof" : 1 }``).
 
@@ -20,6 +24,9 @@ Server → client: exactly one JSON text reply per binary frame, ``eof`` and ``r
       completes several utterances (the engine found two, or the maximum utterance length
       forced one), they are merged, in order, into this one reply: texts joined by a space,
       words concatenated. ``{"text": ""}`` is the empty result.
+    * In a stereo stream a result also lists its utterances in order of start time,
+      ``"utterances": [{"channel": 0, "speaker": "agent", "text": "...", "start": 1.2, "end": 2.5}]``,
+      and a partial reply adds ``"partials": [{"channel", "speaker", "text"}]`` for each channel.
     * With ``max_alternatives`` > 0 a result is ``{"alternatives": [{"text": "...",
       "confidence": 0.93, "result": [...]}]}`` as in vosk-server; the service reports only
       the best hypothesis, with the mean word confidence (0..1) as its confidence.
@@ -85,8 +92,9 @@ from simple_websocket import ConnectionClosed
 from decoder_api.engines.base import Final, InvalidOptions, UnsupportedSampleRate, Word, check_pcm
 from decoder_api.errors import DecoderError
 from decoder_api.http.auth import bearer
-from decoder_api.http.routes.v1 import SERVER_ONLY_KEYS
+from decoder_api.http.routes.v1 import SERVER_ONLY_KEYS, channel_partials
 from decoder_api.http.service import DecoderService, service
+from decoder_api.sessions.channels import MAX_SPEAKER_CHARS, MONO, ChannelLayout, channel_layout, check_frames
 from decoder_api.sessions.errors import SessionEnded, SessionExpired, ShuttingDown
 from decoder_api.sessions.session import Session, SessionConfig
 
@@ -110,6 +118,14 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "words": {"enum": [True, False, 0, 1]},
         "phrase_list": {"type": "array", "maxItems": 1000, "items": {"type": "string", "maxLength": 200}},
         "max_alternatives": {"type": "integer", "minimum": 0, "maximum": 10},
+        "channels": {"type": "integer", "enum": [1, 2]},
+        "speakers": {
+            "type": "array",
+            "minItems": 2,
+            "maxItems": 2,
+            "uniqueItems": True,
+            "items": {"type": "string", "minLength": 1, "maxLength": MAX_SPEAKER_CHARS},
+        },
     },
 }
 COMMANDS = frozenset({"config", "eof", "reset"})
@@ -154,11 +170,14 @@ class StreamConfig:
     words: bool = False
     phrases: tuple[str, ...] | None = None
     max_alternatives: int = 0
+    layout: ChannelLayout = MONO
 
     def session_config(self) -> SessionConfig:
         # Word confidences are needed for an alternative's confidence even without ``words``.
         words = self.words or self.max_alternatives > 0
-        return SessionConfig(sample_rate_hz=self.sample_rate_hz, words=words, phrases=self.phrases)
+        return SessionConfig(
+            sample_rate_hz=self.sample_rate_hz, words=words, phrases=self.phrases, layout=self.layout
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +192,10 @@ def parse_config(raw: Any) -> StreamConfig:
     """The ``config`` frame's options; server-only and unknown keys and wrong types are refused."""
     if isinstance(raw, dict):
         refuse_server_only(raw)
+        try:
+            layout = channel_layout(raw.get("channels", 1), raw.get("speakers"))
+        except DecoderError as exc:
+            raise InvalidConfig(f"config: {exc.message}") from None
     try:
         jsonschema.validate(raw, CONFIG_SCHEMA)
     except jsonschema.ValidationError as exc:
@@ -184,6 +207,7 @@ def parse_config(raw: Any) -> StreamConfig:
         words=bool(raw.get("words", False)),
         phrases=tuple(phrases) if phrases is not None else None,
         max_alternatives=raw.get("max_alternatives", 0),
+        layout=layout,
     )
 
 
@@ -227,8 +251,28 @@ def result_body(finals: Sequence[Final], config: StreamConfig) -> dict[str, Any]
         alternative: dict[str, Any] = {"text": text, "confidence": confidence}
         if shown:
             alternative["result"] = shown
-        return {"alternatives": [alternative]}
-    return {"text": text, "result": shown} if shown else {"text": text}
+        return {"alternatives": [alternative]} | utterances_body(finals, config)
+    body = {"text": text, "result": shown} if shown else {"text": text}
+    return body | utterances_body(finals, config)
+
+
+def utterances_body(finals: Sequence[Final], config: StreamConfig) -> dict[str, Any]:
+    """A stereo stream's utterances, each with its channel and speaker (empty for mono)."""
+    if not config.layout.stereo:
+        return {}
+    return {
+        "utterances": [
+            {
+                "channel": f.channel,
+                "speaker": f.speaker,
+                "text": f.text,
+                "start": f.start_ms / 1000,
+                "end": f.end_ms / 1000,
+            }
+            | ({"result": [word_body(w) for w in f.words]} if config.words and f.words else {})
+            for f in finals
+        ]
+    }
 
 
 def close_code_for(exc: DecoderError) -> int | None:
@@ -253,6 +297,7 @@ class VoskStream:
         self.config = StreamConfig()
         self.session: Session | None = None
         self._partial = ""
+        self.ended = "normal"  # the call.ended reason when the socket closes ("idle" after a timeout)
 
     @property
     def session_id(self) -> str:
@@ -273,7 +318,7 @@ class VoskStream:
         if self.session is None:
             return
         try:
-            self._svc.sessions.delete(self.session)
+            self._svc.sessions.delete(self.session, ended=self.ended)
         except DecoderError as exc:
             logger.warning("stream_close_failed session_id=%s error=%s", self.session.id, exc.code)
 
@@ -298,18 +343,23 @@ class VoskStream:
 
     def _audio(self, pcm: bytes) -> dict[str, Any]:
         check_pcm(pcm)
+        check_frames(pcm, self.config.layout)
         session = self._open()
         if not pcm:
             return {"partial": self._partial}
         received = time.perf_counter()
         with session.locked():
             result = session.feed(pcm)
+            partials = session.partials()
         decode_s = time.perf_counter() - received
-        self._svc.metrics.observe_decode(decode_s, len(pcm) / 2 / self.config.sample_rate_hz)
+        layout = self.config.layout
+        self._svc.metrics.observe_decode(decode_s, len(pcm) / layout.frame_bytes / self.config.sample_rate_hz)
         self._svc.metrics.partial_latency.observe(decode_s)
         self._partial = result.partial
         if result.finals:
             return result_body(result.finals, self.config)
+        if layout.stereo:
+            return {"partial": result.partial, "partials": channel_partials(layout, partials)}
         return {"partial": result.partial}
 
     def _open(self) -> Session:
@@ -325,6 +375,7 @@ def serve(ws: Any, stream: VoskStream, idle_s: float) -> None:
         message = ws.receive(timeout=idle_s)
         if message is None:
             idle = IdleTimeout(f"no frame for {idle_s:g} s; the stream was closed")
+            stream.ended = "idle"
             reply: Reply | None = Reply(idle.to_dict(), idle.close_code)
         else:
             reply = stream.handle(message)

@@ -9,12 +9,13 @@ from typing import Any
 import jsonschema
 from flask import Blueprint, Request, Response, jsonify, request
 
-from decoder_api.audio import chunk_bytes, decode_bytes, iter_chunks
+from decoder_api.audio import InvalidChannels, chunk_bytes, decode_bytes, iter_chunks
 from decoder_api.engines import native_rate_hz
 from decoder_api.engines.base import InvalidAudio, UnsupportedSampleRate
 from decoder_api.errors import DecoderError, EmptyAudio
 from decoder_api.http.auth import authorize_session, bearer, session_token
 from decoder_api.http.service import DecoderService, service
+from decoder_api.sessions.channels import MAX_SPEAKER_CHARS, MONO, ChannelLayout, channel_layout, check_frames
 from decoder_api.sessions.registry import SessionRecord
 from decoder_api.sessions.session import Session, SessionConfig
 from decoder_api.sessions.store import Authorize
@@ -53,6 +54,14 @@ SESSION_SCHEMA: dict[str, Any] = {
         "phrases": {"type": "array", "maxItems": 1000, "items": {"type": "string", "maxLength": 200}},
         "max_alternatives": {"type": "integer", "minimum": 0, "maximum": 10},
         "metadata": {"type": "object", "maxProperties": 32},
+        "channels": {"type": "integer", "enum": [1, 2]},
+        "speakers": {
+            "type": "array",
+            "minItems": 2,
+            "maxItems": 2,
+            "uniqueItems": True,
+            "items": {"type": "string", "minLength": 1, "maxLength": MAX_SPEAKER_CHARS},
+        },
     },
 }
 
@@ -81,6 +90,8 @@ def open_session() -> tuple[Response, int]:
         "session_id": session.id,
         "token": token,
         "sample_rate": config.sample_rate_hz,
+        "channels": config.layout.channels,
+        "speakers": list(config.layout.speakers),
         "engine": engine.name,
         "model": engine.model.name,
         "language": engine.model.language,
@@ -91,16 +102,21 @@ def open_session() -> tuple[Response, int]:
 @blueprint.post("/sessions/<session_id>/audio")
 def feed_audio(session_id: str) -> Response:
     svc, session = authorized_session(session_id)
-    pcm = pcm_body(request, session.config.sample_rate_hz)
+    layout = session.config.layout
+    pcm = pcm_body(request, session.config.sample_rate_hz, layout)
     seq = chunk_seq(request)
     received = time.perf_counter()
     with session.locked():
         result = session.feed(pcm) if seq is None else session.feed_numbered(seq, pcm)
+        partials = session.partials()
     decode_s = time.perf_counter() - received
-    svc.metrics.observe_decode(decode_s, len(pcm) / 2 / session.config.sample_rate_hz)
+    svc.metrics.observe_decode(decode_s, len(pcm) / layout.frame_bytes / session.config.sample_rate_hz)
     svc.metrics.partial_latency.observe(decode_s)
     finals = [final_to_dict(f) for f in result.finals]
-    response = jsonify({"partial": result.partial, "finals": finals, "audio_ms": result.audio_ms})
+    body = {"partial": result.partial, "finals": finals, "audio_ms": result.audio_ms}
+    if layout.stereo:
+        body["partials"] = channel_partials(layout, partials)
+    response = jsonify(body)
     if seq is not None:
         response.headers[CHUNK_SEQ_HEADER] = str(seq)  # tells the client retries of this chunk are safe
     return response
@@ -124,6 +140,14 @@ def get_session(session_id: str) -> Response:
     return jsonify(found.snapshot() | {"finals": [final_to_dict(f) for f in found.finals]})
 
 
+def channel_partials(layout: ChannelLayout, partials: tuple[str, ...]) -> list[dict[str, Any]]:
+    """A stereo session's partial of each channel: ``[{"channel", "speaker", "text"}]``."""
+    return [
+        {"channel": channel, "speaker": speaker, "text": text}
+        for channel, (speaker, text) in enumerate(zip(layout.speakers, partials, strict=False))
+    ]
+
+
 def record_snapshot(record: SessionRecord) -> dict[str, Any]:
     rate = int(record.config["sample_rate_hz"])
     return {
@@ -132,6 +156,8 @@ def record_snapshot(record: SessionRecord) -> dict[str, Any]:
         "owner": record.owner,
         "user_id": record.config.get("user_id", ""),
         "sample_rate": rate,
+        "channels": int(record.config.get("channels", 1)),
+        "speakers": list(record.config.get("speakers", [])),
         "audio_ms": record.position_samples * 1000 // rate,
         "utterances": len(record.finals),
         "transcript": " ".join(f.text for f in record.finals),
@@ -154,19 +180,34 @@ def transcribe() -> Response:
     svc = service()
     require_content_type(request, FILE_TYPES)
     words = query_bool(request, "words")
-    return jsonify(transcribe_file(svc, request.get_data(cache=False), words))
+    layout = query_layout(request)
+    return jsonify(transcribe_file(svc, request.get_data(cache=False), words, layout))
 
 
-def transcribe_file(svc: DecoderService, data: bytes, words: bool) -> dict[str, Any]:
+def query_layout(req: Request) -> ChannelLayout:
+    """``?channels=2&speakers=agent,customer``: a stereo file with one speaker per channel."""
+    raw = req.args.get("channels")
+    if raw is None and "speakers" not in req.args:
+        return MONO
+    channels: Any = int(raw) if raw is not None and raw.isdigit() and len(raw) < 4 else raw
+    names = req.args.get("speakers")
+    return channel_layout(1 if channels is None else channels, None if names is None else names.split(","))
+
+
+def transcribe_file(
+    svc: DecoderService, data: bytes, words: bool, layout: ChannelLayout = MONO
+) -> dict[str, Any]:
     """Decode a whole audio file through a session of its own, as a live stream would be:
-    ``{"text", "utterances", "audio_ms"}``. Shared by ``/v1/transcribe`` and the v2 protocol."""
-    audio = decode_bytes(data, target_rate(svc))
-    config = SessionConfig(sample_rate_hz=audio.sample_rate_hz, words=words, partials=False)
+    ``{"text", "utterances", "audio_ms"}``. Shared by ``/v1/transcribe`` and the v2 protocol.
+    A stereo ``layout`` decodes each channel on its own; utterances carry channel and speaker."""
+    audio = decode_bytes(data, target_rate(svc), layout.channels)
+    config = SessionConfig(sample_rate_hz=audio.sample_rate_hz, words=words, partials=False, layout=layout)
     session, _ = svc.sessions.open(config, owner_key_hash=request.environ.get("decoder.key_hash"))
     finals = []
+    size = chunk_bytes(audio.sample_rate_hz, svc.settings.chunk_ms) * layout.channels
     try:
         with session.locked():
-            for chunk in iter_chunks(audio.pcm, chunk_bytes(audio.sample_rate_hz, svc.settings.chunk_ms)):
+            for chunk in iter_chunks(audio.pcm, size):
                 finals += session.feed(chunk).finals
     finally:
         finals += svc.sessions.end(session)
@@ -223,6 +264,7 @@ def session_config(body: dict[str, Any]) -> SessionConfig:
     refused = SERVER_ONLY_KEYS & body.keys()
     if refused:
         raise InvalidRequest(f"{', '.join(sorted(refused))} is chosen by the server's configuration only")
+    layout = channel_layout(body.get("channels", 1), body.get("speakers"))  # its own error codes
     try:
         jsonschema.validate(body, SESSION_SCHEMA)
     except jsonschema.ValidationError as exc:
@@ -236,6 +278,7 @@ def session_config(body: dict[str, Any]) -> SessionConfig:
         max_alternatives=body.get("max_alternatives", 0),
         user_id=body.get("user_id", ""),
         metadata=body.get("metadata", {}),
+        layout=layout,
     )
 
 
@@ -254,15 +297,20 @@ def require_content_type(req: Request, allowed: frozenset[str]) -> None:
         raise UnsupportedMediaType(f"Content-Type must be one of: {', '.join(sorted(allowed))}")
 
 
-def pcm_body(req: Request, sample_rate_hz: int) -> bytes:
-    """Raw s16le mono PCM; ``audio/L16; rate=N`` must match the session's rate."""
+def pcm_body(req: Request, sample_rate_hz: int, layout: ChannelLayout = MONO) -> bytes:
+    """Raw s16le PCM (mono, or interleaved stereo frames); ``audio/L16; rate=N`` must match the
+    session's rate (and ``channels=N``, when given, its channel count)."""
     require_content_type(req, PCM_TYPES)
     rate = req.mimetype_params.get("rate")
     if rate is not None and rate != str(sample_rate_hz):
         raise UnsupportedSampleRate(f"the session streams {sample_rate_hz} Hz audio, not {rate} Hz")
+    channels = req.mimetype_params.get("channels")
+    if channels is not None and channels != str(layout.channels):
+        raise InvalidChannels(f"the session streams {layout.channels}-channel audio, not {channels}")
     pcm = req.get_data(cache=False)
     if not pcm:
         raise EmptyAudio("the chunk is empty; send at least one 16-bit sample")
     if len(pcm) % 2:
         raise InvalidAudio(f"PCM must be whole 16-bit samples; got an odd byte count ({len(pcm)})")
+    check_frames(pcm, layout)
     return pcm
