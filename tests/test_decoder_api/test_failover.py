@@ -16,9 +16,10 @@ import requests
 from decoder_api.audio import chunk_bytes, iter_chunks
 from decoder_api.engines.base import RecognizerOptions
 from decoder_api.engines.vosk import VoskEngine
+from decoder_api.sessions.channels import StereoRecognizer
 from decoder_api.sessions.transcripts import stream_pcm
 from devtools.processes import DecoderServer, RedisServer, start_decoder, start_redis
-from tests.conftest import RATE_HZ, SpokenCall
+from tests.conftest import RATE_HZ, SpokenCall, split_turns
 from tests.kafka import (
     ConsumerFactory,
     TopicFactory,
@@ -29,6 +30,7 @@ from tests.kafka import (
 )
 
 PCM = {"Content-Type": "application/octet-stream"}
+SPEAKERS = ("agent", "customer")
 HEARTBEAT_TTL_S = "1.5"
 
 
@@ -74,8 +76,9 @@ class Caller:
         self.wrong_instance = 0
         self.retry_after_s: list[int] = []  # the Retry-After of every wrong_instance
 
-    def open(self) -> None:
-        body = self.http.post(f"{self.urls[0]}/v1/sessions", json={"words": True}, timeout=30).json()
+    def open(self, **options: Any) -> None:
+        options = {"words": True} | options
+        body = self.http.post(f"{self.urls[0]}/v1/sessions", json=options, timeout=30).json()
         self.sid, self.token = body["session_id"], body["token"]
 
     def send(self, seq: int, chunk: bytes) -> dict[str, Any]:
@@ -140,6 +143,32 @@ def test_takeover_after_sigkill_reproduces_the_call(
     # Refusals while the dead owner's heartbeat lasts say when it lapses (never later than its TTL).
     longest = math.ceil(float(HEARTBEAT_TTL_S))
     assert all(1 <= s <= longest for s in caller.retry_after_s), caller.retry_after_s
+
+
+def test_takeover_of_a_stereo_call_reproduces_each_speaker_s_finals(
+    pair: tuple[DecoderServer, DecoderServer], vosk_engine: VoskEngine, korean_call: SpokenCall
+) -> None:
+    """Killed mid-call while one channel's utterance is open: each channel is replayed from its own
+    restart point, so the takeover gives exactly the uninterrupted stereo decode."""
+    owner, successor = pair
+    stereo = split_turns(korean_call)
+    options = RecognizerOptions(RATE_HZ, words=True)
+    reference = StereoRecognizer([vosk_engine.create(options), vosk_engine.create(options)], SPEAKERS)
+    chunks = list(iter_chunks(stereo, chunk_bytes(RATE_HZ, 200) * 2))  # 200 ms of stereo frames
+    decoded = [f for chunk in chunks for f in reference.accept(chunk)] + reference.flush()
+    expected = [(f.text, f.channel, f.speaker) for f in decoded]
+    assert {channel for _, channel, _ in expected} == {0, 1}
+    caller = Caller([owner.url, successor.url])
+    caller.open(channels=2, speakers=list(SPEAKERS))
+    cut = int(len(chunks) * 0.55)
+    for seq, chunk in enumerate(chunks[:cut]):
+        caller.send(seq, chunk)
+    owner.stop(signal.SIGKILL)
+    for seq, chunk in enumerate(chunks[cut:], start=cut):
+        caller.send(seq, chunk)
+    caller.end()
+    assert [(f["text"], f["channel"], f["speaker"]) for f in caller.finals] == expected
+    assert [f["utterance"] for f in caller.finals] == list(range(len(expected)))
 
 
 def test_draining_owner_hands_its_calls_over(
