@@ -40,9 +40,11 @@ __all__ = [
     "decoder_env",
     "free_port",
     "http_ready",
+    "process_tree",
     "start_decoder",
     "start_redis",
     "stop_group",
+    "tree_rss_mib",
 ]
 
 
@@ -274,9 +276,29 @@ def start_redis(workdir: Path, durable: bool = False) -> RedisServer:
     return RedisServer(free_port(), workdir, durable).start()
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (gunicorn's master and worker, e.g.)."""
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        todo += _children(found[-1])
+    return found
+
+
+def tree_rss_mib(pid: int) -> float:
+    """Resident memory of ``pid`` and its descendants together, MiB (0 for those gone meanwhile)."""
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError, RuntimeError):
+            total += _status_kib(member, "VmRSS")
+    return total / 1024
+
+
 def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text(encoding="ascii").split()] if path.exists() else []
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text(encoding="ascii").split()]
+    except OSError:  # gone meanwhile
+        return []
 
 
 def _process_cpu_s(pid: int) -> float:
