@@ -9,17 +9,15 @@ and the others still run; the exit status is then 1.
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from rich.console import Console
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = ROOT / "bench" / "results"
+from bench.results import DEFAULT_OUT, ROOT, parser
+
 # In order: the engine baseline first, the plot of everything last.
 BENCHMARKS = (
     "engines",
@@ -35,22 +33,16 @@ BENCHMARKS = (
 README = ROOT / "README.md"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory")
-    parser.add_argument(
+def main(argv: Sequence[str] | None = None) -> int:
+    cli = parser("bench", __doc__)
+    cli.prog = "python -m bench"
+    cli.add_argument(
         "--only", action="append", choices=BENCHMARKS, help="run only this benchmark (repeatable)"
     )
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = cli.parse_args(argv)
     console = Console()
-    selected = [name for name in BENCHMARKS if not args.only or name in args.only]
     failed: list[str] = []
-    for name in selected:
+    for name in [name for name in BENCHMARKS if not args.only or name in args.only]:
         console.rule(f"bench.{name}")
         command = [sys.executable, "-m", f"bench.{name}", "--out", str(args.out)]
         if args.quick:
@@ -58,12 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif name == "summary" and args.out.resolve() == DEFAULT_OUT.resolve():
             command += ["--readme", str(README)]
         started = time.monotonic()
-        result = subprocess.run(command, cwd=ROOT, check=False)
-        elapsed = time.monotonic() - started
-        if result.returncode:
+        if subprocess.run(command, cwd=ROOT, check=False).returncode:
             failed.append(name)
-            console.print(f"[red]bench.{name} failed with exit code {result.returncode}[/red]")
-        console.print(f"bench.{name}: {elapsed:.0f} s")
+            console.print(f"[red]bench.{name} failed[/red]")
+        console.print(f"bench.{name}: {time.monotonic() - started:.0f} s")
     if failed:
         console.print(f"[red]failed: {', '.join(failed)}[/red]")
         return 1

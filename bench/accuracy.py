@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -29,15 +28,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.figures import Figure, Result, build_result, figure, print_figures, write_result
 from bench.kafka_path import sentiment_model
+from bench.results import ROOT, Figure, Result, figure, parser, publish, result, start_logging
 from devtools.evaluation import load_manifest
 
 logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "data" / "manifest.tsv"
-DEFAULT_OUT = ROOT / "bench" / "results"
 COMMITTED = ROOT / "bench" / "results" / "engines.json"
 GROUP_NAMES = {
     "overall": "all of data/",
@@ -67,12 +64,12 @@ def engines_report(out: Path, quick: bool) -> tuple[dict[str, Any], str]:
 def wer_table(report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Per engine: model, language, and per group the WER streaming and offline (None: not English)."""
     table = {}
-    for name, result in report["engines"].items():
-        on, off = result["partials_on"]["wer"], result["partials_off"]["wer"]
+    for name, measured in report["details"]["engines"].items():
+        on, off = measured["partials_on"]["wer"], measured["partials_off"]["wer"]
         table[name] = {
-            "model": result["model"],
-            "model_language": result["model_language"],
-            "audio_s": {"overall": result["audio_s"], **result["groups"]},
+            "model": measured["model"],
+            "model_language": measured["model_language"],
+            "audio_s": {"overall": measured["audio_s"], **measured["groups"]},
             "streaming": on,
             "offline": off,
         }
@@ -250,80 +247,66 @@ def sentiment_figures(s: Mapping[str, Any]) -> list[Figure]:
     return figures
 
 
-INTRO = [
-    "Gathered with `python -m bench.accuracy` from the engine benchmark's results and the trained "
-    "sentiment model's record; the call turns are labelled by the model here.",
-]
-
-
 def notes(details: Mapping[str, Any]) -> list[str]:
-    s = details["sentiment"]
-    turns = s["call_turns"]
-    lines = [
-        f"- WER from `{details['engines_json']}` (measured {details['engines_date']}): corpus WER after "
-        "Whisper's English normaliser; *streaming* decodes with partials on, as a live call, *offline* "
-        "with finals only.",
+    """The run's own notes; the method is in ``bench/METHOD.md``."""
+    s, lines = (
+        details["sentiment"],
+        [f"- WER from `{details['engines_json']}` (measured {details['engines_date']})."],
+    )
+    lines += [
+        f"- {engine} ({row['model']}): a {row['model_language']} model; `data/` is English: no WER here."
+        for engine, row in details["wer"].items()
+        if row["streaming"] is None
     ]
-    for engine, row in details["wer"].items():
-        if row["streaming"] is None:
-            lines.append(
-                f"- {engine} ({row['model']}): a {row['model_language']} model; `data/` is English, so it "
-                "has no WER here."
-            )
-    held = s["held_out"]["asr_style"]
+    turns, held = s["call_turns"], s["held_out"]["asr_style"]
     lines += [
         f"- Sentiment model `{s['model_key']}` ({s['model_path']}, found by {s['model_source']}): "
         f"{s['held_out_sentences']} held-out sentences; headline accuracy {held['kind']}"
         + ("" if held["macro_f1"] is None else f", three-way macro F1 {held['macro_f1']:.3f} (ASR style)")
         + ("" if held["pearson"] is None else f", Pearson r with the mean human rating {held['pearson']:.3f}")
-        + ". Majority class: always answering the most frequent label of the same sentences.",
+        + ".",
         f"- Call turns: {turns['turns']} turns of `data/call*.wav` "
         f"({', '.join(f'{k} {v}' for k, v in sorted(turns['labels'].items()))}); "
         f"{len(turns['as_written']['disagreements'])} disagree as written.",
-        f"- Build time: `training_seconds` of `training.json` (wall clock on the machine that built it, "
-        f"{s['training_sentences']} training sentences); the baseline is computing the cache key "
-        "(reading the corpus and fingerprinting the base model), measured here.",
+        f"- Build time: {s['training_sentences']} training sentences.",
     ]
     return lines
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.accuracy", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="when engines.json must be made, make it quick")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory (bench/results)")
-    return parser
+def report(
+    settings: Mapping[str, Any],
+    details: Mapping[str, Any],
+    quick: bool,
+    machine: Mapping[str, Any] | None = None,
+) -> Result:
+    figures = wer_figures(details["wer"]) + sentiment_figures(details["sentiment"])
+    return result(
+        "accuracy",
+        "Accuracy: WER and sentiment",
+        quick,
+        settings,
+        figures,
+        details,
+        (),
+        notes(details),
+        machine,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    logger.setLevel(logging.INFO)
-    report, source = engines_report(args.out, args.quick)
-    wer = wer_table(report)
+    args = parser("accuracy", __doc__).parse_args(argv)
+    start_logging()
+    engines, source = engines_report(args.out, args.quick)
     details: dict[str, Any] = {
         "engines_json": source,
-        "engines_date": report["machine"]["date"],
-        "engines_quick": report["quick"],
-        "wer": wer,
+        "engines_date": engines["machine"]["date"],
+        "engines_quick": engines["quick"],
+        "wer": wer_table(engines),
         "sentiment": sentiment_details(os.environ),
     }
-    settings = {
-        "engines_json": Path(source).name,
-        "engines_quick": report["quick"],
-        "sentiment_model": details["sentiment"]["model_key"],
-    }
-    result: Result = build_result(
-        "accuracy",
-        "Accuracy: WER and sentiment",
-        args.quick,
-        settings,
-        wer_figures(wer) + sentiment_figures(details["sentiment"]),
-        details,
-    )
-    for path in write_result(result, args.out, INTRO, notes(details)):
-        logger.info("wrote %s", path)
-    print_figures(result)
-    return 0
+    settings = {"engines_json": Path(source).name, "engines_quick": engines["quick"]}
+    settings["sentiment_model"] = details["sentiment"]["model_key"]
+    return publish(report(settings, details, args.quick), args.out)
 
 
 if __name__ == "__main__":

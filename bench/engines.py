@@ -1,14 +1,13 @@
 """Engine baseline: model load time, memory, real-time factor, chunk latency and WER, in-process (no HTTP).
 
 ``python -m bench.engines`` measures every engine in a fresh subprocess of its own, so each RSS
-figure belongs to one engine only. It then writes ``engines.md`` and ``engines.json`` to ``--out`` and
-prints the table. Every file of ``data/`` goes through ``stream_pcm`` in 200 ms chunks on a fresh
-recognizer, the path the server uses, once with partials on and once with finals only.
+figure belongs to one engine only. Every file of ``data/`` goes through ``stream_pcm`` in 200 ms
+chunks on a fresh recognizer, the path the server uses, once with partials on (streaming) and once
+with finals only (offline, the baseline of the streaming cost).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -17,11 +16,12 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from bench.report import EngineResult, PassResult, build_report, print_tables, write_report
+from bench.results import ROOT, Result, figure, parser, publish, result, start_logging, table
 from decoder_api.audio import decode_file
 from decoder_api.config import load_settings
 from decoder_api.engines import Engine, RecognizerOptions, load_engine
@@ -30,15 +30,14 @@ from devtools.evaluation import load_manifest, whole_files, word_error_rate
 
 logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "data" / "manifest.tsv"
-DEFAULT_OUT = ROOT / "bench" / "results"
 ENGINES = {"whisper": {"engine": "whisper", "model": "tiny.en"}, "vosk": {"engine": "vosk", "model": "ko"}}
 CHUNK_MS = 200
 RATE_HZ = 16000
 AUDIO_LANGUAGE = "en"
-QUICK_FILES = 3
+QUICK_FILES = 2
 WARMUP_CHUNKS = 1000 // CHUNK_MS  # the first second of audio of a fresh recognizer
+PASSES = {"partials_on": "partials on", "partials_off": "finals only"}
 # Every file of data/ falls in exactly one group, matched by file-name prefix.
 GROUPS = {
     "librivox": ("librivox-",),
@@ -62,92 +61,67 @@ class Clip:
         return len(self.pcm) / 2 / RATE_HZ
 
 
-@dataclass(frozen=True, slots=True)
-class Decoded:
-    """One file through one fresh recognizer: its text, cost, and the wall time of each ``accept``."""
-
-    text: str
-    wall_s: float
-    cpu_s: float
-    accept_ms: list[float]
-
-
-class AcceptTimer:
-    """``stream_pcm``'s ``on_chunk`` hook: milliseconds between calls, i.e. each ``accept`` + ``partial``."""
-
-    def __init__(self) -> None:
-        self.accept_ms: list[float] = []
-        self._last = time.perf_counter()
-
-    def __call__(self, n_bytes: int, partial: str) -> None:
-        now = time.perf_counter()
-        self.accept_ms.append((now - self._last) * 1000)
-        self._last = now
-
-
-def group_of(name: str) -> str:
-    return next(group for group, prefixes in GROUPS.items() if name.startswith(prefixes))
-
-
 def load_clips(quick: bool) -> list[Clip]:
     """Every whole file of the manifest, or only the ``QUICK_FILES`` shortest ones."""
     entries = whole_files(load_manifest(MANIFEST), AUDIO_LANGUAGE)
     if quick:
         entries = sorted(entries, key=lambda e: e.seconds)[:QUICK_FILES]
+    group = {e.path.name: next(g for g, p in GROUPS.items() if e.path.name.startswith(p)) for e in entries}
     return [
-        Clip(e.path.name, group_of(e.path.name), decode_file(e.path, RATE_HZ).pcm, e.transcript)
-        for e in entries
+        Clip(e.path.name, group[e.path.name], decode_file(e.path, RATE_HZ).pcm, e.transcript) for e in entries
     ]
 
 
-def status_mib(field: str) -> float:
+def status_mib(name: str) -> float:
     """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MiB."""
     for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
-        if line.startswith(f"{field}:"):
+        if line.startswith(f"{name}:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
+    raise RuntimeError(f"/proc/self/status has no {name}")
 
 
-def reset_peak_rss() -> None:
-    """Set VmHWM back to the current RSS, so the next peak is the decoding's alone."""
-    Path("/proc/self/clear_refs").write_text("5", encoding="ascii")
-
-
-def decode(engine: Engine, clip: Clip, partials: bool) -> Decoded:
+def decode(engine: Engine, clip: Clip, partials: bool) -> tuple[str, float, float, list[float]]:
+    """One file through a fresh recognizer: (text, wall s, CPU s, ms of each ``accept`` + ``partial``)."""
     wall, cpu = time.perf_counter(), time.process_time()
+    accept_ms: list[float] = []
+    last = [time.perf_counter()]
+
+    def on_chunk(n_bytes: int, partial: str) -> None:
+        now = time.perf_counter()
+        accept_ms.append((now - last[0]) * 1000)
+        last[0] = now
+
     recognizer = engine.create(RecognizerOptions(sample_rate_hz=RATE_HZ, partials=partials))
     try:
-        timer = AcceptTimer()
-        transcript = stream_pcm(recognizer, clip.pcm, CHUNK_MS, on_chunk=timer)
+        text = stream_pcm(recognizer, clip.pcm, CHUNK_MS, on_chunk=on_chunk).text
     finally:
         recognizer.close()
-    return Decoded(transcript.text, time.perf_counter() - wall, time.process_time() - cpu, timer.accept_ms)
+    return text, time.perf_counter() - wall, time.process_time() - cpu, accept_ms
 
 
-def measure_pass(engine: Engine, clips: list[Clip], partials: bool) -> PassResult:
+def measure_pass(engine: Engine, clips: list[Clip], partials: bool) -> dict[str, Any]:
     decoded = [decode(engine, clip, partials) for clip in clips]
     audio_s = sum(clip.audio_s for clip in clips)
-    wall_s, cpu_s = sum(d.wall_s for d in decoded), sum(d.cpu_s for d in decoded)
-    first = [d.accept_ms[0] for d in decoded]
-    warmup = [ms for d in decoded for ms in d.accept_ms[:WARMUP_CHUNKS]]
-    steady = [ms for d in decoded for ms in d.accept_ms[WARMUP_CHUNKS:]]
+    wall_s, cpu_s = sum(d[1] for d in decoded), sum(d[2] for d in decoded)
+    first = [d[3][0] for d in decoded]
+    warmup = [ms for d in decoded for ms in d[3][:WARMUP_CHUNKS]]
+    steady = [ms for d in decoded for ms in d[3][WARMUP_CHUNKS:]]
     english = engine.model.language.split("-")[0] == AUDIO_LANGUAGE
-    wer = wer_by_group(clips, [d.text for d in decoded]) if english else None
-    return PassResult(
-        partials=partials,
-        wall_s=wall_s,
-        cpu_s=cpu_s,
-        rtf=wall_s / audio_s,
-        cpu_s_per_audio_s=cpu_s / audio_s,
-        first_accept_p50_ms=statistics.median(first),
-        first_accept_max_ms=max(first),
-        first_second_accept_mean_ms=statistics.fmean(warmup),
-        steady_accept_mean_ms=statistics.fmean(steady),
-        steady_accept_p50_ms=statistics.median(steady),
-        steady_accept_p95_ms=statistics.quantiles(steady, n=20)[18],
-        steady_accept_max_ms=max(steady),
-        wer=wer,
-    )
+    return {
+        "partials": partials,
+        "wall_s": wall_s,
+        "cpu_s": cpu_s,
+        "rtf": wall_s / audio_s,  # decode wall time / audio time
+        "cpu_s_per_audio_s": cpu_s / audio_s,  # process CPU time (all threads) / audio time
+        "first_accept_p50_ms": statistics.median(first),
+        "first_accept_max_ms": max(first),
+        "first_second_accept_mean_ms": statistics.fmean(warmup),
+        "steady_accept_mean_ms": statistics.fmean(steady),
+        "steady_accept_p50_ms": statistics.median(steady),
+        "steady_accept_p95_ms": statistics.quantiles(steady, n=20)[18],
+        "steady_accept_max_ms": max(steady),
+        "wer": wer_by_group(clips, [d[0] for d in decoded]) if english else None,
+    }
 
 
 def wer_by_group(clips: list[Clip], hypotheses: list[str]) -> dict[str, float]:
@@ -156,12 +130,11 @@ def wer_by_group(clips: list[Clip], hypotheses: list[str]) -> dict[str, float]:
     for group in GROUPS:
         pairs = [(c.reference, h) for c, h in zip(clips, hypotheses, strict=True) if c.group == group]
         if pairs:
-            refs, hyps = zip(*pairs, strict=True)
-            wer[group] = word_error_rate(list(refs), list(hyps), AUDIO_LANGUAGE)
+            wer[group] = word_error_rate([r for r, _ in pairs], [h for _, h in pairs], AUDIO_LANGUAGE)
     return wer
 
 
-def measure_engine(name: str, quick: bool) -> EngineResult:
+def measure_engine(name: str, quick: bool) -> dict[str, Any]:
     """Load one engine in this process and measure it; run in a fresh process for clean RSS figures."""
     settings = load_settings(os.environ, ENGINES[name])
     clips = load_clips(quick)
@@ -171,76 +144,145 @@ def measure_engine(name: str, quick: bool) -> EngineResult:
     engine = load_engine(settings)
     load_s = time.perf_counter() - started
     rss_after = status_mib("VmRSS")
-    reset_peak_rss()
+    Path("/proc/self/clear_refs").write_text("5", encoding="ascii")  # VmHWM from here: the decoding's peak
     try:
-        process_first_ms = decode(engine, clips[0], partials=True).accept_ms[0]  # also warms the process
+        process_first_ms = decode(engine, clips[0], partials=True)[3][0]  # also warms the process
         partials_on = measure_pass(engine, clips, partials=True)
         partials_off = measure_pass(engine, clips, partials=False)
         peak = status_mib("VmHWM")
     finally:
         engine.close()
-    return EngineResult(
-        engine=engine.name,
-        model=engine.model.name,
-        model_language=engine.model.language,
-        settings=dataclasses.asdict(getattr(settings, engine.name)),
-        files=[clip.name for clip in clips],
-        groups={
-            g: sum(c.audio_s for c in clips if c.group == g)
-            for g in GROUPS
-            if any(c.group == g for c in clips)
-        },
-        audio_s=sum(clip.audio_s for clip in clips),
-        load_s=load_s,
-        rss_before_load_mib=rss_before,
-        rss_after_load_mib=rss_after,
-        peak_rss_mib=peak,
-        process_first_accept_ms=process_first_ms,
-        load_average_1min=(load_before, os.getloadavg()[0]),
-        partials_on=partials_on,
-        partials_off=partials_off,
-    )
+    groups = {g: sum(c.audio_s for c in clips if c.group == g) for g in GROUPS}
+    return {
+        "engine": engine.name,
+        "model": engine.model.name,
+        "model_language": engine.model.language,
+        "settings": dataclasses.asdict(getattr(settings, engine.name)),
+        "files": [clip.name for clip in clips],
+        "groups": {g: seconds for g, seconds in groups.items() if seconds},  # audio seconds per group
+        "audio_s": sum(clip.audio_s for clip in clips),
+        "load_s": load_s,
+        "rss_before_load_mib": rss_before,
+        "rss_after_load_mib": rss_after,
+        "peak_rss_mib": peak,  # VmHWM, reset after the load: the peak while decoding
+        "process_first_accept_ms": process_first_ms,  # first chunk of the first recognizer of the process
+        "load_average_1min": (load_before, os.getloadavg()[0]),
+        "partials_on": partials_on,
+        "partials_off": partials_off,
+    }
 
 
-def run_in_subprocess(name: str, quick: bool) -> EngineResult:
+def run_in_subprocess(name: str, quick: bool) -> dict[str, Any]:
     """``measure_engine`` in a fresh interpreter; its JSON is the last line of its stdout."""
-    command = [sys.executable, "-m", "bench.engines", "--engine", name, "--json"]
-    command += ["--quick"] if quick else []
+    command = [sys.executable, "-m", "bench.engines", "--engine", name, "--json", *(["--quick"] * quick)]
     logger.info("measuring engine=%s", name)
     done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True)
-    result: EngineResult = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    found: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return found
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.engines", description=__doc__)
-    parser.add_argument("--engine", choices=tuple(ENGINES), help="measure only this engine")
-    parser.add_argument("--json", action="store_true", help="measure --engine in this process; print JSON")
-    parser.add_argument("--quick", action="store_true", help=f"only the {QUICK_FILES} shortest files")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory (bench/results)")
-    return parser
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.1f} %"
+
+
+Cell = Callable[[Mapping[str, Any]], str]
+
+
+def slashed(*keys: str) -> Cell:
+    return lambda p: " / ".join(f"{p[k]:.1f}" for k in keys)
+
+
+ENGINE_ROWS: list[tuple[str, Cell]] = [
+    ("Model", lambda r: r["model"]),
+    ("Model load (s)", lambda r: f"{r['load_s']:.2f}"),
+    ("RSS before load (MiB)", lambda r: f"{r['rss_before_load_mib']:.0f}"),
+    ("RSS after load (MiB)", lambda r: f"{r['rss_after_load_mib']:.0f}"),
+    ("Peak RSS while decoding (MiB)", lambda r: f"{r['peak_rss_mib']:.0f}"),
+    ("First accept of the process (ms)", lambda r: f"{r['process_first_accept_ms']:.1f}"),
+    ("Load average, 1 min (before / after)", lambda r: "{:.2f} / {:.2f}".format(*r["load_average_1min"])),
+]
+PASS_ROWS: list[tuple[str, Cell]] = [
+    ("RTF", lambda p: f"{p['rtf']:.3f}"),
+    ("CPU s per audio s", lambda p: f"{p['cpu_s_per_audio_s']:.3f}"),
+    (
+        "First accept of a fresh recognizer (ms, median / max)",
+        slashed("first_accept_p50_ms", "first_accept_max_ms"),
+    ),
+    ("Accept mean, first second of audio (ms)", lambda p: f"{p['first_second_accept_mean_ms']:.1f}"),
+    ("Accept mean after the first second (ms)", lambda p: f"{p['steady_accept_mean_ms']:.1f}"),
+    (
+        "Accept after the first second (ms, p50 / p95 / max)",
+        slashed(*(f"steady_accept_{q}_ms" for q in ("p50", "p95", "max"))),
+    ),
+    ("WER", lambda p: percent((p["wer"] or {}).get("overall"))),
+]
+
+
+def summary_rows(engines: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    rows = [[label, *(cell(r) for r in engines)] for label, cell in ENGINE_ROWS]
+    for key, name in PASSES.items():
+        rows += [[f"{label}, {name}", *(cell(r[key]) for r in engines)] for label, cell in PASS_ROWS]
+    return rows
+
+
+def report(
+    engines: Mapping[str, Mapping[str, Any]], quick: bool, machine: Mapping[str, Any] | None = None
+) -> Result:
+    """The figures (streaming cost against the offline decode) and tables of the measured engines."""
+    figures, notes = [], []
+    for name, r in engines.items():
+        on, off = r["partials_on"], r["partials_off"]
+        for key, label in (("rtf", "RTF"), ("cpu_s_per_audio_s", "CPU s per audio s")):
+            figures.append(figure(f"{label} {name}, streaming", "", on[key], off[key], "finals only"))
+        if on["wer"] is None:
+            notes.append(
+                f"- {name}: the model ({r['model']}) is {r['model_language']} and `data/` is English, so its "
+                "WER would be meaningless; only its speed and memory are reported."
+            )
+        notes.append(
+            f"- {name} ({r['model']}) settings: " + ", ".join(f"{k}={v}" for k, v in r["settings"].items())
+        )
+    first = next(iter(engines.values()))
+    tables = [table("Engines", ["", *engines], summary_rows(list(engines.values())))]
+    for name, r in engines.items():
+        if r["partials_on"]["wer"] is not None:
+            on, off = r["partials_on"]["wer"], r["partials_off"]["wer"] or {}
+            seconds = {"overall": r["audio_s"], **r["groups"]}
+            rows = [[g, f"{seconds[g]:.1f}", percent(on[g]), percent(off.get(g))] for g in on]
+            tables.append(
+                table(
+                    f"Word error rate, {name} ({r['model']})", ["Group", "Audio (s)", *PASSES.values()], rows
+                )
+            )
+    settings = {
+        "chunk_ms": CHUNK_MS,
+        "files": len(first["files"]),
+        "audio_s": round(first["audio_s"], 1),
+        "audio_mib": round(first["audio_s"] * 32000 / 2**20, 1),
+    }
+    details = {"engines": dict(engines)}
+    title = "Engine baseline" + (f" ({QUICK_FILES} short files)" if quick else "")
+    return result("engines", title, quick, settings, figures, details, tables, notes, machine)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    logger.setLevel(logging.INFO)
+    cli = parser("engines", __doc__)
+    cli.add_argument("--engine", choices=tuple(ENGINES), help="measure only this engine")
+    cli.add_argument("--json", action="store_true", help="measure --engine in this process; print JSON")
+    args = cli.parse_args(argv)
+    start_logging()
     if args.json:
         if args.engine is None:
-            build_parser().error("--json needs --engine")
+            cli.error("--json needs --engine")
         print(json.dumps(measure_engine(args.engine, args.quick)), flush=True)
         return 0
-    names = [args.engine] if args.engine else list(ENGINES)
     try:
-        results = [run_in_subprocess(name, args.quick) for name in names]
+        names = [args.engine] if args.engine else list(ENGINES)
+        engines = {name: run_in_subprocess(name, args.quick) for name in names}
     except subprocess.CalledProcessError as err:
         print(f"error: {err.cmd[4]} benchmark failed (exit {err.returncode})", file=sys.stderr)
         return 1
-    report = build_report(results, quick=args.quick, chunk_ms=CHUNK_MS)
-    for path in write_report(report, args.out):
-        logger.info("wrote %s", path)
-    print_tables(report)
-    return 0
+    return publish(report(engines, args.quick), args.out)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ its session id like the decoder's finals.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime
 import json
@@ -29,7 +28,6 @@ import logging
 import math
 import os
 import secrets
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,19 +41,28 @@ from typing import Any
 import requests
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
-from bench.figures import Figure, Result, build_result, figure, percentile, print_figures, write_result
-from bench.load import stop_group
+from bench.results import (
+    ROOT,
+    Figure,
+    Result,
+    figure,
+    machine_info,
+    parser,
+    percentile,
+    publish,
+    result,
+    start_logging,
+)
 from contract.events import TranscriptEvent, rfc3339_utc
 from contract.kafka import KafkaClientSettings
 from decoder_api.delivery.publisher import KafkaConfig
 from devtools import devstack
 from devtools.evaluation import load_manifest
+from devtools.processes import ServiceProcess
 
 logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "data" / "manifest.tsv"
-DEFAULT_OUT = ROOT / "bench" / "results"
 PARTITIONS = devstack.PARTITIONS
 FINAL_EVERY_S = 4.5  # a caller's finals come about this far apart (the sample calls' turns)
 READY_TIMEOUT_S = 180.0
@@ -71,7 +78,7 @@ class Size:
 
 
 FULL = Size(rates=(20.0, 100.0), duration_s=20.0, backlog=320, drain_timeout_s=60.0)
-QUICK = Size(rates=(20.0,), duration_s=3.0, backlog=96, drain_timeout_s=30.0)
+QUICK = Size(rates=(20.0,), duration_s=2.0, backlog=64, drain_timeout_s=30.0)
 
 
 # --- events -------------------------------------------------------------------------------------
@@ -279,52 +286,25 @@ class Reader:
 # --- the consumer process ---------------------------------------------------------------------------
 
 
-@dataclass
-class ConsumerProcess:
-    """``python -m nlp_consumer`` as deployed, in its own process group, logging to a file."""
+def consumer_metrics(port: int) -> dict[str, float]:
+    """The consumer's Prometheus samples (name with labels → value); empty when unreachable."""
+    try:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    except requests.RequestException:
+        return {}
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith("nlp_") and " " in line:
+            name, value = line.rsplit(" ", 1)
+            with contextlib.suppress(ValueError):
+                samples[name] = float(value)
+    return samples
 
-    env: Mapping[str, str]
-    log: Path
-    metrics_port: int
-    process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> ConsumerProcess:
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "nlp_consumer"],
-                cwd=ROOT,
-                env={**os.environ, **self.env},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return self
-
-    def metrics(self) -> dict[str, float]:
-        """The consumer's Prometheus samples (name with labels → value); empty when unreachable."""
-        try:
-            text = requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).text
-        except requests.RequestException:
-            return {}
-        samples = {}
-        for line in text.splitlines():
-            if line.startswith("nlp_") and " " in line:
-                name, value = line.rsplit(" ", 1)
-                with contextlib.suppress(ValueError):
-                    samples[name] = float(value)
-        return samples
-
-    def wait_assigned(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while self.metrics().get("nlp_assigned_partitions", 0) <= 0:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"nlp_consumer exited: {self.log.read_text(errors='replace')[-2000:]}")
-            if time.monotonic() > deadline:
-                raise TimeoutError("nlp_consumer was never assigned its partitions")
-            time.sleep(0.2)  # poll interval
-
-    def stop(self) -> None:
-        stop_group(self.process)
+def consumer_process(env: Mapping[str, str], log: Path, port: int) -> ServiceProcess:
+    """``python -m nlp_consumer`` as deployed; ready once it has been assigned its partitions."""
+    ready = lambda: consumer_metrics(port).get("nlp_assigned_partitions", 0) > 0  # noqa: E731
+    return ServiceProcess("nlp_consumer", ["-m", "nlp_consumer"], env, log, ready)
 
 
 # --- the sentiment model ------------------------------------------------------------------------------
@@ -471,7 +451,7 @@ def measure(size: Size, bootstrap: str | None, workdir: Path) -> tuple[dict[str,
         sender = Sender(broker, source)
         cleanup.callback(sender.close)
         port = devstack.free_port()
-        consumer = ConsumerProcess(
+        consumer = consumer_process(
             {
                 "KAFKA_BOOTSTRAP_SERVERS": broker,
                 "NLP_INPUT_TOPIC": source,
@@ -495,14 +475,14 @@ def measure(size: Size, bootstrap: str | None, workdir: Path) -> tuple[dict[str,
         sender.flush()
         logger.info("backlog events=%d; starting nlp_consumer", size.backlog)
         started = time.perf_counter()
-        consumer.start().wait_assigned()
+        consumer.start(READY_TIMEOUT_S)
         ready_s = time.perf_counter() - started
         if not reader.wait_for(enriched, backlog, max(READY_TIMEOUT_S, size.backlog)):
             raise TimeoutError(f"only {reader.count(enriched, backlog)} of the backlog came out enriched")
         batches = consumer_batches(reader.snapshot(enriched), backlog)
         through = consumer_throughput(reader.snapshot(enriched), batches)
         runs = [paced_run(sender, reader, rate, size, calls) for rate in size.rates]
-        samples = consumer.metrics()
+        samples = consumer_metrics(port)
     logger.info("consumer stopped; running the bare pipeline on the same batches")
     bare = bare_throughput(model, sender.documents, batches)
     settings = {
@@ -582,76 +562,53 @@ def figures_of(details: Mapping[str, Any]) -> list[Figure]:
     return figures
 
 
-INTRO = [
-    "Measured with `python -m bench.kafka_path`: an Apache Kafka broker (KRaft mode, log directory on disk), "
-    "a real `python -m nlp_consumer` process (default batch and group settings, the trained sentiment "
-    "model) and a downstream reader, all on this machine.",
-]
-
-
 def notes(details: Mapping[str, Any]) -> list[str]:
-    through = details["throughput"]
-    lines = [
-        "- *Consumer throughput*: a backlog waits in the input topic before the consumer starts; events of "
-        "batches 2…n over the time between the first and the last batch's `enriched_at` (poll, enrich, "
-        "produce, flush, commit). *Bare pipeline*: `Enricher.enrich` (sentiment, occlusion explanation, "
-        "keywords, schema check) on exactly the same batches in this process, after the consumer stopped. "
-        f"{through['batches']} batches, {through['mean_batch_events']:.1f} events each on average.",
-        "- *Final → enriched*: from `produce()` of a final (the decoder's producer settings: idempotent, "
-        "acks=all, lz4, linger 20 ms) to the enriched event reaching a downstream consumer. *Broker hop "
-        "alone*: the same events read back from the input topic by that consumer.",
-        "- At a rate above the consumer's throughput the queue grows for the whole run, so the latency "
-        "figures then measure the backlog, not the pipeline. Events not delivered within the drain "
-        "timeout count with the time waited (a lower bound).",
+    """The run's own notes; the method is in ``bench/METHOD.md``."""
+    through, summary = details["throughput"], details["consumer_metrics"]
+    lines = [f"- {through['batches']} batches, {through['mean_batch_events']:.1f} events each on average."]
+    lines += [
+        f"- {r['rate_per_s']:g} finals/s: {r['delivered']} of {r['sent']} delivered, "
+        f"max {r['enriched_max_ms']:.0f} ms."
+        for r in details["paced"]
     ]
-    for run in details["paced"]:
-        lines.append(
-            f"- {run['rate_per_s']:g} finals/s: {run['delivered']} of {run['sent']} delivered, "
-            f"max {run['enriched_max_ms']:.0f} ms."
-        )
-    summary = details["consumer_metrics"]
     if summary.get("enrich_share") is not None:
         lines.append(
             f"- The consumer spent {summary['enrich_share'] * 100:.0f} % of its batch time in the model; "
             f"Kafka (produce, flush, commit) took {summary['mean_kafka_ms_per_batch']:.0f} ms per batch."
         )
-    lines.append(
-        f"- Model: {details['model_path']} (found by {details['model_source']}). "
-        f"Load average at the end: {details['load_average_1min']:.2f}."
+    return [*lines, f"- Model: {details['model_path']} (found by {details['model_source']})."]
+
+
+def report(
+    settings: Mapping[str, Any],
+    details: Mapping[str, Any],
+    quick: bool,
+    machine: Mapping[str, Any] | None = None,
+) -> Result:
+    title = "Kafka path: final → enriched"
+    return result(
+        "kafka_path", title, quick, settings, figures_of(details), details, (), notes(details), machine
     )
-    return lines
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.kafka_path", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (one short rate, small backlog)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory (bench/results)")
-    parser.add_argument("--bootstrap", help="use this Kafka instead of starting a broker here")
-    parser.add_argument("--rates", type=float, nargs="+", help="finals per second (default 20 100)")
-    parser.add_argument("--duration-s", type=float, help="seconds of production per rate")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    logger.setLevel(logging.INFO)
-    size = QUICK if args.quick else FULL
+    cli = parser("kafka_path", __doc__)
+    cli.add_argument("--bootstrap", help="use this Kafka instead of starting a broker here")
+    cli.add_argument("--rates", type=float, nargs="+", help="finals per second (default 20 100)")
+    cli.add_argument("--duration-s", type=float, help="seconds of production per rate")
+    args = cli.parse_args(argv)
+    start_logging()
+    base = QUICK if args.quick else FULL
     size = Size(
-        rates=tuple(args.rates) if args.rates else size.rates,
-        duration_s=args.duration_s or size.duration_s,
-        backlog=size.backlog,
-        drain_timeout_s=size.drain_timeout_s,
+        tuple(args.rates or base.rates),
+        args.duration_s or base.duration_s,
+        base.backlog,
+        base.drain_timeout_s,
     )
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-kafka-") as tmp:
         settings, details = measure(size, args.bootstrap, Path(tmp))
-    result: Result = build_result(
-        "kafka_path", "Kafka path: final → enriched", args.quick, settings, figures_of(details), details
-    )
-    for path in write_result(result, args.out, INTRO, notes(details)):
-        logger.info("wrote %s", path)
-    print_figures(result)
-    return 0
+    return publish(report(settings, details, args.quick, machine_info(load_before)), args.out)
 
 
 if __name__ == "__main__":

@@ -17,48 +17,41 @@ next call is opened on the survivor, so every repetition kills a different proce
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import dataclasses
 import logging
 import os
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jiwer
-import requests
 
-from bench.figures import Figure, Result, build_result, figure, print_figures, write_result
-from bench.load import stop_group
-from bench.streams import espeak_korean, silence
+from bench.results import Figure, Result, figure, machine_info, parser, publish, result, start_logging
+from bench.speech import espeak_korean, silence
 from decoder_api.audio import chunk_bytes, iter_chunks
 from decoder_api.config import load_settings
 from decoder_api.engines.base import RecognizerOptions
 from decoder_api.engines.models import resolve_model
 from decoder_api.engines.vosk import VoskEngine
 from decoder_api.sessions.transcripts import stream_pcm
-from devtools import devstack
+from devtools.processes import DecoderServer, decoder_env, free_port, start_redis
 from recorder.client import HttpTransport, SessionRequest
 from recorder.config import ServerSettings
 
 logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = ROOT / "bench" / "results"
 RATE_HZ = 16000
 CHUNK_MS = 200
 PAUSE_MS = 1200
-READY_TIMEOUT_S = 120.0
 TURNS = (
     "안녕하세요 주문 때문에 전화했습니다",
     "지난주에 주문한 물건이 아직 도착하지 않았습니다",
@@ -73,12 +66,13 @@ DEFAULT_HEARTBEAT_TTL_S = load_settings({}, {}).registry_heartbeat_ttl_s  # the 
 @dataclass(frozen=True)
 class Size:
     turns: int
+    first_turn: int
     repetitions: int
     heartbeat_ttl_s: float
 
 
-FULL = Size(turns=len(TURNS), repetitions=3, heartbeat_ttl_s=DEFAULT_HEARTBEAT_TTL_S)
-QUICK = Size(turns=2, repetitions=1, heartbeat_ttl_s=1.5)
+FULL = Size(turns=len(TURNS), first_turn=0, repetitions=3, heartbeat_ttl_s=DEFAULT_HEARTBEAT_TTL_S)
+QUICK = Size(turns=2, first_turn=3, repetitions=1, heartbeat_ttl_s=1.5)
 
 
 # --- audio ----------------------------------------------------------------------------------------
@@ -127,56 +121,6 @@ def words_lost(expected: Sequence[str], got: Sequence[str]) -> int:
 
 
 # --- processes --------------------------------------------------------------------------------------
-
-
-@dataclass
-class Decoder:
-    """``python -m decoder_api serve`` (gunicorn) in a process group of its own."""
-
-    name: str
-    env: Mapping[str, str]
-    log: Path
-    port: int = field(default_factory=devstack.free_port)
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Decoder:
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "decoder_api", "serve", "--port", str(self.port)],
-                cwd=ROOT,
-                env={**os.environ, **self.env, "DECODER_INSTANCE_ID": self.name},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return self
-
-    def wait_ready(self) -> Decoder:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(
-                    f"decoder {self.name} exited: {self.log.read_text(errors='replace')[-2000:]}"
-                )
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return self
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"decoder {self.name} not ready after {READY_TIMEOUT_S:.0f} s")
-            time.sleep(0.1)  # poll interval
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group (gunicorn's arbiter and worker): a node or OOM loss."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def stop(self) -> None:
-        stop_group(self.process)
 
 
 class Route:
@@ -282,7 +226,7 @@ class CallOutcome:
 
 
 def stream_call(
-    route: Route, call: SpokenCall, kill_at_s: float | None, owner: Decoder | None
+    route: Route, call: SpokenCall, kill_at_s: float | None, owner: DecoderServer | None
 ) -> CallOutcome:
     """Stream ``call`` in real time through ``route``; SIGKILL ``owner`` ``kill_at_s`` into the call."""
     stop = threading.Event()
@@ -363,31 +307,25 @@ def recovery_of(outcome: CallOutcome, expected: list[str], kill_at_s: float) -> 
 
 
 def measure(size: Size, workdir: Path) -> dict[str, Any]:
-    call = speak_call(TURNS[: size.turns], workdir)
+    call = speak_call(TURNS[size.first_turn : size.first_turn + size.turns], workdir)
     expected = uninterrupted(call.pcm)
-    redis_port = devstack.free_port()
-    redis_server = devstack.start_redis(redis_port, workdir / "redis.log")
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    env = {
-        "DECODER_ENGINE": "vosk",
-        "DECODER_MODEL": "ko",
-        "REDIS_URL": redis_url,
-        "DECODER_REGISTRY_HEARTBEAT_TTL_S": f"{size.heartbeat_ttl_s:g}",
-        "DECODER_SESSION_RATE_PER_MIN": "0",
-        "DECODER_POOL_WARM": "1",
-        "KAFKA_BOOTSTRAP_SERVERS": "",
-    }
-    decoders: list[Decoder] = []
+    redis = start_redis(workdir / "redis")
+    settings = {"engine": "vosk", "model": "ko", "pool_warm": "1"}
+    settings["registry_heartbeat_ttl_s"] = f"{size.heartbeat_ttl_s:g}"
+    decoders: list[DecoderServer] = []
 
-    def new_decoder() -> Decoder:
-        decoder = Decoder(f"bench-{uuid.uuid4().hex[:6]}", env, workdir / f"decoder-{len(decoders)}.log")
-        decoders.append(decoder.start())
-        return decoder
+    def new_decoder() -> DecoderServer:
+        port = free_port()
+        env = decoder_env(settings, {"REDIS_URL": redis.url, "KAFKA_BOOTSTRAP_SERVERS": ""})
+        env["DECODER_INSTANCE_ID"] = f"bench-{uuid.uuid4().hex[:6]}"
+        decoders.append(
+            DecoderServer(port, env, workdir / f"decoder-{len(decoders)}.log", env["DECODER_INSTANCE_ID"])
+        )
+        return decoders[-1]
 
     route = Route([]).start()
     try:
-        devstack.wait_for_redis(redis_url, process=redis_server)
-        live = [new_decoder(), new_decoder()]
+        live = [new_decoder().launch(), new_decoder().launch()]
         for decoder in live:
             decoder.wait_ready()
         route.backends[:] = [d.port for d in live]
@@ -400,14 +338,13 @@ def measure(size: Size, workdir: Path) -> dict[str, Any]:
             logger.info("repetition %d: killing %s %.1f s into the call", i + 1, owner.name, kill_at)
             outcome = stream_call(route, call, kill_at, owner)
             repetitions.append(recovery_of(outcome, expected, kill_at))
-            live = [*live[1:], new_decoder().wait_ready()]
+            live = [*live[1:], new_decoder().start()]
             route.backends[:] = [d.port for d in live]
     finally:
         route.stop()
         for decoder in decoders:
             decoder.stop()
-        redis_server.terminate()
-        redis_server.wait(timeout=10)
+        redis.stop()
     return {
         "audio_s": len(call.pcm) / 2 / RATE_HZ,
         "expected_finals": expected,
@@ -418,7 +355,6 @@ def measure(size: Size, workdir: Path) -> dict[str, Any]:
             "reply_max_ms": max(baseline_reply_ms),
         },
         "repetitions": repetitions,
-        "load_average_1min": os.getloadavg()[0],
     }
 
 
@@ -460,32 +396,13 @@ def figures_of(details: Mapping[str, Any], ttl_s: float) -> list[Figure]:
     ]
 
 
-INTRO = [
-    "Measured with `python -m bench.recovery`: redis-server and Vosk decoders (Korean model) on this "
-    "machine, the recorder's HTTP client streaming in real time through a TCP front door that acts "
-    "like the OpenShift Route.",
-]
-
-
-def notes(details: Mapping[str, Any], size: Size) -> list[str]:
+def notes(details: Mapping[str, Any]) -> list[str]:
+    """The run's own notes; the method is in ``bench/METHOD.md``."""
     plain = details["uninterrupted"]
     lines = [
-        f"- A call of {details['audio_s']:.1f} s ({size.turns} turns of espeak-ng Korean speech, "
-        f"{len(details['expected_finals'])} finals when decoded uninterrupted), streamed in {CHUNK_MS} ms "
-        f"chunks at real-time pace; {size.repetitions} repetition(s), each killing the owner (SIGKILL to "
-        "gunicorn's process group) at 40–60 % of a different middle utterance.",
-        "- *First reply of the new owner*: from the kill to the first audio reply received afterwards "
-        "(the client's resent chunk, or the next one, after the takeover and the replay of the "
-        "un-finalised tail). The owner cannot be replaced before its heartbeat expires, so the TTL "
-        "(`DECODER_REGISTRY_HEARTBEAT_TTL_S`, refreshed every TTL/3) is the baseline. The surviving "
-        "instance answers `409 wrong_instance` with a `Retry-After` of what is left of the dead owner's "
-        "heartbeat, rounded up to whole seconds, and the client retries then; the rounding, the "
-        "connection attempts to the dead instance and the replay of the tail add to the TTL.",
-        "- *Back on real time*: until the client has sent the audio it buffered during the outage.",
-        "- *Words lost*: deletions + substitutions of the final transcript against an uninterrupted decode "
-        "of the same audio by the same model in this process. Baseline: the same call through the same "
-        f"pair without a failure ({plain['words_lost']} lost; replies p50 {plain['reply_p50_ms']:.0f} ms, "
-        f"max {plain['reply_max_ms']:.0f} ms).",
+        f"- The call: {details['audio_s']:.1f} s, {len(details['expected_finals'])} finals when decoded "
+        f"uninterrupted; through the pair without a failure {plain['words_lost']} words lost, replies p50 "
+        f"{plain['reply_p50_ms']:.0f} ms, max {plain['reply_max_ms']:.0f} ms."
     ]
     for i, r in enumerate(details["repetitions"], start=1):
         first = "n/a" if r["first_reply_s"] is None else f"{r['first_reply_s']:.2f} s"
@@ -494,54 +411,36 @@ def notes(details: Mapping[str, Any], size: Size) -> list[str]:
             f"{r['client_retries']} client retries, {r['words_lost']} words lost, transcript "
             f"{'identical' if r['transcript_identical'] else 'different'}."
         )
-    lines.append(f"- Load average at the end: {details['load_average_1min']:.2f}.")
     return lines
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.recovery", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="one repetition, a short call, a 1.5 s TTL")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory (bench/results)")
-    parser.add_argument("--repetitions", type=int, help="owner kills (default 3)")
-    parser.add_argument(
-        "--heartbeat-ttl-s", type=float, help="registry heartbeat TTL (default: the service's)"
-    )
-    return parser
+def report(
+    settings: Mapping[str, Any],
+    details: Mapping[str, Any],
+    quick: bool,
+    machine: Mapping[str, Any] | None = None,
+) -> Result:
+    figures = figures_of(details, settings["heartbeat_ttl_s"])
+    title = "Recovery after an instance is killed"
+    return result("recovery", title, quick, settings, figures, details, (), notes(details), machine)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    logger.setLevel(logging.INFO)
+    cli = parser("recovery", __doc__)
+    cli.add_argument("--repetitions", type=int, help="owner kills (default 3)")
+    cli.add_argument("--heartbeat-ttl-s", type=float, help="registry heartbeat TTL (default: the service's)")
+    args = cli.parse_args(argv)
+    start_logging()
     base = QUICK if args.quick else FULL
-    size = Size(
-        turns=base.turns,
-        repetitions=args.repetitions or base.repetitions,
-        heartbeat_ttl_s=args.heartbeat_ttl_s or base.heartbeat_ttl_s,
-    )
+    ttl_s = args.heartbeat_ttl_s or base.heartbeat_ttl_s
+    size = dataclasses.replace(base, repetitions=args.repetitions or base.repetitions, heartbeat_ttl_s=ttl_s)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-recovery-") as tmp:
         details = measure(size, Path(tmp))
     details["summary"] = summary(details)
-    settings = {
-        "engine": "vosk",
-        "model": "ko",
-        "heartbeat_ttl_s": size.heartbeat_ttl_s,
-        "repetitions": size.repetitions,
-        "turns": size.turns,
-        "chunk_ms": CHUNK_MS,
-    }
-    result: Result = build_result(
-        "recovery",
-        "Recovery after an instance is killed",
-        args.quick,
-        settings,
-        figures_of(details, size.heartbeat_ttl_s),
-        details,
-    )
-    for path in write_result(result, args.out, INTRO, notes(details, size)):
-        logger.info("wrote %s", path)
-    print_figures(result)
-    return 0
+    settings = {"engine": "vosk", "model": "ko", "heartbeat_ttl_s": size.heartbeat_ttl_s}
+    settings |= {"repetitions": size.repetitions, "turns": size.turns, "chunk_ms": CHUNK_MS}
+    return publish(report(settings, details, args.quick, machine_info(load_before)), args.out)
 
 
 if __name__ == "__main__":

@@ -1,30 +1,23 @@
-"""Service overhead and capacity per pod, against the bare engine measured in the same run.
+"""Service overhead and capacity per pod, against the bare engine measured in the same run, beside any peer.
 
 ``python -m bench.service`` measures, for each engine (Vosk with the Korean model on espeak-ng Korean
 speech, whisper tiny.en on the English calls of ``data/``):
 
 * **Overhead**: N callers stream their audio as fast as the replies come, in 200 ms chunks, through
-  the running service (``python -m decoder_api serve``) over the HTTP v1 API and over the WebSocket,
-  and through the bare engine in this process (N threads, each with its own recognizer from a warm
-  pool, no network). Throughput is audio seconds per wall second, all callers together; the ratio
-  is service / bare (target >= 0.90).
-* **Capacity**: callers paced in real time (a 200 ms chunk every 200 ms, each reply awaited). The
-  capacity is the largest number of callers for which the p95 chunk latency (chunk sent -> reply
-  received) stays under 300 ms and no caller falls behind real time, found by a search over N. It
-  is compared with the bare-engine bound: usable cores / bare RTF, the bare RTF being each
-  stream's decode time over its audio time while ``cores`` streams decode at once in-process
-  (target >= 0.85 of the bound).
-* For Vosk, the same callers and audio against the **reference peer**: vosk-server's design
-  re-implemented in ``bench/peer_vosk_server.py`` (the original is not installable offline).
-* With ``py-spy`` on the PATH (or ``--py-spy``), a sampling **profile** of the gunicorn worker under
+  ``python -m decoder_api serve`` over the HTTP v1 API and over the WebSocket, and through the bare
+  engine in this process (N threads, each with a recognizer from a warm pool, no network).
+  Throughput is audio seconds per wall second, all callers together; the ratio is service / bare.
+* **Capacity**: callers paced in real time; the largest number for which the p95 chunk latency stays
+  under 300 ms and nobody falls behind, against the bound usable cores / bare RTF.
+* **Peers**: ``--peer-url [LABEL=]ws://host:port`` (repeatable, or a comma list) drives any running
+  server that speaks the Vosk WebSocket protocol (alphacep's vosk-server, e.g.) with the same callers
+  and audio as our service's Vosk rows. Without one, the run has no peer rows.
+* With ``py-spy`` on the PATH (or ``--py-spy``), a sampling profile of the gunicorn worker under
   load, with a Redis registry, summarised by where the time goes.
-
-Results go to ``--out`` as ``service.md`` and ``service.json``; the table is printed too.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import functools
@@ -38,53 +31,42 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
-import requests
-from rich.console import Console
-from rich.table import Table
-
-from bench import load
-from bench.figures import Figure, figure
-from bench.load import (
-    BareStream,
-    Capacity,
-    HttpStream,
-    PacedRun,
-    RssSampler,
-    ServerProcess,
-    StreamFactory,
-    UnpacedRun,
-    WebSocketStream,
+from bench.results import (
+    Figure,
+    Result,
+    figure,
+    latency_summary,
+    machine_info,
+    parser,
+    publish,
+    result,
+    start_logging,
+    table,
 )
-from bench.report import Machine, machine_info, markdown_table, rich_table, write_outputs
-from bench.streams import DATA, english_speech, korean_speech
+from bench.speech import CALLS, english_speech, korean_speech, rotated, whole_chunks
 from decoder_api.config import load_settings
 from decoder_api.engines import load_engine
-from decoder_api.engines.base import Engine
+from decoder_api.engines.base import RecognizerOptions
 from decoder_api.engines.pool import PoolSettings, RecognizerPool
 from decoder_api.metrics import LAG_BUCKETS_S
-from devtools import devstack
+from devtools.clients import CHUNK_MS, RATE_HZ, HttpSession, Session, VoskStream, run_callers
+from devtools.processes import DecoderServer, decoder_env, free_port, process_tree, start_redis, tree_rss_mib
 
 logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = ROOT / "bench" / "results"
-NAME = "service"
 OVERHEAD_TARGET = 0.90
 CAPACITY_TARGET = 0.85
 P95_LIMIT_MS = 300.0
+BEHIND_S = 1.0  # a paced caller whose last reply comes this long after its chunk was due fell behind
 MAX_CALLERS = 60  # below DECODER_MAX_SESSIONS (64)
-PEER_LABEL = "vosk-server design re-implemented in bench/ (the original is not installable offline)"
-SERVICE_SETTINGS = {
-    "session_rate_per_min": "0",  # the benchmark opens many sessions from one address
-    "pool_max_idle": str(MAX_CALLERS),  # every caller of a step finds a warm recognizer at the next
-    "log_level": "warning",
-}
+SERVICE_SETTINGS = {"pool_max_idle": str(MAX_CALLERS), "log_level": "warning"}
+VOSK_CONFIG = {"sample_rate": RATE_HZ, "words": 1}
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,36 +75,24 @@ class EngineSpec:
     model: str
     speech: Callable[[float], bytes]
     audio: str
-    peer: bool
 
 
 @dataclass(frozen=True, slots=True)
 class Sizes:
     overhead_cores: dict[str, tuple[int, ...]]  # overhead callers as multiples of the cores, per engine
     overhead_audio_s: dict[str, float]  # per caller, per engine
-    warmup_audio_s: dict[str, float]  # per caller, per engine: Vosk warms its graph cache on the whole clip
-    capacity_audio_s: dict[str, float]  # per caller and step, per engine
+    warmup_audio_s: dict[str, float]  # per caller: Vosk warms its graph cache on the whole clip
+    capacity_audio_s: dict[str, float]  # per caller and step
     max_steps: int
     keeping_up_steps: int  # the search without a latency limit, when none met it (0: skipped)
     profile_s: float
     overhead_rounds: int  # the best of these rounds counts
 
 
-CALL_FILES = tuple(sorted(path.name for path in DATA.glob("call*.wav")))
 ENGINES = {
-    "vosk": EngineSpec(
-        "vosk",
-        "ko",
-        korean_speech,
-        "espeak-ng Korean speech (sentences with pauses)",
-        True,
-    ),
+    "vosk": EngineSpec("vosk", "ko", korean_speech, "espeak-ng Korean speech (sentences with pauses)"),
     "whisper": EngineSpec(
-        "whisper",
-        "tiny.en",
-        functools.partial(english_speech, files=CALL_FILES),
-        "English calls of data/",
-        False,
+        "whisper", "tiny.en", functools.partial(english_speech, files=CALLS), "English calls of data/"
     ),
 }
 DEFAULT_SIZES = Sizes(
@@ -137,9 +107,9 @@ DEFAULT_SIZES = Sizes(
 )
 QUICK_SIZES = Sizes(
     overhead_cores={"vosk": (1,), "whisper": (1,)},
-    overhead_audio_s={"vosk": 2.0, "whisper": 2.0},
-    warmup_audio_s={"vosk": 1.0, "whisper": 1.0},
-    capacity_audio_s={"vosk": 2.0, "whisper": 2.0},
+    overhead_audio_s={"vosk": 1.0, "whisper": 1.0},
+    warmup_audio_s={"vosk": 0.4, "whisper": 0.4},
+    capacity_audio_s={"vosk": 1.0, "whisper": 1.0},
     max_steps=1,
     keeping_up_steps=0,
     profile_s=0.0,
@@ -147,117 +117,170 @@ QUICK_SIZES = Sizes(
 )
 
 
-class Throughput(TypedDict):
-    throughput: float  # audio seconds per wall second, all callers
-    wall_s: float
-    latency_mean_ms: float
-    client_cpu_s: float
-    errors: int
-    ratio: float  # throughput / bare throughput at the same number of callers
+class BareSession:
+    """The engine alone, in this process: a recognizer from the pool, ``accept`` + ``partial`` per chunk."""
+
+    def __init__(self, pool: RecognizerPool) -> None:
+        self.pool = pool
+        self.recognizer: Any = None
+
+    def open(self) -> BareSession:
+        self.recognizer = self.pool.acquire(RecognizerOptions(sample_rate_hz=RATE_HZ, words=True))
+        return self
+
+    def send(self, pcm: bytes) -> dict[str, Any]:
+        return {"partial": self.recognizer.partial(), "finals": len(self.recognizer.accept(pcm))}
+
+    def end(self) -> dict[str, Any]:
+        return {"finals": len(self.recognizer.flush())}
+
+    def close(self) -> None:
+        if self.recognizer is not None:
+            self.recognizer.close()
 
 
-class OverheadRow(TypedDict):
-    callers: int
-    audio_s_per_caller: float
-    bare: Throughput
-    http: Throughput
-    websocket: Throughput
-    peer: Throughput | None
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One way to reach the engine: its sessions, and the process whose memory it costs (None: unknown)."""
+
+    session: Callable[[], Session]
+    pid: int | None
+    metrics: DecoderServer | None = None  # our service: its partial-lag histogram per capacity step
 
 
-class Bound(TypedDict):
-    cores: int
-    bare_rtf: float  # per stream, with ``cores`` streams decoding at once
-    callers: float  # cores / bare_rtf
+def parse_peers(values: Sequence[str]) -> dict[str, str]:
+    """``[LABEL=]URL`` items (each may be a comma list) -> label: URL; the label defaults to host:port."""
+    peers = {}
+    for item in (part.strip() for value in values for part in value.split(",") if part.strip()):
+        label, _, url = item.rpartition("=") if "=" in item.split("://")[0] else ("", "", item)
+        peers[label or urllib.parse.urlsplit(url).netloc] = url
+    return peers
 
 
-class CapacityResult(TypedDict):
-    callers: int  # p95 latency within the limit and nobody behind
-    ratio: float  # callers / bound
-    ratio_to_bare_engine: float | None  # callers / the bare engine's capacity (same search, in-process)
-    callers_keeping_up: int | None  # nobody behind, latency unbounded; searched only when ``callers`` is 0
-    steps: list[dict[str, Any]]
-    peak_rss_mib: float
+def listening_pid(url: str) -> int | None:
+    """The local process listening on ``url``'s port (for its RSS), or None when not found here."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.hostname not in ("127.0.0.1", "localhost", "::1", "0.0.0.0") or parsed.port is None:
+        return None
+    inodes = set()
+    for table_path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table_path).read_text(encoding="ascii").splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == parsed.port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) in inodes for fd in fd_dir.iterdir()):
+                return int(fd_dir.parent.name)
+    return None
 
 
-class EngineReport(TypedDict):
-    engine: str
-    model: str
-    audio: str
-    overhead: list[OverheadRow]
-    bound: Bound
-    capacity: dict[str, CapacityResult]  # service_websocket, service_http, peer_websocket
-    idle_rss_mib: dict[str, float]  # service, peer: after start, before any call
-    service_allocator: str  # the gunicorn worker's: jemalloc (preloaded) or glibc with its arena count
+class RssSampler:
+    """The peak of ``tree_rss_mib(pid)`` sampled every ``interval_s`` on a background thread."""
+
+    def __init__(self, pid: int | None, interval_s: float = 0.25) -> None:
+        self.pid, self.interval_s = pid, interval_s
+        self.peak_mib = tree_rss_mib(pid) if pid else 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while self.pid and not self._stop.wait(self.interval_s):
+            self.peak_mib = max(self.peak_mib, tree_rss_mib(self.pid))
 
 
-class ProfileRow(TypedDict):
-    name: str
-    share: float  # of all samples of active threads
+def unpaced(path: Target, speech: bytes, callers: int) -> dict[str, Any]:
+    """Every caller streams its own rotation of ``speech`` as fast as the replies come; all start together."""
+    run = run_callers([[rotated(speech, n, callers)] for n in range(callers)], path.session)
+    if not run.done:
+        raise RuntimeError(f"every call failed: {run.timings[0].error}")
+    wall = max(t.wall_s for t in run.done)
+    throughput = sum(t.audio_s for t in run.done) / wall
+    return {
+        "throughput": throughput,  # audio seconds per wall second, all callers
+        "wall_s": wall,
+        "latency_mean_ms": 1000
+        * sum(s for t in run.done for s in t.latencies_s)
+        / sum(len(t.latencies_s) for t in run.done),
+        "client_cpu_s": run.client_cpu_s,
+        "errors": run.errors,
+        "ratio": 1.0,  # over the bare engine with the same callers (set once both are measured)
+    }
 
 
-class Profile(TypedDict):
-    seconds: float
-    samples: int
-    settings: str
-    categories: list[ProfileRow]
-    functions: list[ProfileRow]  # where the samples were taken (innermost frame)
+def paced(path: Target, speech: bytes, callers: int) -> dict[str, Any]:
+    """``callers`` real-time calls started over one chunk period, each on its own rotation of ``speech``."""
+    work = [[rotated(speech, n, callers)] for n in range(callers)]
+    run = run_callers(work, path.session, paced=True, stagger_s=CHUNK_MS / 1000 / callers)
+    latency = latency_summary([s for t in run.done for s in t.latencies_s] or [0.0])
+    first = latency_summary([t.first_reply_s for t in run.done] or [0.0])
+    return {
+        "callers": callers,
+        "audio_s_per_caller": len(speech) / 2 / RATE_HZ,
+        "latency_p50_ms": latency["p50_ms"],
+        "latency_p95_ms": latency["p95_ms"],
+        "latency_max_ms": latency["max_ms"],
+        "first_chunk_p50_ms": first["p50_ms"],  # from opening the call to the reply to its first chunk
+        "first_chunk_max_ms": first["max_ms"],
+        "behind": sum(1 for t in run.done if t.end_lag_s > BEHIND_S),
+        "max_end_lag_s": max((t.end_lag_s for t in run.done), default=0.0),
+        "errors": run.errors,
+        "client_cpu_s": run.client_cpu_s,
+    }
 
 
-class Report(TypedDict):
-    name: str
-    quick: bool
-    chunk_ms: int
-    p95_limit_ms: float
-    behind_s: float
-    targets: dict[str, float]
-    peer: str
-    machine: Machine
-    load_average_1min: tuple[float, float]
-    engines: dict[str, EngineReport]
-    profile: Profile | None
-    service_env: dict[str, str]  # extra environment given to the service (--service-env)
-    figures: list[Figure]  # the headline figures, each beside its baseline (bench.plot, bench.summary)
+def passes(step: Mapping[str, Any], p95_limit_ms: float) -> bool:
+    return step["errors"] == 0 and step["behind"] == 0 and step["latency_p95_ms"] <= p95_limit_ms
 
 
-# --- Measurements -----------------------------------------------------------------------------
+def search_capacity(
+    probe: Callable[[int], dict[str, Any]], start: int, p95_limit_ms: float, max_steps: int
+) -> tuple[int, list[dict[str, Any]]]:
+    """The largest passing number of callers and every step: from ``start`` up by x1.5 (or down by
+    x0.6) until the verdict flips, then bisection, within ``max_steps`` probes; going down continues
+    past ``max_steps`` until a number passes or 1 failed, so 0 means not even one caller passed."""
+    steps: list[dict[str, Any]] = []
+    passed, failed = 0, None
+    n = max(1, start)
+    while len(steps) < max_steps or (passed == 0 and failed is not None and failed > 1):
+        steps.append(probe(n))
+        if passes(steps[-1], p95_limit_ms):
+            passed = max(passed, n)
+        else:
+            failed = n if failed is None else min(failed, n)
+        if failed is None:
+            if n >= MAX_CALLERS:
+                break
+            n = min(MAX_CALLERS, max(n + 1, round(n * 1.5)))
+        elif passed == 0 and failed > 1:
+            n = max(1, min(failed - 1, round(failed * 0.6)))
+        elif failed - passed > 1:
+            n = (passed + failed) // 2
+        else:
+            break
+    return passed, steps
 
 
-def throughput(run: UnpacedRun, baseline: UnpacedRun | None) -> Throughput:
-    return Throughput(
-        throughput=run.throughput,
-        wall_s=run.wall_s,
-        latency_mean_ms=run.latency_mean_ms,
-        client_cpu_s=run.client_cpu_s,
-        errors=run.errors,
-        ratio=run.throughput / baseline.throughput if baseline else 1.0,
-    )
-
-
-def unpaced(factory: StreamFactory, speech: bytes, callers: int, warmup: bytes | None) -> UnpacedRun:
-    """One warm-up round (fills the pool with warm recognizers), then the measured round."""
-    if warmup is not None:
-        load.run_unpaced(factory, [warmup] * callers)
-    return load.run_unpaced(factory, [load.rotated(speech, n, callers) for n in range(callers)])
-
-
-LAG_METRIC = "decoder_partial_lag_seconds"
-
-
-def lag_buckets(metrics_url: str) -> dict[float, float]:
+def lag_buckets(server: DecoderServer) -> dict[float, float]:
     """The service's cumulative partial-lag histogram: upper bound (s) -> partials published."""
-    text = requests.get(metrics_url, timeout=10).text
-    buckets: dict[float, float] = {}
-    for line in text.splitlines():
-        if line.startswith(f"{LAG_METRIC}_bucket{{"):
-            name, value = line.rsplit(" ", 1)
-            bound = name.split('le="', 1)[1].split('"', 1)[0]
-            buckets[math.inf if bound == "+Inf" else float(bound)] = float(value)
+    buckets = {}
+    for name, value in server.metrics("decoder_partial_lag_seconds_bucket{").items():
+        bound = name.split('le="', 1)[1].split('"', 1)[0]
+        buckets[math.inf if bound == "+Inf" else float(bound)] = value
     return buckets
 
 
 def lag_quantile(before: Mapping[float, float], after: Mapping[float, float], q: float) -> float | None:
-    """The bucket bound (s) that the ``q`` quantile of the partials published in between falls under;
+    """The bucket bound (s) the ``q`` quantile of the partials published in between falls under;
     None when none was published or it is beyond the largest finite bound."""
     cumulative = sorted((bound, count - before.get(bound, 0.0)) for bound, count in after.items())
     total = cumulative[-1][1] if cumulative else 0.0
@@ -267,105 +290,76 @@ def lag_quantile(before: Mapping[float, float], after: Mapping[float, float], q:
     return None if found == math.inf else found
 
 
-class PartialLag(TypedDict):
-    published: int  # background partials published during the step
-    p50_s: float | None  # bucket bounds: the lag is at most this (None: beyond the largest)
-    p95_s: float | None
-
-
-def partial_lag(before: Mapping[float, float], after: Mapping[float, float]) -> PartialLag:
+def partial_lag(before: Mapping[float, float], after: Mapping[float, float]) -> dict[str, Any]:
     published = after.get(math.inf, 0.0) - before.get(math.inf, 0.0)
-    return PartialLag(
-        published=round(published),
-        p50_s=lag_quantile(before, after, 0.50),
-        p95_s=lag_quantile(before, after, 0.95),
-    )
+    p50, p95 = (lag_quantile(before, after, q) for q in (0.50, 0.95))
+    return {"published": round(published), "p50_s": p50, "p95_s": p95}
 
 
 def capacity(
-    factory: StreamFactory,
-    speech: bytes,
-    bound: float,
-    sizes: Sizes,
-    warm: Callable[[int], None],
-    pid: int,
-    metrics_url: str | None = None,
-) -> CapacityResult:
-    """The capacity search on one path; ``metrics_url`` (the service's) adds each step's partial lag."""
-    lags: dict[int, PartialLag] = {}
+    path: Target, speech: bytes, bound: float, sizes: Sizes, warm: Callable[[int], None]
+) -> dict[str, Any]:
+    """The capacity search on one path (each step's partial lag from our service's own /metrics)."""
 
-    def probe(callers: int) -> PacedRun:
+    def probe(callers: int) -> dict[str, Any]:
         warm(callers)
-        before = lag_buckets(metrics_url) if metrics_url else {}
-        run = load.run_paced(factory, speech, callers)
-        if metrics_url:
-            lags[len(lags)] = partial_lag(before, lag_buckets(metrics_url))
+        before = lag_buckets(path.metrics) if path.metrics else {}
+        step = paced(path, speech, callers)
+        step["partial_lag"] = partial_lag(before, lag_buckets(path.metrics)) if path.metrics else None
         logger.info(
             "  %d callers: p95 %.0f ms, behind %d, errors %d",
             callers,
-            run.latency_p95_ms,
-            run.behind,
-            run.errors,
+            step["latency_p95_ms"],
+            step["behind"],
+            step["errors"],
         )
-        return run
+        return step
 
     start = min(MAX_CALLERS, max(1, int(bound * CAPACITY_TARGET)))
-    keeping_up: Capacity | None = None
-    with RssSampler(pid) as rss:
-        found: Capacity = load.search_capacity(probe, start, P95_LIMIT_MS, sizes.max_steps, MAX_CALLERS)
-        if found.callers == 0 and sizes.keeping_up_steps:  # none within the latency limit: do any keep up?
+    keeping_up: tuple[int, list[dict[str, Any]]] | None = None
+    with RssSampler(path.pid) as rss:
+        callers, steps = search_capacity(probe, start, P95_LIMIT_MS, sizes.max_steps)
+        for step in steps:
+            step |= {"search": "latency", "passed": passes(step, P95_LIMIT_MS)}
+        if callers == 0 and sizes.keeping_up_steps:  # none within the latency limit: do any keep up?
             logger.info("  no caller within %.0f ms; searching without the latency limit", P95_LIMIT_MS)
-            keeping_up = load.search_capacity(probe, 1, math.inf, sizes.keeping_up_steps, MAX_CALLERS)
-    steps = [
-        asdict(step) | {"search": "latency", "passed": step.passes(P95_LIMIT_MS)} for step in found.steps
-    ]
-    if keeping_up is not None:
-        steps += [
-            asdict(step) | {"search": "keeping_up", "passed": step.passes(math.inf)}
-            for step in keeping_up.steps
-        ]
-    for n, step in enumerate(steps):  # probes ran in this order
-        step["partial_lag"] = lags.get(n)
-    return CapacityResult(
-        callers=found.callers,
-        ratio=found.callers / bound,
-        ratio_to_bare_engine=None,
-        callers_keeping_up=keeping_up.callers if keeping_up is not None else None,
-        steps=steps,
-        peak_rss_mib=rss.peak_mib,
-    )
+            keeping_up = search_capacity(probe, 1, math.inf, sizes.keeping_up_steps)
+            steps += [
+                step | {"search": "keeping_up", "passed": passes(step, math.inf)} for step in keeping_up[1]
+            ]
+    return {
+        "callers": callers,  # p95 latency within the limit and nobody behind
+        "ratio": callers / bound,
+        "ratio_to_bare_engine": None,  # callers / the bare engine's capacity (same search, in-process)
+        "callers_keeping_up": keeping_up[0] if keeping_up else None,  # only searched when callers is 0
+        "steps": steps,
+        "peak_rss_mib": rss.peak_mib if path.pid else None,
+    }
 
 
-class Warmer:
+def warmer(path: Target, warmup: bytes, already: int) -> Callable[[int], None]:
     """Before a capacity step, a short unpaced round: the service's pool then holds a warm recognizer
     for every caller."""
+    warmed = [already]
 
-    def __init__(self, factory: StreamFactory, warmup: bytes, already: int) -> None:
-        self._factory = factory
-        self._warmup = warmup
-        self.warmed = already
+    def warm(callers: int) -> None:
+        if callers > warmed[0]:
+            run_callers([[warmup]] * callers, path.session)
+            warmed[0] = callers
 
-    def __call__(self, callers: int) -> None:
-        if callers > self.warmed:
-            load.run_unpaced(self._factory, [self._warmup] * callers)
-            self.warmed = callers
+    return warm
 
 
-def process_allocator(environ: Mapping[str, str]) -> str:
+def allocator(environ: Mapping[str, str]) -> str:
     """Which malloc a process with this environment uses."""
     if "jemalloc" in environ.get("LD_PRELOAD", ""):
         return "jemalloc (preloaded)"
-    return f"glibc malloc, MALLOC_ARENA_MAX={environ.get('MALLOC_ARENA_MAX', 'glibc default')}"
+    return f"glibc malloc, MALLOC_ARENA_MAX={environ.get('MALLOC_ARENA_MAX') or 'glibc default'}"
 
 
-def worker_allocator(pid: int) -> str:
-    environ = {name: load.environ_of(pid, name) or "" for name in ("LD_PRELOAD", "MALLOC_ARENA_MAX")}
-    return process_allocator({k: v for k, v in environ.items() if v})
-
-
-def bare_engine(spec: EngineSpec) -> Engine:
-    settings = load_settings(os.environ, {"engine": spec.name, "model": spec.model})
-    return load_engine(settings)
+def process_environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
 
 
 def measure_engine(
@@ -373,137 +367,117 @@ def measure_engine(
     sizes: Sizes,
     log_dir: Path,
     http_capacity: bool,
+    peers: Mapping[str, str],
     extra_callers: Sequence[int] = (),
     service_env: Mapping[str, str] | None = None,
-) -> EngineReport:
-    """Bare engine, service and peer side by side: servers started together, overhead paths interleaved."""
+) -> dict[str, Any]:
+    """Bare engine, service and peers side by side, on the same callers and audio; overhead interleaved."""
     cores = len(os.sched_getaffinity(0))
     counts = sorted({cores, *(cores * k for k in sizes.overhead_cores[spec.name]), *extra_callers})
-    capacity_paths = ("websocket", "http") if http_capacity else ("websocket",)
-    overhead_s = sizes.overhead_audio_s[spec.name]
-    speech = spec.speech(max(overhead_s, sizes.capacity_audio_s[spec.name]))
-    overhead_speech = load.repeated_to(speech, overhead_s)
-    capacity_speech = load.repeated_to(speech, sizes.capacity_audio_s[spec.name])
-    warmup = load.repeated_to(speech, sizes.warmup_audio_s[spec.name])
-    settings = SERVICE_SETTINGS | {"engine": spec.name, "model": spec.model}
-    service = load.decoder_service(log_dir, settings, service_env)
-    peer = peer_server(log_dir) if spec.peer else None
-    with contextlib.ExitStack() as servers:
-        for server in (service, peer):
-            if server is not None:
-                servers.callback(server.stop)
-                server.launch()  # the servers load their models while this process loads its own
-        engine = bare_engine(spec)
+    overhead_s, capacity_s = sizes.overhead_audio_s[spec.name], sizes.capacity_audio_s[spec.name]
+    speech = spec.speech(max(overhead_s, capacity_s))
+    overhead_speech, capacity_speech = whole_chunks(speech, overhead_s), whole_chunks(speech, capacity_s)
+    warmup = whole_chunks(speech, sizes.warmup_audio_s[spec.name])
+    port = free_port()
+    env = decoder_env(SERVICE_SETTINGS | {"engine": spec.name, "model": spec.model}, service_env)
+    service = DecoderServer(port, env, log_dir / f"decoder-{port}.log")
+    with service.launch():  # the service loads its model while this process loads its own
+        engine = load_engine(load_settings(os.environ, {"engine": spec.name, "model": spec.model}))
         pool = RecognizerPool(engine, PoolSettings(max_idle=MAX_CALLERS, warm=0))
-        for server in (service, peer):
-            if server is not None:
-                server.wait_ready()
-        allocator = worker_allocator(load.process_tree(service.pid)[-1])
-        idle = {"service": load.rss_mib(service.pid)} | ({"peer": load.rss_mib(peer.pid)} if peer else {})
-        port = load.port_of(service)
-        paths: dict[str, StreamFactory] = {
-            "bare": lambda: BareStream(pool),
-            "http": lambda: HttpStream(f"http://127.0.0.1:{port}"),
-            "websocket": lambda: WebSocketStream(f"ws://127.0.0.1:{port}/v1/stream"),
+        service.wait_ready()
+        paths = {
+            "bare": Target(lambda: BareSession(pool), os.getpid()),
+            "http": Target(lambda: HttpSession(service.url), service.pid(), service),
+            "websocket": Target(
+                lambda: VoskStream(f"{service.ws_url}/v1/stream", VOSK_CONFIG), service.pid(), service
+            ),
         }
-        if peer is not None:
-            paths["peer"] = peer_factory(peer)
+        for label, url in peers.items():
+            paths[f"peer {label}"] = Target(
+                functools.partial(VoskStream, url, VOSK_CONFIG), listening_pid(url)
+            )
+        service_allocator = allocator(process_environ(process_tree(service.pid())[-1]))
+        idle = {
+            "service": tree_rss_mib(service.pid())
+        }  # and each peer found here: after start, before any call
+        idle |= {
+            name[5:]: tree_rss_mib(p.pid) for name, p in paths.items() if name.startswith("peer ") and p.pid
+        }
         best = overhead_rounds(spec.name, paths, counts, overhead_speech, warmup, sizes.overhead_rounds)
-        rtf = best["bare"][cores].wall_s / overhead_s
-        bound = Bound(cores=cores, bare_rtf=rtf, callers=cores / rtf)
-        found: dict[str, CapacityResult] = {}
+        rtf = best["bare"][cores]["wall_s"] / overhead_s
+        bound = {
+            "cores": cores,
+            "bare_rtf": rtf,
+            "callers": cores / rtf,
+        }  # bare RTF with `cores` streams at once
+        found: dict[str, dict[str, Any]] = {}
         logger.info("%s: capacity of the bare engine (bound %.1f)", spec.name, bound["callers"])
-        bare_warmer = Warmer(paths["bare"], warmup, max(counts))
         found["bare_engine"] = capacity(
-            paths["bare"], capacity_speech, bound["callers"], sizes, bare_warmer, os.getpid()
+            paths["bare"],
+            capacity_speech,
+            bound["callers"],
+            sizes,
+            warmer(paths["bare"], warmup, max(counts)),
         )
         pool.close()
         engine.close()
-        warmer = Warmer(paths["websocket"], warmup, max(counts))
-        for path in capacity_paths:
-            logger.info("%s: capacity of the service over %s (bound %.1f)", spec.name, path, bound["callers"])
-            found[f"service_{path}"] = capacity(
-                paths[path],
-                capacity_speech,
-                bound["callers"],
-                sizes,
-                warmer,
-                service.pid,
-                f"http://127.0.0.1:{port}/metrics",
-            )
-        if peer is not None:
-            logger.info("%s: capacity of the peer (bound %.1f)", spec.name, bound["callers"])
-            found["peer_websocket"] = capacity(
-                paths["peer"], capacity_speech, bound["callers"], sizes, lambda n: None, peer.pid
-            )
-    bare_capacity = found["bare_engine"]["callers"]
-    for key, result in found.items():
-        if key != "bare_engine" and bare_capacity > 0:
-            result["ratio_to_bare_engine"] = result["callers"] / bare_capacity
+        warm = warmer(paths["websocket"], warmup, max(counts))
+        for name in ("websocket", "http") if http_capacity else ("websocket",):
+            logger.info("%s: capacity of the service over %s (bound %.1f)", spec.name, name, bound["callers"])
+            found[f"service_{name}"] = capacity(paths[name], capacity_speech, bound["callers"], sizes, warm)
+        for name in (n for n in paths if n.startswith("peer ")):
+            logger.info("%s: capacity of %s (bound %.1f)", spec.name, name, bound["callers"])
+            found[name] = capacity(paths[name], capacity_speech, bound["callers"], sizes, lambda n: None)
+    for key, res in found.items():
+        if key != "bare_engine" and found["bare_engine"]["callers"] > 0:
+            res["ratio_to_bare_engine"] = res["callers"] / found["bare_engine"]["callers"]
     rows = [
-        OverheadRow(
-            callers=n,
-            audio_s_per_caller=overhead_s,
-            bare=throughput(best["bare"][n], None),
-            http=throughput(best["http"][n], best["bare"][n]),
-            websocket=throughput(best["websocket"][n], best["bare"][n]),
-            peer=throughput(best["peer"][n], best["bare"][n]) if "peer" in best else None,
-        )
+        {"callers": n, "audio_s_per_caller": overhead_s, "bare": best["bare"][n]}
+        | {path: best[path][n] for path in ("http", "websocket")}
+        | {"peers": {p.removeprefix("peer "): best[p][n] for p in best if p.startswith("peer ")}}
         for n in counts
     ]
-    return EngineReport(
-        engine=spec.name,
-        model=spec.model,
-        audio=spec.audio,
-        overhead=rows,
-        bound=bound,
-        capacity=found,
-        idle_rss_mib=idle,
-        service_allocator=allocator,
-    )
+    return {
+        "engine": spec.name,
+        "model": spec.model,
+        "audio": spec.audio,
+        "overhead": rows,
+        "bound": bound,
+        "capacity": found,  # bare_engine, service_websocket, service_http, "peer <label>"
+        "idle_rss_mib": idle,  # service and peers: after start, before any call
+        "service_allocator": service_allocator,  # the gunicorn worker's
+    }
 
 
 def overhead_rounds(
-    engine: str,
-    paths: dict[str, StreamFactory],
-    counts: list[int],
-    speech: bytes,
-    warmup: bytes,
-    rounds: int,
-) -> dict[str, dict[int, UnpacedRun]]:
+    engine: str, paths: Mapping[str, Target], counts: list[int], speech: bytes, warmup: bytes, rounds: int
+) -> dict[str, dict[int, dict[str, Any]]]:
     """``rounds`` rounds of every path at every number of callers, interleaved; the best of each.
 
     Interleaving spreads other work on the machine over all paths alike, and the best round is the
-    one least disturbed by it. The first round of each path and number of callers is preceded by a
-    warm-up round (the peer has no pool to warm: it pays for new recognizers in every round).
+    one least disturbed by it. The first round of our paths is preceded by a warm-up round that fills
+    the pools (a peer's own warm-up, if it has any, is its business: it is measured as it runs).
     """
-    best: dict[str, dict[int, UnpacedRun]] = {path: {} for path in paths}
+    best: dict[str, dict[int, dict[str, Any]]] = {path: {} for path in paths}
     for round_ in range(rounds):
         for n in counts:
-            for path, factory in paths.items():
-                logger.info("%s: overhead round %d, %s, %d callers", engine, round_ + 1, path, n)
-                first = round_ == 0 and path != "peer"
-                run = unpaced(factory, speech, n, warmup if first else None)
-                if n not in best[path] or run.throughput > best[path][n].throughput:
-                    best[path][n] = run
+            for name, path in paths.items():
+                logger.info("%s: overhead round %d, %s, %d callers", engine, round_ + 1, name, n)
+                if round_ == 0 and not name.startswith("peer "):
+                    run_callers([[warmup]] * n, path.session)
+                run = unpaced(path, speech, n)
+                if n not in best[name] or run["throughput"] > best[name][n]["throughput"]:
+                    best[name][n] = run
+    for name in paths:  # the ratios of the best rounds
+        for n, run in best[name].items():
+            run["ratio"] = run["throughput"] / best["bare"][n]["throughput"]
     return best
-
-
-def peer_server(log_dir: Path) -> ServerProcess:
-    port = load.free_port()
-    argv = [sys.executable, "-m", "bench.peer_vosk_server", "--port", str(port)]
-    return ServerProcess("peer", argv, {}, log_dir / f"peer-{port}.log", load.tcp_ready(port))
-
-
-def peer_factory(peer: ServerProcess) -> StreamFactory:
-    port = load.port_of(peer)
-    return lambda: WebSocketStream(f"ws://127.0.0.1:{port}")
 
 
 # --- Profile ----------------------------------------------------------------------------------
 
 # Innermost frame's file (or function) -> what it is; first match wins, checked from the leaf up.
-CATEGORIES: tuple[tuple[str, str], ...] = (
+CATEGORIES = (
     ("vosk/__init__.py", "Kaldi decode (vosk C calls)"),
     ("ctranslate2", "whisper decode"),
     ("faster_whisper", "whisper decode"),
@@ -527,9 +501,6 @@ CATEGORIES: tuple[tuple[str, str], ...] = (
     ("decoder_api/", "decoder_api (sessions, routes, auth)"),
 )
 FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^:()]*)(?::\d+)?\)$")
-PROFILE_TOP = 15
-
-
 # Innermost functions where a thread waits rather than works (py-spy's idle detection misses them).
 WAITING = ("EpollSelector.select", "Condition.wait", "_worker (", "SocketUnreader.chunk", "Base.receive")
 
@@ -547,80 +518,59 @@ def categorise(stack: list[str]) -> str:
 def short_frame(frame: str) -> str:
     """``function (path:line)`` -> ``function (package/module.py)``."""
     match = FRAME.match(frame)
-    if match is None:
-        return frame
-    parts = Path(match["file"]).parts
-    return f"{match['function']} ({'/'.join(parts[-2:])})"
+    return frame if match is None else f"{match['function']} ({'/'.join(Path(match['file']).parts[-2:])})"
 
 
-def summarise_profile(raw: str, seconds: float, settings: str) -> Profile:
+def summarise_profile(raw: str, seconds: float, settings: str) -> dict[str, Any]:
     """py-spy's raw (collapsed) stacks: share of samples per category and per innermost function."""
     categories: collections.Counter[str] = collections.Counter()
     functions: collections.Counter[str] = collections.Counter()
     for line in raw.splitlines():
         stack_text, _, count_text = line.rpartition(" ")
-        if not stack_text or not count_text.isdigit():
-            continue
-        stack = [f for f in stack_text.split(";") if not f.startswith(("process ", "thread "))]
-        count = int(count_text)
-        categories[categorise(stack)] += count
-        if stack:
-            functions[short_frame(stack[-1])] += count
+        if stack_text and count_text.isdigit():
+            stack = [f for f in stack_text.split(";") if not f.startswith(("process ", "thread "))]
+            categories[categorise(stack)] += int(count_text)
+            if stack:
+                functions[short_frame(stack[-1])] += int(count_text)
     total = sum(categories.values()) or 1
-    return Profile(
-        seconds=seconds,
-        samples=total,
-        settings=settings,
-        categories=[ProfileRow(name=k, share=v / total) for k, v in categories.most_common()],
-        functions=[ProfileRow(name=k, share=v / total) for k, v in functions.most_common(PROFILE_TOP)],
+    return {
+        "seconds": seconds,
+        "samples": total,
+        "settings": settings,
+        "categories": [{"name": k, "share": v / total} for k, v in categories.most_common()],
+        "functions": [{"name": k, "share": v / total} for k, v in functions.most_common(15)],
+    }
+
+
+def profile_service(
+    py_spy: str, sizes: Sizes, log_dir: Path, service_env: Mapping[str, str]
+) -> dict[str, Any]:
+    """Vosk behind the service with a Redis registry, 4 real-time callers over HTTP, 4 over the WebSocket."""
+    callers, raw = 4, log_dir / "profile.txt"
+    speech = whole_chunks(korean_speech(sizes.profile_s + 5), sizes.profile_s + 5)
+    redis = start_redis(log_dir / "redis")
+    port = free_port()
+    env = decoder_env(
+        SERVICE_SETTINGS | {"engine": "vosk", "model": "ko"}, {**service_env, "REDIS_URL": redis.url}
     )
-
-
-def worker_pid(server: ServerProcess) -> int:
-    """The gunicorn worker: the deepest process under the server (master -> worker)."""
-    return load.process_tree(server.pid)[-1]
-
-
-@contextmanager
-def redis_server(log_dir: Path) -> Iterator[str]:
-    port = load.free_port()
-    process = devstack.start_redis(port, log_dir / f"redis-{port}.log")
-    url = f"redis://127.0.0.1:{port}/0"
     try:
-        devstack.wait_for_redis(url, process=process)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
-def profile_service(py_spy: str, sizes: Sizes, log_dir: Path, service_env: Mapping[str, str]) -> Profile:
-    """Vosk behind the service with a Redis registry, 4 callers over HTTP and 4 over the WebSocket."""
-    spec = ENGINES["vosk"]
-    callers = 4
-    speech = spec.speech(sizes.profile_s + 5)
-    raw = log_dir / "profile.txt"
-    with redis_server(log_dir) as redis_url:
-        settings = SERVICE_SETTINGS | {"engine": spec.name, "model": spec.model}
-        server = load.decoder_service(log_dir, settings, {**service_env, "REDIS_URL": redis_url})
-        with server:
-            port = load.port_of(server)
-            http_factory: StreamFactory = lambda: HttpStream(f"http://127.0.0.1:{port}")  # noqa: E731
-            ws_factory: StreamFactory = lambda: WebSocketStream(f"ws://127.0.0.1:{port}/v1/stream")  # noqa: E731
-            load.run_unpaced(
-                ws_factory, [load.repeated_to(speech, sizes.warmup_audio_s["vosk"])] * callers * 2
-            )
-            command = [py_spy, "record", "--pid", str(worker_pid(server)), "--format", "raw", "--rate", "250"]
+        with DecoderServer(port, env, log_dir / f"decoder-{port}.log") as server:
+            http = Target(lambda: HttpSession(server.url), None)
+            ws = Target(lambda: VoskStream(f"{server.ws_url}/v1/stream", VOSK_CONFIG), None)
+            run_callers([[whole_chunks(speech, sizes.warmup_audio_s["vosk"])]] * callers * 2, ws.session)
+            command = [py_spy, "record", "--pid", str(server.worker_pid), "--format", "raw", "--rate", "250"]
             command += ["--duration", str(int(sizes.profile_s)), "--output", str(raw), "--nonblocking"]
             recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             time.sleep(0.5)  # let py-spy attach before the load starts
-            paced_http = threading.Thread(target=load.run_paced, args=(http_factory, speech, callers))
-            paced_http.start()
-            load.run_paced(ws_factory, speech, callers)
-            paced_http.join()
+            over_http = threading.Thread(target=paced, args=(http, speech, callers))
+            over_http.start()
+            paced(ws, speech, callers)
+            over_http.join()
             _, errors = recorder.communicate(timeout=sizes.profile_s + 60)
             if recorder.returncode != 0:
                 raise RuntimeError(f"py-spy failed: {errors.decode(errors='replace')[-500:]}")
+    finally:
+        redis.stop()
     description = (
         f"Vosk (ko), Redis registry on, {callers} real-time callers over HTTP and {callers} over the "
         f"WebSocket, py-spy at 250 Hz for {sizes.profile_s:.0f} s, active threads only"
@@ -630,386 +580,272 @@ def profile_service(py_spy: str, sizes: Sizes, log_dir: Path, service_env: Mappi
 
 # --- Report -----------------------------------------------------------------------------------
 
+CAPACITY_LABELS = {
+    "bare_engine": "bare engine, in-process",
+    "service_websocket": "service, WebSocket",
+    "service_http": "service, HTTP v1",
+}
 
-def f1(value: float) -> str:
-    return f"{value:.1f}"
 
-
-def f2(value: float) -> str:
-    return f"{value:.2f}"
+def label_of(key: str) -> str:
+    return CAPACITY_LABELS.get(key, key)
 
 
 def verdict(ratio: float, target: float) -> str:
     return f"{ratio:.2f} ({'meets' if ratio >= target else 'below'} {target:.2f})"
 
 
-def overhead_rows(result: EngineReport) -> list[list[str]]:
+def overhead_rows(res: Mapping[str, Any]) -> list[list[str]]:
     rows = []
-    for row in result["overhead"]:
-        bare = row["bare"]
-        rows.append(
-            [f"{row['callers']}", "bare engine", f2(bare["throughput"]), f1(bare["latency_mean_ms"]), "1.00"]
-        )
-        named = [("HTTP v1", row["http"]), ("WebSocket", row["websocket"])]
-        if row["peer"] is not None:
-            named.append(("peer (vosk-server design)", row["peer"]))
-        for label, measured in named:
+    for row in res["overhead"]:
+        named = [("bare engine", row["bare"]), ("HTTP v1", row["http"]), ("WebSocket", row["websocket"])]
+        for label, m in named + [(f"peer {k}", v) for k, v in row["peers"].items()]:
+            ratio = "1.00" if label == "bare engine" else verdict(m["ratio"], OVERHEAD_TARGET)
             rows.append(
-                [
-                    f"{row['callers']}",
-                    label,
-                    f2(measured["throughput"]),
-                    f1(measured["latency_mean_ms"]),
-                    verdict(measured["ratio"], OVERHEAD_TARGET),
-                ]
+                [str(row["callers"]), label, f"{m['throughput']:.2f}", f"{m['latency_mean_ms']:.1f}", ratio]
             )
     return rows
 
 
-CAPACITY_LABELS = {
-    "bare_engine": "bare engine, in-process",
-    "service_websocket": "service, WebSocket",
-    "service_http": "service, HTTP v1",
-    "peer_websocket": "peer (vosk-server design)",
-}
-
-
-def capacity_rows(result: EngineReport) -> list[list[str]]:
-    bound = result["bound"]
-    rows = [["bare-engine bound", f1(bound["callers"]), "1.00", "", "", "", ""]]
-    for key, found in result["capacity"].items():
-        best = [s for s in found["steps"] if s["callers"] == found["callers"]]
-        step = best[0] if best else found["steps"][0]
-        callers = str(found["callers"])
-        if found["callers_keeping_up"] is not None:
-            callers += f" ({found['callers_keeping_up']} keep up with no latency limit)"
+def capacity_rows(res: Mapping[str, Any]) -> list[list[str]]:
+    rows = [["bare-engine bound", f"{res['bound']['callers']:.1f}", "1.00", "", "", "", ""]]
+    for key, found in res["capacity"].items():
+        step = next((s for s in found["steps"] if s["callers"] == found["callers"]), found["steps"][0])
+        keeping_up = found["callers_keeping_up"]
         rows.append(
             [
-                CAPACITY_LABELS[key],
-                callers,
+                label_of(key),
+                str(found["callers"])
+                + ("" if keeping_up is None else f" ({keeping_up} keep up with no latency limit)"),
                 verdict(found["ratio"], CAPACITY_TARGET),
-                "" if found["ratio_to_bare_engine"] is None else f2(found["ratio_to_bare_engine"]),
+                "" if found["ratio_to_bare_engine"] is None else f"{found['ratio_to_bare_engine']:.2f}",
                 f"{step['callers']}: {step['latency_p50_ms']:.0f} / {step['latency_p95_ms']:.0f}",
                 f"{step['first_chunk_p50_ms']:.0f} / {step['first_chunk_max_ms']:.0f}",
-                f"{found['peak_rss_mib']:.0f}",
+                "n/a" if found["peak_rss_mib"] is None else f"{found['peak_rss_mib']:.0f}",
             ]
         )
     return rows
 
 
-def lag_cell(lag: PartialLag | None) -> str:
+def lag_cell(lag: Mapping[str, Any] | None) -> str:
     if not lag or not lag["published"]:
         return ""
-    beyond = f"> {LAG_BUCKETS_S[-1]:g}"
-    p50, p95 = (f"<= {v:g}" if v is not None else beyond for v in (lag["p50_s"], lag["p95_s"]))
+    p50, p95 = (
+        f"<= {v:g}" if v is not None else f"> {LAG_BUCKETS_S[-1]:g}" for v in (lag["p50_s"], lag["p95_s"])
+    )
     return f"{lag['published']}: {p50} / {p95}"
 
 
-def step_rows(result: EngineReport) -> list[list[str]]:
+def step_rows(res: Mapping[str, Any]) -> list[list[str]]:
     return [
         [
-            CAPACITY_LABELS[key],
-            str(step["callers"]),
-            f"{step['latency_p50_ms']:.0f} / {step['latency_p95_ms']:.0f} / {step['latency_max_ms']:.0f}",
-            f"{step['behind']} (max lag {step['max_end_lag_s']:.2f} s)",
-            str(step["errors"]),
-            lag_cell(step.get("partial_lag")),
-            ("pass" if step["passed"] else "fail")
-            + (" (no latency limit)" if step["search"] == "keeping_up" else ""),
+            label_of(key),
+            str(s["callers"]),
+            f"{s['latency_p50_ms']:.0f} / {s['latency_p95_ms']:.0f} / {s['latency_max_ms']:.0f}",
+            f"{s['behind']} (max lag {s['max_end_lag_s']:.2f} s)",
+            str(s["errors"]),
+            lag_cell(s.get("partial_lag")),
+            ("pass" if s["passed"] else "fail")
+            + (" (no latency limit)" if s["search"] == "keeping_up" else ""),
         ]
-        for key, found in result["capacity"].items()
-        for step in found["steps"]
+        for key, found in res["capacity"].items()
+        for s in found["steps"]
     ]
 
 
-OVERHEAD_HEADER = ["Callers", "Path", "Audio s per wall s", "Mean chunk latency (ms)", "Ratio to bare"]
-CAPACITY_HEADER = [
-    "Path",
-    "Callers",
-    "Ratio to bound",
-    "Ratio to bare capacity",
-    "At that N: latency p50 / p95 (ms)",
-    "First chunk p50 / max (ms)",
-    "Peak RSS (MiB)",
-]
-STEP_HEADER = [
-    "Path",
-    "Callers",
-    "Latency p50 / p95 / max (ms)",
-    "Behind",
-    "Errors",
-    "Background partials: count, lag p50 / p95 (s)",
-    "Verdict",
-]
-
-
-def render_markdown(report: Report) -> str:
-    machine = report["machine"]
-    libraries = ", ".join(f"{name} {version}" for name, version in machine["libraries"].items())
-    lines = [
-        "# Service overhead and capacity per pod" + (" (quick: tiny sizes)" if report["quick"] else ""),
-        "",
-        f"Measured with `python -m bench.service` on {machine['date']}.",
-        "",
-        f"- **Machine:** {machine['cpu']}, {machine['cores']} cores ({machine['usable_cores']} usable), "
-        f"{machine['platform']}; load average (1 min) before / after: "
-        + " / ".join(f2(v) for v in report["load_average_1min"]),
-        f"- **Software:** Python {machine['python']}; {libraries}",
-        f"- **Peer:** {report['peer']}",
-        f"- **Chunks:** {report['chunk_ms']} ms of 16 kHz PCM; targets: service/bare throughput >= "
-        f"{report['targets']['overhead']:.2f}, capacity >= {report['targets']['capacity']:.2f} of the bound",
-    ]
-    for result in report["engines"].values():
-        bound = result["bound"]
-        idle = ", ".join(f"{k} {v:.0f} MiB" for k, v in result["idle_rss_mib"].items())
-        lines += [
-            "",
-            f"## {result['engine']} ({result['model']}), {result['audio']}",
-            "",
-            f"### Overhead: {result['overhead'][0]['audio_s_per_caller']:.0f} s of audio per caller, "
-            "as fast as possible",
-            "",
-            *markdown_table(OVERHEAD_HEADER, overhead_rows(result)),
-            "",
-            f"### Capacity: real-time callers, p95 latency <= {report['p95_limit_ms']:.0f} ms, nobody behind",
-            "",
-            f"Bound: {bound['cores']} cores / bare RTF {bound['bare_rtf']:.3f} (each stream's, with "
-            f"{bound['cores']} decoding at once) = {bound['callers']:.1f} callers. RSS after start, "
-            f"before any call: {idle}. The service's worker runs on "
-            f"{result['service_allocator']}; the benchmark's own process (the bare engine) on "
-            f"{process_allocator(dict(os.environ))}.",
-            "",
-            *markdown_table(CAPACITY_HEADER, capacity_rows(result)),
-            "",
-            "Every step of the search:",
-            "",
-            *markdown_table(STEP_HEADER, step_rows(result)),
-        ]
-    if report["profile"] is not None:
-        lines += profile_markdown(report["profile"])
-    lines += ["", "## How to read it", "", *NOTES]
-    return "\n".join(lines) + "\n"
-
-
-def profile_markdown(profile: Profile) -> list[str]:
-    return [
-        "",
-        "## Where the service spends its time",
-        "",
-        f"{profile['settings']}; {profile['samples']} samples.",
-        "",
-        *markdown_table(
-            ["Category (innermost frame)", "Share of samples"],
-            [[row["name"], f"{row['share'] * 100:.1f} %"] for row in profile["categories"]],
-        ),
-        "",
-        *markdown_table(
-            ["Function (innermost frame)", "Share of samples"],
-            [[f"`{row['name']}`", f"{row['share'] * 100:.1f} %"] for row in profile["functions"]],
-        ),
-    ]
-
-
-NOTES = [
-    "- Throughput is audio seconds decoded per wall second by all callers together, from their common "
-    "start to the last one's end (opening and ending each call included). The bare engine runs in the "
-    "benchmark's process: one thread per caller, each with its own recognizer from a warm pool (the "
-    "service's pool), 200 ms chunks through `accept` + `partial`, no network. Before each measured round a "
-    "short round of the same callers warms the pool, for the bare engine and the service alike.",
-    "- The service is `python -m decoder_api serve` (gunicorn, one worker, threads) without Redis or Kafka; "
-    "its clients run in the benchmark's process on the same cores (a keep-alive `http.client` connection "
-    "per HTTP caller, `websocket-client` per WebSocket caller), so the ratio also pays for the client's CPU.",
-    f"- The peer is the {PEER_LABEL}: a `websockets` asyncio server, one shared `Model`, a new "
-    "`KaldiRecognizer` per connection, each message decoded with `run_in_executor` on a pool of "
-    "`os.cpu_count()` threads, the same JSON protocol. It creates a recognizer per call, so its numbers "
-    "include the warm-up of each new recognizer that our service's pool avoids; it keeps Kaldi's own dither.",
-    "- Capacity: each caller sends a 200 ms chunk every 200 ms of wall time and waits for its reply; "
-    "the callers start spread over one chunk period. Latency is chunk sent -> reply received. A caller "
-    f"is behind when its last reply comes over {load.BEHIND_S:.1f} s after its audio ended. The search "
-    "starts at 0.85 x the bound, grows by x1.5 (or shrinks by x0.6) until the verdict flips, then "
-    "bisects, within a fixed number of steps.",
-    "- The bound is usable cores / bare RTF, the bare RTF being each stream's decode wall time over its "
-    "audio time while as many streams as cores decode at once in-process; i.e. the real-time streams the "
-    "cores could carry with nothing but the engine. It assumes the cores can be kept 100 % busy, which a "
-    "latency limit does not allow; the *bare engine, in-process* row is the same capacity search run on "
-    "the engine alone (paced `BareStream` callers, no network), the practical ceiling the service is "
-    "compared with in *Ratio to bare capacity*. The bound also takes each stream's cost with one stream "
-    "per core: with many streams interleaved, each stream's recognizer brings its own decoding-graph cache "
-    "through the CPU caches and costs more, so the summary also sets each service capacity beside the "
-    "bare engine's throughput with the largest number of streams of the overhead table (audio s per "
-    "wall s: the real-time callers it could carry at that concurrency).",
-    "- Whisper re-decodes the open utterance for a partial once per second of audio. The service does that "
-    "on a background thread (`DECODER_WHISPER_BACKGROUND_PARTIALS`, on by default): a chunk is answered at "
-    "once with the newest partial already decoded, so the reply latency above no longer includes a "
-    "decode, and how stale a partial is shows in its own column: *lag* is the audio the stream had "
-    "moved on since the audio a partial covers, when it was published (from the service's "
-    "`decoder_partial_lag_seconds` histogram, as bucket bounds); under load partials come less often "
-    "and cover more audio each, and replies stay fast.",
-    "- When not even one caller meets the latency limit, a second search without it says how many callers "
-    "keep up with real time.",
-    "- RSS is of the server's whole process tree (gunicorn master + worker), sampled every 0.25 s; for the "
-    "bare engine it is the benchmark's own process (the model, recognizers and the clients' threads).",
-    "- The service runs as `python -m decoder_api serve` starts it, including its allocator "
-    "(`DECODER_ALLOCATOR`, shown per engine above); `--service-env DECODER_ALLOCATOR=glibc` (any "
-    "KEY=VALUE) measures it with another. Kaldi allocates on every chunk from many threads: glibc with "
-    "few arenas costs latency under load, jemalloc does not. The bare engine runs in this process, "
-    "on glibc's allocator, so a service on jemalloc can beat it.",
-    "- Overhead and capacity of the service over HTTP v1 use one keep-alive connection per caller; "
-    "`--http-capacity` adds the HTTP capacity search (off by default to keep the run short).",
-    "- Numbers on a machine shared with other work are noisy: compare ratios measured in the same run.",
-]
-
-
-def print_tables(report: Report, console: Console | None = None) -> None:
-    console = console or Console()
-    for result in report["engines"].values():
-        title = f"{result['engine']} ({result['model']})"
-        for name, header, rows in (
-            (f"Overhead, {title}", OVERHEAD_HEADER, overhead_rows(result)),
-            (f"Capacity per pod, {title}", CAPACITY_HEADER, capacity_rows(result)),
-        ):
-            console.print(rich_table(name + (" (quick)" if report["quick"] else ""), header, rows, {0, 1}))
-    if report["profile"] is not None:
-        table = Table(title="Profile of the service under load")
-        table.add_column("Category")
-        table.add_column("Share", justify="right")
-        for category in report["profile"]["categories"]:
-            table.add_row(category["name"], f"{category['share'] * 100:.1f} %")
-        console.print(table)
-
-
-CAPACITY_LABELS = {
-    "bare_engine": "bare engine, in-process",
-    "service_websocket": "service, WebSocket",
-    "service_http": "service, HTTP v1",
-    "peer_websocket": "peer (vosk-server design)",
-}
-PATH_LABELS = {"http": "HTTP v1", "websocket": "WebSocket", "peer": "peer (vosk-server design)"}
-
-
-def headline_figures(engines: Mapping[str, EngineReport]) -> list[Figure]:
+def headline_figures(engines: Mapping[str, Mapping[str, Any]]) -> list[Figure]:
     """Throughput of each path against the bare engine at the same number of callers, and each
-    capacity against the bound; the service's paths carry the targets, the peer is for comparison."""
+    capacity against the bound; the service's paths carry the targets, the peers are for comparison."""
     figures: list[Figure] = []
-    for name, result in engines.items():
-        for row in result["overhead"]:
-            paths = {"http": row["http"], "websocket": row["websocket"], "peer": row["peer"]}
-            for path, measured in paths.items():
-                label = PATH_LABELS[path]
-                if measured is None:
-                    continue
-                targeted = path != "peer"
+    for name, res in engines.items():
+        for row in res["overhead"]:
+            paths = [("HTTP v1", row["http"], True), ("WebSocket", row["websocket"], True)]
+            for label, m, targeted in paths + [(f"peer {k}", v, False) for k, v in row["peers"].items()]:
                 figures.append(
                     figure(
                         f"{name}: throughput over {label}, {row['callers']} callers",
                         "audio s/s",
-                        measured["throughput"],
+                        m["throughput"],
                         row["bare"]["throughput"],
                         "bare engine, same callers",
                         better="higher",
                         target=f"ratio >= {OVERHEAD_TARGET:.2f}" if targeted else "",
-                        met=measured["ratio"] >= OVERHEAD_TARGET if targeted else None,
+                        met=m["ratio"] >= OVERHEAD_TARGET if targeted else None,
                     )
                 )
-        busiest = max(result["overhead"], key=lambda row: row["callers"], default=None)
-        for key, found in result["capacity"].items():
+        busiest = max(res["overhead"], key=lambda row: row["callers"])
+        for key, found in res["capacity"].items():
             targeted = key.startswith("service_")
-            title, callers = f"{name}: capacity, {CAPACITY_LABELS.get(key, key)}", float(found["callers"])
-            if targeted and busiest is not None and busiest["callers"] > result["bound"]["cores"]:
-                # The bound assumes each stream costs what it costs with one stream per core; with
-                # many streams interleaved each costs more. The bare engine's own throughput with
-                # that many streams at once is how many real-time callers it could carry.
+            title, callers = f"{name}: capacity, {label_of(key)}", float(found["callers"])
+            if targeted and busiest["callers"] > res["bound"]["cores"]:
+                # The bound takes each stream's cost with one stream per core; with many streams at once
+                # each costs more: the bare engine's throughput then is the real-time callers it carries.
                 streams = f"bare engine's audio s/s with {busiest['callers']} streams at once"
-                many = busiest["bare"]["throughput"]
-                against = f"{title}, against many streams"
-                figures.append(figure(against, "callers", callers, many, streams, "higher"))
+                figures.append(
+                    figure(
+                        f"{title}, against many streams",
+                        "callers",
+                        callers,
+                        busiest["bare"]["throughput"],
+                        streams,
+                        "higher",
+                    )
+                )
+            target = f"ratio >= {CAPACITY_TARGET:.2f}" if targeted else ""
+            met = found["ratio"] >= CAPACITY_TARGET if targeted else None
             figures.append(
                 figure(
                     title,
                     "callers",
                     callers,
-                    result["bound"]["callers"],
+                    res["bound"]["callers"],
                     "cores ÷ bare RTF",
-                    better="higher",
-                    target=f"ratio >= {CAPACITY_TARGET:.2f}" if targeted else "",
-                    met=found["ratio"] >= CAPACITY_TARGET if targeted else None,
+                    "higher",
+                    target,
+                    met,
                 )
             )
     return figures
 
 
-def write_report(report: Report, out: Path) -> list[Path]:
-    return write_outputs(out, NAME, render_markdown(report), report)
-
-
-# --- Entry point ------------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.service", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory (bench/results)")
-    parser.add_argument("--engine", choices=tuple(ENGINES), help="measure only this engine")
-    parser.add_argument(
-        "--callers",
-        type=int,
-        nargs="*",
-        default=[],
-        help="overhead: more numbers of callers (besides cores, and 4 x cores for Vosk)",
+def report(
+    details: Mapping[str, Any],
+    quick: bool,
+    settings: Mapping[str, Any],
+    machine: Mapping[str, Any] | None = None,
+) -> Result:
+    tables, notes = [], []
+    for res in details["engines"].values():
+        title = f"{res['engine']} ({res['model']}), {res['audio']}"
+        audio = res["overhead"][0]["audio_s_per_caller"]
+        tables += [
+            table(
+                f"Overhead, {title}: {audio:g} s of audio per caller, as fast as possible",
+                ["Callers", "Path", "Audio s per wall s", "Mean chunk latency (ms)", "Ratio to bare"],
+                overhead_rows(res),
+            ),
+            table(
+                f"Capacity, {title}: real-time callers, p95 latency <= {P95_LIMIT_MS:.0f} ms, nobody behind",
+                [
+                    "Path",
+                    "Callers",
+                    "Ratio to bound",
+                    "Ratio to bare capacity",
+                    "At that N: latency p50 / p95 (ms)",
+                    "First chunk p50 / max (ms)",
+                    "Peak RSS (MiB)",
+                ],
+                capacity_rows(res),
+            ),
+            table(
+                f"Every step of the capacity search, {res['engine']}",
+                [
+                    "Path",
+                    "Callers",
+                    "Latency p50 / p95 / max (ms)",
+                    "Behind",
+                    "Errors",
+                    "Background partials: count, lag p50 / p95 (s)",
+                    "Verdict",
+                ],
+                step_rows(res),
+            ),
+        ]
+        bound = res["bound"]
+        idle = ", ".join(f"{k} {v:.0f} MiB" for k, v in res["idle_rss_mib"].items())
+        notes.append(
+            f"- {res['engine']}: bound {bound['cores']} cores / bare RTF {bound['bare_rtf']:.3f} = "
+            f"{bound['callers']:.1f} callers. RSS after start, before any call: {idle}. The service's worker "
+            f"runs on {res['service_allocator']}."
+        )
+    profile = details.get("profile")
+    if profile:
+        tables.append(
+            table(
+                "Where the service spends its time: category (innermost frame)",
+                ["Category", "Share of samples"],
+                [[r["name"], f"{r['share'] * 100:.1f} %"] for r in profile["categories"]],
+            )
+        )
+        tables.append(
+            table(
+                "Where the service spends its time: function (innermost frame)",
+                ["Function", "Share of samples"],
+                [[f"`{r['name']}`", f"{r['share'] * 100:.1f} %"] for r in profile["functions"]],
+            )
+        )
+        notes.append(f"- Profile: {profile['settings']}; {profile['samples']} samples.")
+    peers = settings.get("peers") or {}
+    notes.append(
+        "- Peers: " + ", ".join(f"{k} at `{v}`" for k, v in peers.items())
+        if peers
+        else "- No peer was given (`--peer-url`), so this run has no peer rows."
     )
-    parser.add_argument("--http-capacity", action="store_true", help="capacity over HTTP v1 too (+~1.5 min)")
-    parser.add_argument(
-        "--service-env",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra environment for the service, e.g. MALLOC_ARENA_MAX=16",
+    title = "Service overhead and capacity per pod"
+    return result(
+        "service",
+        title,
+        quick,
+        settings,
+        headline_figures(details["engines"]),
+        details,
+        tables,
+        notes,
+        machine,
     )
-    parser.add_argument("--py-spy", help="py-spy executable for the profile (default: py-spy on the PATH)")
-    parser.add_argument("--no-profile", action="store_true", help="skip the profile")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    logger.setLevel(logging.INFO)
+    cli = parser("service", __doc__)
+    cli.add_argument("--engine", choices=tuple(ENGINES), help="measure only this engine")
+    cli.add_argument("--callers", type=int, nargs="*", default=[], help="overhead: more numbers of callers")
+    cli.add_argument("--http-capacity", action="store_true", help="capacity over HTTP v1 too (+~1.5 min)")
+    cli.add_argument(
+        "--peer-url",
+        action="append",
+        default=[],
+        metavar="[LABEL=]URL",
+        help="a Vosk-protocol server to compare with (repeatable)",
+    )
+    cli.add_argument(
+        "--service-env", nargs="*", default=[], metavar="KEY=VALUE", help="extra environment for the service"
+    )
+    cli.add_argument("--py-spy", help="py-spy executable for the profile (default: py-spy on the PATH)")
+    cli.add_argument("--no-profile", action="store_true", help="skip the profile")
+    args = cli.parse_args(argv)
+    start_logging()
     sizes = QUICK_SIZES if args.quick else DEFAULT_SIZES
-    names = [args.engine] if args.engine else list(ENGINES)
+    peers = parse_peers(args.peer_url)
     py_spy = None if args.no_profile or args.quick else (args.py_spy or shutil.which("py-spy"))
     service_env = dict(item.split("=", 1) for item in args.service_env if "=" in item)
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
-        log_dir = Path(tmp)
         engines = {
-            name: measure_engine(ENGINES[name], sizes, log_dir, args.http_capacity, args.callers, service_env)
-            for name in names
+            name: measure_engine(
+                ENGINES[name],
+                sizes,
+                Path(tmp),
+                args.http_capacity,
+                peers if name == "vosk" else {},
+                args.callers,
+                service_env,
+            )
+            for name in ([args.engine] if args.engine else ["vosk"] if args.quick else ENGINES)
         }
-        profile = None
-        if py_spy is not None:
-            logger.info("profiling the service with %s", py_spy)
-            profile = profile_service(py_spy, sizes, log_dir, service_env)
-        elif not args.quick and not args.no_profile:
+        if py_spy is None and not (args.quick or args.no_profile):
             logger.warning("py-spy not found: no profile (pip install py-spy, or --py-spy PATH)")
-    report = Report(
-        name=NAME,
-        quick=args.quick,
-        chunk_ms=load.CHUNK_MS,
-        p95_limit_ms=P95_LIMIT_MS,
-        behind_s=load.BEHIND_S,
-        targets={"overhead": OVERHEAD_TARGET, "capacity": CAPACITY_TARGET},
-        peer=PEER_LABEL,
-        machine=machine_info(),
-        load_average_1min=(load_before, os.getloadavg()[0]),
-        engines=engines,
-        profile=profile,
-        service_env=service_env,
-        figures=headline_figures(engines),
-    )
-    for path in write_report(report, args.out):
-        logger.info("wrote %s", path)
-    print_tables(report)
-    return 0
+        profile = profile_service(py_spy, sizes, Path(tmp), service_env) if py_spy else None
+    settings = {
+        "chunk_ms": CHUNK_MS,
+        "p95_limit_ms": P95_LIMIT_MS,
+        "behind_s": BEHIND_S,
+        "overhead_target": OVERHEAD_TARGET,
+        "capacity_target": CAPACITY_TARGET,
+        "peers": peers,
+        "service_env": service_env,
+    }
+    details = {"engines": engines, "profile": profile}
+    return publish(report(details, args.quick, settings, machine_info(load_before)), args.out)
 
 
 if __name__ == "__main__":

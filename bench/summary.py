@@ -9,19 +9,21 @@ README shows what the last full run measured and nothing else.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from bench.figures import Figure, number, ratio_text
-from bench.plot import panels
-from bench.report import markdown_table
+from bench.results import (
+    Result,
+    load_results,
+    load_text,
+    markdown_table,
+    met_text,
+    number,
+    parser,
+    ratio_text,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = ROOT / "bench" / "results"
 SUMMARY = "summary.md"
 START, END = "<!-- bench:summary -->", "<!-- /bench:summary -->"
 HEADER = ["Benchmark", "Figure", "Measured", "Baseline (same run)", "Ratio", "Target", "Met"]
@@ -31,77 +33,40 @@ class SummaryError(Exception):
     """Nothing to summarise, or a README without the markers."""
 
 
-def targeted_rows(results: Path) -> list[list[str]]:
-    rows = []
-    for title, figures in panels(results):
-        for f in figures:
-            if not f.get("target"):
-                continue
-            rows.append(
-                [
-                    title,
-                    f["name"],
-                    number(f["value"], f.get("unit", "")),
-                    f"{number(f.get('baseline'), f.get('unit', ''))} ({f.get('baseline_name', 'baseline')})",
-                    ratio_text(f),
-                    str(f.get("target", "")),
-                    _met(f),
-                ]
-            )
-    return rows
+def targeted_rows(results: Sequence[Result]) -> list[list[str]]:
+    return [
+        [
+            res["benchmark"] + (" (quick)" if res["quick"] else ""),
+            f["name"],
+            number(f["value"], f["unit"]),
+            f"{number(f['baseline'], f['unit'])} ({f['baseline_name']})",
+            ratio_text(f),
+            f["target"],
+            met_text(f),
+        ]
+        for res in results
+        for f in res["figures"]
+        if f.get("target")
+    ]
 
 
-def _met(f: Figure) -> str:
-    met = f.get("met")
-    return "n/a" if met is None else ("yes" if met else "**no**")
-
-
-def machines(results: Path) -> list[str]:
-    """One line per distinct machine and date the results were measured on."""
-    lines = []
-    for path in sorted(results.glob("*.json")):
-        try:
-            data: Any = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        machine = data.get("machine") if isinstance(data, dict) else None
-        if not isinstance(machine, dict):
-            continue
-        quick = " (quick)" if data.get("quick") else ""
-        date = str(machine.get("date", ""))[:16].replace("T", " ")
-        lines.append(
-            f"- `{path.stem}`{quick}: {machine.get('cpu', '?')}, {machine.get('usable_cores', '?')} usable "
-            f"cores, Python {machine.get('python', '?')}, {date} UTC" + _load(data)
-        )
-    return lines
-
-
-def _load(data: dict[str, Any]) -> str:
-    """The 1-minute load average the result recorded (before → after, or at the end)."""
-    places = [data, *(data.get(k) for k in ("machine", "settings", "details"))]
-    load = next(
-        (p["load_average_1min"] for p in places if isinstance(p, dict) and "load_average_1min" in p), None
+def machine_line(res: Result) -> str:
+    """Where and when a result was measured, with the load average."""
+    machine, quick = res["machine"], " (quick)" if res["quick"] else ""
+    load = load_text(machine.get("load_average_1min"))
+    date = str(machine.get("date", ""))[:16].replace("T", " ")
+    where = f"{machine.get('cpu', '?')}, {machine.get('usable_cores', '?')} usable cores"
+    return f"- `{res['benchmark']}`{quick}: {where}, Python {machine.get('python', '?')}, {date} UTC" + (
+        f", {load}" if load else ""
     )
-    if isinstance(load, list | tuple) and len(load) == 2:
-        return f", load average {load[0]:.2f} → {load[1]:.2f}"
-    if isinstance(load, int | float):
-        return f", load average {load:.2f} at the end"
-    return ""
 
 
-def render(results: Path) -> str:
+def render(directory: Path) -> str:
+    results = load_results(directory)
     rows = targeted_rows(results)
     if not rows:
-        raise SummaryError(f"no figure with a target in {results}")
-    return "\n".join(
-        [
-            *markdown_table(HEADER, rows),
-            "",
-            "Measured on:",
-            "",
-            *machines(results),
-        ]
-    )
+        raise SummaryError(f"no figure with a target in {directory}")
+    return "\n".join([*markdown_table(HEADER, rows), "", "Measured on:", "", *map(machine_line, results)])
 
 
 def replace_block(text: str, block: str) -> str:
@@ -111,16 +76,10 @@ def replace_block(text: str, block: str) -> str:
     return text[: start + len(START)] + "\n" + block + "\n" + text[end:]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.summary", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="accepted for symmetry: summarising is quick")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory (bench/results)")
-    parser.add_argument("--readme", type=Path, help="also update this file's bench:summary block")
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    cli = parser("summary", __doc__)
+    cli.add_argument("--readme", type=Path, help="also update this file's bench:summary block")
+    args = cli.parse_args(argv)
     try:
         block = render(args.out)
         (args.out / SUMMARY).write_text(f"# Benchmark summary\n\n{block}\n", encoding="utf-8")

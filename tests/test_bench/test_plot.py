@@ -1,22 +1,20 @@
-"""``python -m bench.plot``: one panel per readable result file, the others skipped."""
+"""``python -m bench.plot`` and the results writer: one panel per result file, the others skipped."""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from bench import plot
-from bench.figures import build_result, figure
-from tests.conftest import ROOT
+from bench.results import figure, render_markdown, result, table, write
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def write_result(directory: Path, name: str) -> None:
-    result = build_result(
+    res = result(
         name,
         f"Benchmark {name}",
         True,
@@ -30,31 +28,35 @@ def write_result(directory: Path, name: str) -> None:
             figure("not measured", "s", None, 1.0, "bound"),
         ],
         {},
+        [table("Runs", ["Run", "Size"], [["first", "1"]])],
     )
-    (directory / f"{name}.json").write_text(json.dumps(result), encoding="utf-8")
+    write(res, directory)
 
 
-def test_every_readable_result_becomes_a_panel(tmp_path: Path) -> None:
+def test_every_result_becomes_a_panel(tmp_path: Path) -> None:
     write_result(tmp_path, "first")
     write_result(tmp_path, "second")
-    shutil.copy(ROOT / "bench" / "results" / "engines.json", tmp_path / "engines.json")
     (tmp_path / "broken.json").write_text("{not json", encoding="utf-8")
     (tmp_path / "other.json").write_text('{"unrelated": true}', encoding="utf-8")
-    compared = {"title": "Other shape", "comparisons": [{"figure": "rss", "value": 2, "baseline": 1}]}
-    (tmp_path / "shaped.json").write_text(json.dumps(compared), encoding="utf-8")
 
     found = plot.panels(tmp_path)
 
-    titles = [title for title, _ in found]
-    assert titles == ["Engine baseline", "Benchmark first (quick)", "Benchmark second (quick)", "Other shape"]
+    assert [title for title, _ in found] == ["Benchmark first (quick)", "Benchmark second (quick)"]
     first = dict(found)["Benchmark first (quick)"]
     assert [f["name"] for f in first] == ["latency", "throughput", "words lost"]  # no value: not drawn
-    assert [(f["name"], f["ratio"]) for f in dict(found)["Other shape"]] == [("rss", 2.0)]
-
     assert plot.main(["--out", str(tmp_path)]) == 0
     image = tmp_path / "bench.png"
     assert image.read_bytes()[:8] == PNG_MAGIC
     assert image.stat().st_size > 10_000
+
+
+def test_the_markdown_is_rendered_from_the_json(tmp_path: Path) -> None:
+    write_result(tmp_path, "first")
+    data = json.loads((tmp_path / "first.json").read_text(encoding="utf-8"))
+    markdown = (tmp_path / "first.md").read_text(encoding="utf-8")
+    assert markdown == render_markdown(data)
+    assert "| throughput | 30 events/s | 32 events/s (bare) | 0.94 | ratio >= 0.8 (met) |" in markdown
+    assert "## Runs\n\n| Run | Size |\n|---|---:|\n| first | 1 |" in markdown
 
 
 def test_missing_results_are_an_error_not_a_crash(tmp_path: Path) -> None:

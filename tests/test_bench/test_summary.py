@@ -29,7 +29,7 @@ def test_the_summary_keeps_targeted_figures_and_updates_the_readme(tmp_path: Pat
     assert summary.main(["--out", str(tmp_path), "--readme", str(readme)]) == 0
 
     table = (tmp_path / "summary.md").read_text(encoding="utf-8")
-    assert "| Benchmark kafka (quick) | throughput | 30 events/s | 32 events/s (bare) | 0.94 |" in table
+    assert "| kafka (quick) | throughput | 30 events/s | 32 events/s (bare) | 0.94 |" in table
     assert "latency" not in table  # no target: in the benchmark's own file, not in the summary
     text = readme.read_text(encoding="utf-8")
     assert "old table" not in text

@@ -1,0 +1,318 @@
+"""The one results model and writer of every benchmark: figures beside their baselines, as JSON and Markdown.
+
+Every benchmark writes ``<name>.json``, a ``Result``::
+
+    {"benchmark", "title", "quick", "machine", "settings", "figures": [Figure, ...],
+     "tables": [Table, ...], "notes": [...], "details": {...}}
+
+and ``<name>.md`` rendered from it alone: the figures, each beside its baseline measured in the
+same run, then the benchmark's tables, then how to read them (its section of ``bench/METHOD.md``,
+with ``$setting`` replaced by the run's settings, and the run's own notes). ``bench.plot`` and
+``bench.summary`` read the figures of every ``*.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import platform
+import re
+import string
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypedDict, cast
+
+from rich.console import Console
+from rich.table import Table as RichTable
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "bench" / "results"
+METHOD = Path(__file__).resolve().parent / "METHOD.md"
+LIBRARIES = ("vosk", "faster-whisper", "ctranslate2", "onnxruntime")
+FIGURE_HEADER = ["Figure", "Value", "Baseline (same run)", "Ratio", "Target"]
+
+Better = Literal["lower", "higher"]
+
+
+class Figure(TypedDict):
+    """One measured value beside the baseline it is read against (measured in the same run)."""
+
+    name: str
+    unit: str  # "ms", "s", "events/s", "%", "words", ...
+    value: float | None  # None: could not be measured (see the notes)
+    baseline: float | None
+    baseline_name: str  # what the baseline is
+    ratio: float | None  # value / baseline
+    better: Better  # which direction is an improvement
+    target: str  # e.g. "ratio >= 0.8"; "" when there is none
+    met: bool | None  # whether the target is met; None without a target or a value
+
+
+class Table(TypedDict):
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+
+
+class Result(TypedDict):
+    benchmark: str
+    title: str
+    quick: bool
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    figures: list[Figure]
+    tables: list[Table]
+    notes: list[str]  # the run's own notes (Markdown list items); the method is in METHOD.md
+    details: dict[str, Any]  # every measurement the figures and tables come from
+
+
+def figure(
+    name: str,
+    unit: str,
+    value: float | None,
+    baseline: float | None,
+    baseline_name: str,
+    better: Better = "lower",
+    target: str = "",
+    met: bool | None = None,
+) -> Figure:
+    usable = value is not None and baseline is not None and baseline != 0 and math.isfinite(baseline)
+    ratio = value / baseline if usable and value is not None and baseline is not None else None
+    return Figure(
+        name=name,
+        unit=unit,
+        value=value,
+        baseline=baseline,
+        baseline_name=baseline_name,
+        ratio=ratio,
+        better=better,
+        target=target,
+        met=met,
+    )
+
+
+def table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
+    return Table(title=title, header=list(header), rows=[list(row) for row in rows])
+
+
+def machine_info(load_before: float | None = None) -> dict[str, Any]:
+    """The CPU, cores, Python, libraries and date; the 1-minute load average before and after."""
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown",
+    )
+    load = os.getloadavg()[0]
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count() or 0,
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "libraries": {name: library_version(name) for name in LIBRARIES},
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "load_average_1min": [load if load_before is None else load_before, load],
+    }
+
+
+def library_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def result(
+    benchmark: str,
+    title: str,
+    quick: bool,
+    settings: Mapping[str, Any],
+    figures: Sequence[Figure],
+    details: Mapping[str, Any],
+    tables: Sequence[Table] = (),
+    notes: Sequence[str] = (),
+    machine: Mapping[str, Any] | None = None,
+) -> Result:
+    return Result(
+        benchmark=benchmark,
+        title=title,
+        quick=quick,
+        machine=dict(machine or machine_info()),
+        settings=dict(settings),
+        figures=list(figures),
+        tables=list(tables),
+        notes=list(notes),
+        details=dict(details),
+    )
+
+
+def number(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    if unit == "%":
+        return f"{value:.1f} %"
+    magnitude = abs(value)
+    if float(value).is_integer() and magnitude < 1e6:
+        return f"{int(value)}" + (f" {unit}" if unit else "")
+    digits = 0 if magnitude >= 100 else 1 if magnitude >= 10 else 2 if magnitude >= 1 else 3
+    return f"{value:.{digits}f}" + (f" {unit}" if unit else "")
+
+
+def ratio_text(f: Figure) -> str:
+    return "n/a" if f.get("ratio") is None else f"{f['ratio']:.2f}"
+
+
+def met_text(f: Figure) -> str:
+    met = f.get("met")
+    return "n/a" if met is None else ("yes" if met else "**no**")
+
+
+def figure_rows(figures: Sequence[Figure]) -> list[list[str]]:
+    return [
+        [
+            f["name"],
+            number(f["value"], f["unit"]),
+            f"{number(f['baseline'], f['unit'])} ({f['baseline_name']})",
+            ratio_text(f),
+            f"{f['target']} ({'met' if f['met'] else 'missed' if f['met'] is False else 'n/a'})"
+            if f["target"]
+            else "",
+        ]
+        for f in figures
+    ]
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def load_text(load: Any) -> str:
+    """The 1-minute load average a result recorded: before → after, or a single one at the end."""
+    if isinstance(load, list | tuple) and len(load) == 2:
+        return f"load average {load[0]:.2f} → {load[1]:.2f}"
+    return f"load average {load:.2f} at the end" if isinstance(load, int | float) else ""
+
+
+def machine_line(machine: Mapping[str, Any]) -> str:
+    libraries = ", ".join(f"{k} {v}" for k, v in machine.get("libraries", {}).items())
+    load = load_text(machine.get("load_average_1min"))
+    return (
+        f"- **Machine:** {machine['cpu']}, {machine['cores']} cores ({machine['usable_cores']} usable), "
+        f"{machine['platform']}, Python {machine['python']}; {libraries}; measured {machine['date']}"
+        + (f"; {load}" if load else "")
+    )
+
+
+def method(benchmark: str, settings: Mapping[str, Any]) -> list[str]:
+    """The benchmark's section of ``METHOD.md``, ``$name`` replaced by its settings."""
+    text = METHOD.read_text(encoding="utf-8") if METHOD.exists() else ""
+    found = re.search(rf"^## {re.escape(benchmark)}\n(.*?)(?=^## |\Z)", text, re.MULTILINE | re.DOTALL)
+    values = {k: f"{v:g}" if isinstance(v, float) else str(v) for k, v in settings.items()}
+    return string.Template(found[1].strip()).safe_substitute(values).splitlines() if found else []
+
+
+def render_markdown(res: Result) -> str:
+    settings = ", ".join(f"{k}={v}" for k, v in res["settings"].items())
+    lines = [f"# {res['title']}" + (" (quick)" if res["quick"] else ""), ""]
+    lines += [f"Measured with `python -m bench.{res['benchmark']}`.", "", machine_line(res["machine"])]
+    lines += [f"- **Settings:** {settings}", "", *markdown_table(FIGURE_HEADER, figure_rows(res["figures"]))]
+    for t in res["tables"]:
+        lines += ["", f"## {t['title']}", "", *markdown_table(t["header"], t["rows"])]
+    notes = method(res["benchmark"], res["settings"]) + res["notes"]
+    if notes:
+        lines += ["", "## How to read it", "", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def write(res: Result, out: Path) -> list[Path]:
+    """``<benchmark>.json`` and ``<benchmark>.md`` in ``out`` (created when missing)."""
+    out.mkdir(parents=True, exist_ok=True)
+    as_json, as_markdown = out / f"{res['benchmark']}.json", out / f"{res['benchmark']}.md"
+    as_json.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    as_markdown.write_text(render_markdown(res), encoding="utf-8")
+    return [as_markdown, as_json]
+
+
+def show(res: Result, console: Console | None = None) -> None:
+    """The figures and tables on the terminal."""
+    console = console or Console()
+    quick = " (quick)" if res["quick"] else ""
+    for title, header, rows in [
+        (res["title"], FIGURE_HEADER, figure_rows(res["figures"])),
+        *((t["title"], t["header"], t["rows"]) for t in res["tables"]),
+    ]:
+        shown = RichTable(title=title + quick)
+        for column in header:
+            shown.add_column(column)
+        for row in rows:
+            shown.add_row(*row)
+        console.print(shown)
+
+
+def load_results(directory: Path) -> list[Result]:
+    """Every result file of ``directory`` with figures, by file name; others are left out, logged."""
+    found = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            logger.warning("skipped %s: %s", path.name, exc)
+            continue
+        if isinstance(data, dict) and isinstance(data.get("figures"), list) and "benchmark" in data:
+            found.append(cast(Result, data))
+        else:
+            logger.warning("skipped %s: not a benchmark result", path.name)
+    return found
+
+
+def parser(benchmark: str, doc: str) -> argparse.ArgumentParser:
+    """The command line every benchmark shares: ``--quick`` and ``--out``."""
+    cli = argparse.ArgumentParser(prog=f"python -m bench.{benchmark}", description=doc.split("\n\n")[0])
+    cli.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
+    cli.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory (bench/results)")
+    return cli
+
+
+def start_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    for name in ("bench", "__main__"):  # a benchmark runs as ``python -m bench.<name>``
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
+def publish(res: Result, out: Path) -> int:
+    """Write the result, show it on the terminal; the exit status."""
+    for path in write(res, out):
+        logger.info("wrote %s", path)
+    show(res)
+    return 0
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0–100) with linear interpolation; ``values`` need not be sorted."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no values")
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def latency_summary(values_s: Sequence[float]) -> dict[str, float]:
+    """Count and p50 / p95 / max in milliseconds (zeros when there are no values)."""
+    if not values_s:
+        return {"count": 0, "p50_ms": 0.0, "p95_ms": 0.0, "max_ms": 0.0}
+    ms = [v * 1000 for v in values_s]
+    return {"count": len(ms), "p50_ms": percentile(ms, 50), "p95_ms": percentile(ms, 95), "max_ms": max(ms)}
