@@ -61,7 +61,7 @@ def http_ready(url: str) -> Callable[[], bool]:
 
 
 def stop_group(
-    process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout_s: float = 60
+    process: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM, timeout_s: float = 60
 ) -> int:
     """Send ``sig`` to the process group of ``process``; SIGKILL it if it has not exited in ``timeout_s``."""
     if process is None:

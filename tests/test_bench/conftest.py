@@ -22,14 +22,16 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from devtools.clients import EOF
-from devtools.processes import ROOT, free_port
+from devtools.processes import ROOT, free_port, stop_group
 
 QUICK_TIMEOUT_S = 300
 
 
 def run(*argv: str, out: Path) -> subprocess.Popen[str]:
     command = [sys.executable, *argv, "--quick", "--out", str(out)]
-    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
 
 
 def finish(process: subprocess.Popen[str]) -> str:
@@ -78,9 +80,8 @@ def quick_results(
         output += finish(run("-m", "bench.recovery", out=out))
         output += finish(run("-m", "bench.service", "--peer-url", f"fake-peer={fake_peer}", out=out))
         output += finish(computing)
-    finally:
-        computing.kill()  # when another run failed first (its benchmarks stop their own processes)
-        computing.wait()
+    finally:  # when another run failed first: the whole group, with the benchmark it runs
+        stop_group(computing, timeout_s=30)
     return out, output + finish(run("-m", "bench", "--only=plot", "--only=summary", out=out))
 
 
