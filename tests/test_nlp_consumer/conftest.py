@@ -143,7 +143,8 @@ class ConsumerRun:
 
 
 class ConsumerRunner:
-    """``runner(input, output, dlq, group, **env)``: an enrichment consumer process."""
+    """``runner(input, output, dlq, group, **env)``: an enrichment consumer process (``module``:
+    another entry point, e.g. one that crashes on purpose)."""
 
     def __init__(self, bootstrap: str, model: Path, log_dir: Path) -> None:
         self.bootstrap = bootstrap
@@ -152,7 +153,13 @@ class ConsumerRunner:
         self.runs: list[ConsumerRun] = []
 
     def __call__(
-        self, input_topic: str, output_topic: str, dlq_topic: str, group: str, **env: str
+        self,
+        input_topic: str,
+        output_topic: str,
+        dlq_topic: str,
+        group: str,
+        module: str = "nlp_consumer",
+        **env: str,
     ) -> ConsumerRun:
         port = free_port()
         settings = {
@@ -166,7 +173,7 @@ class ConsumerRunner:
             "NLP_TORCH_THREADS": "2",
         }
         log = self.log_dir / f"consumer-{uuid.uuid4().hex[:8]}.log"
-        run = ConsumerRun(ServiceProcess("nlp_consumer", settings | env, log).start(), port)
+        run = ConsumerRun(ServiceProcess(module, settings | env, log).start(), port)
         self.runs.append(run)
         return run
 

@@ -1,0 +1,283 @@
+"""Call summaries: the summariser on its own, and once per call through the real consumer and broker,
+with the consumer SIGKILLed mid-call and again between producing a summary and committing it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, Message, TopicPartition
+
+from contract.events import CallEndedEvent, CallSummaryEvent, TranscriptEvent, rfc3339_utc
+from nlp_consumer.calls import OpenCalls
+from nlp_consumer.summary import CallSummarizer, CallTurns, HeardTurn, SentenceEmbedder, load_embedder
+from tests.kafka import PARTITIONS, TopicFactory, wait_for
+from tests.test_nlp_consumer.conftest import ConsumerRunner, Turn, produce
+
+pytestmark = pytest.mark.timeout(1800)  # the first test of a fresh machine trains the model
+
+AGENT_LINES = (
+    "Thank you for calling the customer care line, my name is Sam.",
+    "Could you give me your order number, please?",
+    "I can see the order, it was delivered to your address on Tuesday.",
+    "I will send a replacement today and arrange a courier to collect the broken one.",
+    "The courier will come tomorrow morning, and the return label is in your inbox.",
+)
+MS_PER_WORD = 330
+
+
+@pytest.fixture(scope="module")
+def embedder() -> SentenceEmbedder:
+    return load_embedder(None)
+
+
+def two_speaker_call(session_id: str, manifest_turns: list[Turn]) -> list[TranscriptEvent]:
+    """An agent (channel 0) and an unhappy customer (channel 1, call4's first turns), turn about,
+    with gaps between the turns and one answer overlapping the question before it."""
+    customer = [t.text for t in manifest_turns if t.call == "call4"][:5]
+    lines = [line for pair in zip(AGENT_LINES, customer, strict=True) for line in pair]
+    events, start_ms = [], 400
+    for utterance, text in enumerate(lines):
+        channel = utterance % 2
+        duration_ms = len(text.split()) * MS_PER_WORD
+        if utterance == 5:
+            start_ms -= 1200  # starts 500 ms before the agent's turn before it ends
+        events.append(
+            TranscriptEvent(
+                session_id=session_id,
+                user_id="agent-7",
+                utterance=utterance,
+                text=text,
+                start_ms=start_ms,
+                end_ms=start_ms + duration_ms,
+                engine="whisper",
+                model="tiny.en",
+                language="en",
+                produced_at=rfc3339_utc(),
+                channel=channel,
+                speaker=("agent", "customer")[channel],
+            )
+        )
+        start_ms += duration_ms + 700
+    return events
+
+
+def call_ended(
+    events: Sequence[TranscriptEvent], speakers: tuple[str, ...], tail_ms: int = 1500
+) -> CallEndedEvent:
+    first = events[0]
+    return CallEndedEvent(
+        session_id=first.session_id,
+        user_id=first.user_id,
+        reason="normal",
+        started_at=rfc3339_utc(),
+        ended_at=rfc3339_utc(),
+        audio_ms=max(e.end_ms for e in events) + tail_ms,
+        channels=len(speakers) or 1,
+        speakers=speakers,
+        finals=len(events),
+        engine=first.engine,
+        model=first.model,
+        language=first.language,
+        produced_at=rfc3339_utc(),
+    )
+
+
+def mono_call(session_id: str, manifest_turns: list[Turn]) -> list[TranscriptEvent]:
+    texts = [t.text for t in manifest_turns if t.call == "call1"][:4]
+    return [
+        TranscriptEvent(session_id, "", u, text, u * 4000, u * 4000 + 3000, "vosk", "en", "en", rfc3339_utc())
+        for u, text in enumerate(texts)
+    ]
+
+
+def heard(event: TranscriptEvent, polarity: float) -> HeardTurn:
+    document = event.to_dict() | {
+        "sentiment": {"label": "NEUTRAL", "polarity": polarity, "score": 1.0},
+        "explanation": [],
+    }
+    return HeardTurn.from_enriched(document)
+
+
+def test_the_summariser_counts_each_speaker_and_picks_central_sentences_in_call_order(
+    embedder: SentenceEmbedder, manifest_turns: list[Turn]
+) -> None:
+    events = two_speaker_call("unit-call", manifest_turns)
+    call = CallTurns("unit-call", "agent-7")
+    for event in events:
+        call.add(heard(event, -0.8 if event.speaker == "customer" and event.utterance in (3, 5) else 0.4))
+    ended = call_ended(events, ("agent", "customer"))
+    summary = CallSummarizer(embedder, {"model": "m", "version": "1"}).summarize(call, ended)
+
+    assert CallSummaryEvent.from_json(summary.to_json()).to_dict() == summary.to_dict()  # valid
+    agent, customer = summary.speakers
+    assert (agent.speaker, agent.channel, customer.speaker, customer.channel) == ("agent", 0, "customer", 1)
+    for speaker in summary.speakers:
+        own = [e for e in events if e.speaker == speaker.speaker]
+        assert speaker.turns == len(own) and speaker.talk_ms == sum(e.end_ms - e.start_ms for e in own)
+    assert customer.most_negative is not None and customer.most_negative.utterance == 3  # first of the lows
+    assert agent.most_negative is None and agent.overall is not None and agent.overall.label == "POSITIVE"
+    spoken = sum(e.end_ms - e.start_ms for e in events) - 500  # the overlap counts once
+    assert summary.silence_share == pytest.approx(1 - spoken / summary.duration_ms, abs=1e-3)
+    texts = [e.text for e in events]
+    chosen = [s.text for s in summary.sentences]
+    assert len(chosen) == 3 and all(text in texts for text in chosen)
+    assert [s.utterance for s in summary.sentences] == sorted(s.utterance for s in summary.sentences)
+
+
+def test_a_mono_call_is_one_caller_and_an_empty_call_is_summarised_too(
+    embedder: SentenceEmbedder, manifest_turns: list[Turn]
+) -> None:
+    events = mono_call("mono", manifest_turns)
+    call = CallTurns("mono", "")
+    for event in events:
+        call.add(heard(event, 0.0))
+    summarizer = CallSummarizer(embedder, {"model": "m", "version": "1"})
+    summary = summarizer.summarize(call, call_ended(events, ()))
+    [caller] = summary.speakers
+    assert (caller.speaker, caller.channel, caller.turns) == ("caller", None, len(events))
+    empty = summarizer.summarize(None, call_ended(events, ()))
+    assert (empty.finals, empty.finals_expected, empty.sentences, empty.silence_share) == (0, 4, (), 1.0)
+
+
+def test_open_calls_hold_the_commit_at_their_first_message() -> None:
+    calls = OpenCalls(max_calls=2)
+    turn = HeardTurn(0, "hello there", 0, 1000, "caller", None, "NEUTRAL", 0.0)
+    calls.add(("t", 0), 10, "a", "", turn)
+    calls.add(("t", 0), 12, "b", "", turn)
+    calls.add(("t", 1), 3, "c", "", turn)  # a third call: the least recently active (a) is abandoned
+    assert calls.resume_offset(("t", 0), 20) == 12 and calls.resume_offset(("t", 1), 5) == 3
+    assert calls.pop("b") is not None and calls.resume_offset(("t", 0), 20) == 20
+    calls.drop_partitions([("t", 1)])
+    assert len(calls) == 0
+
+
+# --- through the consumer ------------------------------------------------------------------------
+
+
+def read_all(bootstrap: str, topic: str, isolation: str) -> list[Message]:
+    """Every message of ``topic`` a reader with ``isolation`` sees, up to the current end."""
+    reader = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"read-{uuid.uuid4().hex}",
+            "isolation.level": isolation,
+            "enable.auto.commit": False,
+            "log_level": 0,
+        }
+    )
+    try:
+        ends = {
+            p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(PARTITIONS)
+        }
+        reader.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+        messages: list[Message] = []
+
+        def caught_up() -> bool:
+            for message in reader.consume(100, 0.2):
+                if message.error() is None:
+                    messages.append(message)
+            positions = reader.position([TopicPartition(topic, p) for p in range(PARTITIONS)])
+            return all(p.offset >= ends[p.partition] or ends[p.partition] == 0 for p in positions)
+
+        wait_for(caught_up, 60, f"the end of {topic}")
+        return messages
+    finally:
+        reader.close()
+
+
+def event_ids(messages: list[Message]) -> Counter[str]:
+    return Counter(json.loads(m.value() or b"")["event_id"] for m in messages)
+
+
+def records(events: Sequence[TranscriptEvent | CallEndedEvent]) -> list[tuple[bytes | None, bytes | None]]:
+    return [(e.key, e.to_json()) for e in events]
+
+
+def test_one_summary_per_call_though_the_consumer_is_killed_mid_call_and_before_committing_it(
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    consumer_runner: ConsumerRunner,
+    manifest_turns: list[Turn],
+) -> None:
+    source, enriched, dlq, summaries = (topic_factory(p) for p in ("in", "enriched", "dlq", "summary"))
+    tag = uuid.uuid4().hex[:6]
+    stereo = two_speaker_call(f"stereo-{tag}", manifest_turns)
+    mono = mono_call(f"mono-{tag}", manifest_turns)
+    env = {
+        "NLP_SUMMARY_TOPIC": summaries,
+        "NLP_TRANSACTIONAL_ID": f"nlp-consumer-test-{tag}",  # a restart aborts the dead one's transaction
+        "NLP_SESSION_TIMEOUT_MS": "6000",
+        "NLP_BATCH_SIZE": "4",
+    }
+    group = f"nlp-{tag}"
+
+    def run(module: str = "nlp_consumer") -> Any:
+        return consumer_runner(source, enriched, dlq, group, module=module, **env)
+
+    # 1. half of the stereo call is enriched, then the consumer is SIGKILLed with the call open
+    produce(kafka_bootstrap, source, records(stereo[:5]))
+    first = run()
+    wait_for(
+        lambda: len(read_all(kafka_bootstrap, enriched, "read_committed")) >= 5, 300, "5 enriched finals"
+    )
+    first.process.stop(signal.SIGKILL)
+
+    # 2. the rest of both calls and their ends; this consumer dies between producing a summary
+    #    (flushed to the broker) and committing its transaction
+    produce(kafka_bootstrap, source, records([*stereo[5:], call_ended(stereo, ("agent", "customer"))]))
+    produce(kafka_bootstrap, source, records([*mono, call_ended(mono, ())]))
+    crashing = run("tests.test_nlp_consumer.crashing_consumer")
+    wait_for(lambda: not crashing.process.alive(), 300, "the consumer to die before its commit")
+    assert crashing.process.process is not None and crashing.process.process.returncode == -signal.SIGKILL
+    assert "killed before committing a summary" in crashing.process.output()
+
+    # 3. a healthy consumer finishes the job
+    last = run()
+    wanted = {f"{stereo[0].session_id}:summary", f"{mono[0].session_id}:summary"}
+    wait_for(
+        lambda: set(event_ids(read_all(kafka_bootstrap, summaries, "read_committed"))) >= wanted,
+        300,
+        "both summaries",
+    )
+    assert last.process.stop(signal.SIGTERM) == 0
+
+    committed = read_all(kafka_bootstrap, summaries, "read_committed")
+    everything = read_all(kafka_bootstrap, summaries, "read_uncommitted")
+    assert event_ids(committed) == Counter({key: 1 for key in wanted})  # exactly one per call
+    assert len(everything) > len(committed)  # the killed transaction's summary was on the broker
+    enriched_ids = event_ids(read_all(kafka_bootstrap, enriched, "read_committed"))
+    assert enriched_ids == Counter({e.event_id: 1 for e in [*stereo, *mono]})  # each final exactly once
+
+    by_id = {json.loads(m.value() or b"")["event_id"]: m for m in committed}
+    message = by_id[f"{stereo[0].session_id}:summary"]
+    assert message.key() == stereo[0].key
+    assert dict(message.headers() or [])["schema"] == b"call.summary.v1"
+    summary = CallSummaryEvent.from_json(message.value() or b"")
+    assert (summary.finals, summary.finals_expected) == (len(stereo), len(stereo))  # every turn
+    agent, customer = summary.speakers
+    for speaker in (agent, customer):
+        own = [e for e in stereo if e.speaker == speaker.speaker]
+        truth = sum(e.end_ms - e.start_ms for e in own)
+        assert speaker.turns == len(own)
+        assert abs(speaker.talk_ms - truth) <= 0.1 * truth
+    assert customer.overall is not None and customer.overall.label == "NEGATIVE"
+    assert agent.overall is not None and agent.overall.polarity > customer.overall.polarity
+    assert customer.most_negative is not None and customer.most_negative.label == "NEGATIVE"
+    assert customer.most_negative.text in [e.text for e in stereo if e.speaker == "customer"]
+    assert customer.most_negative.explanation  # the words the explainer found
+    texts = [e.text for e in stereo]
+    assert 1 <= len(summary.sentences) <= 3
+    assert all(s.text in texts for s in summary.sentences)  # extractive: the call's own sentences
+    assert [texts.index(s.text) for s in summary.sentences] == sorted(
+        texts.index(s.text) for s in summary.sentences
+    )
+
+    [caller] = CallSummaryEvent.from_json(by_id[f"{mono[0].session_id}:summary"].value() or b"").speakers
+    assert (caller.speaker, caller.turns) == ("caller", len(mono))
