@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +66,7 @@ MIN_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
 CHECK_STEP_S = 0.25  # the start-up metadata request is retried this often, looking for a refusal
 COMMITTED_TIMEOUT_S = 10.0
+RECENT_SUMMARIES = 10_000  # session ids remembered to skip a redelivered call.ended
 EXPIRY_STEP_S = 1.0  # how often idle calls are looked for
 ASSIGN_GRACE_S = 30.0  # beyond the transaction timeout, for the broker to abort a dead member's
 DONE_PREFIX = "done="  # offset metadata: how far the partition was handled
@@ -123,6 +125,7 @@ class EnrichmentConsumer:
         self.calls = OpenCalls(settings.max_open_calls, settings.call_idle_s)
         self._next_expiry_s = 0.0
         self._done: dict[Partition, int] = {}  # below it: handled and committed before
+        self._summarised: OrderedDict[str, None] = OrderedDict()  # recent calls, oldest first
         self._backoff_s = MIN_BACKOFF_S
         self._fatal: KafkaError | None = None
         client_id = f"nlp-consumer-{settings.group_id}"
@@ -233,6 +236,10 @@ class EnrichmentConsumer:
             self._backoff_s = min(self._backoff_s * 2, MAX_BACKOFF_S)
             return
         self._backoff_s = MIN_BACKOFF_S
+        for summary in output.summaries:  # committed: a redelivered call.ended is skipped
+            self._summarised[summary.session_id] = None
+        while len(self._summarised) > RECENT_SUMMARIES:
+            self._summarised.popitem(last=False)
         self.metrics.handled(len(output.enriched), len(output.dead), len(output.summaries))
         self.metrics.errors.labels("call_abandoned").inc(output.abandoned)
         self.metrics.open_calls.set(len(self.calls))
@@ -313,9 +320,18 @@ class EnrichmentConsumer:
                     output.enriched.append(document)
             elif item.ended is not None:
                 turns = self.calls.pop(item.ended.session_id)
-                if not item.replay:
+                if not item.replay and self._first_end(item.ended, turns is not None):
                     output.summaries.append(self.summarizer.summarize(turns, item.ended))
         return output
+
+    def _first_end(self, ended: CallEndedEvent, heard: bool) -> bool:
+        """Whether to summarise: not a redelivered call.ended (the decoder delivers at least once:
+        a second one finds no finals held, or its call among the recently summarised), nor the end
+        of a call whose finals were all abandoned."""
+        if ended.session_id in self._summarised or (not heard and ended.finals > 0):
+            logger.info("call_ended_skipped session_id=%s (a redelivery, or no final held)", ended.session_id)
+            return False
+        return True
 
     def _enrich(
         self, good: list[tuple[Message, dict[str, Any]]], dead: list[DeadLetter], items: list[_Item]

@@ -232,7 +232,8 @@ def test_one_summary_per_call_though_the_consumer_is_killed_mid_call_and_before_
     # 2. the rest of both calls and their ends; this consumer dies between producing a summary
     #    (flushed to the broker) and committing its transaction
     produce(kafka_bootstrap, source, records([*stereo[5:], call_ended(stereo, ("agent", "customer"))]))
-    produce(kafka_bootstrap, source, records([*mono, call_ended(mono, ())]))
+    mono_end = call_ended(mono, ())
+    produce(kafka_bootstrap, source, records([*mono, mono_end, mono_end]))  # the end redelivered
     crashing = run("tests.test_nlp_consumer.crashing_consumer")
     wait_for(lambda: not crashing.process.alive(), 300, "the consumer to die before its commit")
     assert crashing.process.process is not None and crashing.process.process.returncode == -signal.SIGKILL
