@@ -105,9 +105,17 @@ def test_chunk_sizes(
 def test_twenty_concurrent_sessions_each_get_their_own_transcript(
     vosk_server: DecoderServer, vosk_engine: VoskEngine, korean_call: SpokenCall
 ) -> None:
-    cut = [len(korean_call.pcm) * (i + 5) // 25 // 2 * 2 for i in range(20)]
-    calls = [korean_call.pcm[:n] for n in cut]
-    expected = [offline(vosk_engine, pcm) for pcm in calls]
+    # Each session streams one of the call's turns (with the silence around it): sessions with
+    # different turns must never get each other's words.
+    pad_ms, per_ms = 400, RATE_HZ * 2 // 1000
+    turns = [
+        korean_call.pcm[max(0, start - pad_ms) * per_ms : (end + pad_ms) * per_ms]
+        for start, end in korean_call.spans_ms
+    ]
+    by_turn = [offline(vosk_engine, pcm) for pcm in turns]
+    assert len(set(map(tuple, by_turn))) == len(turns)  # the turns are told apart
+    calls = [turns[i % len(turns)] for i in range(20)]
+    expected = [by_turn[i % len(turns)] for i in range(20)]
     client = Client(vosk_server.url)
 
     def run(pcm: bytes) -> list[str]:
