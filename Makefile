@@ -60,7 +60,7 @@ audit: install ## known vulnerabilities in the locked pins (pip-audit; AUDIT_STR
 	$(PY) .ci/audit.py
 
 test: install lint typecheck audit ## set everything up and run the whole suite
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 services: install ## local Apache Kafka (KRaft) and Redis in the background; env in .devstack/env
 	$(PY) -m devtools.devstack up --dir .devstack
