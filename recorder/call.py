@@ -15,6 +15,7 @@ from recorder.events import (
     CallStarted,
     CallSummary,
     ChunkDecoded,
+    ChunkReply,
     Final,
     FinalReceived,
     Observer,
@@ -48,7 +49,7 @@ def run_call(
             sent = time.perf_counter()
             reply = transport.send(chunk, seq)
             latency_ms = (time.perf_counter() - sent) * 1000
-            recorder.chunk(reply.partial, reply.audio_ms, latency_ms)
+            recorder.chunk(reply, latency_ms)
             recorder.finals(reply.finals, latency_ms)
             if stop.is_set():
                 break
@@ -77,11 +78,11 @@ class _CallRecord:
         self._latency_sum_ms = 0.0
         self._audio_ms = 0
 
-    def chunk(self, partial: str, audio_ms: int, latency_ms: float) -> None:
-        self._audio_ms = audio_ms
+    def chunk(self, reply: ChunkReply, latency_ms: float) -> None:
+        self._audio_ms = reply.audio_ms
         self._chunks += 1
         self._latency_sum_ms += latency_ms
-        self._notify(ChunkDecoded(self.call, partial, audio_ms, latency_ms))
+        self._notify(ChunkDecoded(self.call, reply.partial, reply.audio_ms, latency_ms, reply.partials))
 
     def finals(self, finals: Iterable[Final], latency_ms: float | None = None) -> None:
         assert self.session is not None

@@ -1,9 +1,11 @@
 """``python -m recorder``: stream a microphone, a file or simulated callers to the decoder.
 
 Modes: the microphone (default), ``-f FILE`` (any audio format; ``-f -`` reads raw s16le mono
-PCM from stdin) or ``-S`` (simulated callers). Finals scroll and the current partial updates in
-place; ``--json`` prints JSON lines instead. Ctrl-C or SIGTERM ends the open call(s) cleanly:
-their sessions are ended, so no final is lost, and the summary is printed.
+PCM from stdin) or ``-S`` (simulated callers). A stereo file is a call with one speaker per
+channel (``--speakers``), streamed as a two-channel session. Finals scroll and the current partial
+updates in place; when standard output is not a terminal it carries only the transcript lines;
+``--json`` prints JSON lines instead. Ctrl-C or SIGTERM ends the open call(s) cleanly: their
+sessions are ended, so no final is lost, and the summary is printed.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from recorder.config import (
     parse_int,
     parse_pause,
     parse_server_url,
+    parse_speakers,
     parse_user_id,
 )
 from recorder.display import Display, JsonLinesDisplay, TerminalDisplay
@@ -51,6 +54,7 @@ from recorder.events import CallEvent, CallInfo, Observer
 from recorder.kafka import TranscriptPublisher
 from recorder.simulator import Simulator, StatsCollector
 from recorder.sources import (
+    BYTES_PER_SAMPLE,
     AudioSource,
     MicrophoneSource,
     amplified,
@@ -68,11 +72,17 @@ DESCRIPTION = """\
 Stream a microphone, an audio file or simulated callers to the decoder and show the transcript.
 
 Modes: the microphone (default), -f FILE (any audio format; -f - reads raw s16le mono PCM from
-stdin) or -S (simulated callers). In a terminal the finals scroll and the current partial updates
-in place; --json prints JSON lines instead (session, partial, final, end, summary, stats). Files
-and stdin are sent as fast as the decoder answers unless --realtime; the microphone and the
-simulator are real time. Ctrl-C or SIGTERM ends the open call(s) cleanly: their sessions are
-ended, so no final is lost, and the summary is printed.
+stdin) or -S (simulated callers). A stereo file (and a stereo recording of the simulator) is a
+call with one speaker per channel: both channels are streamed as a two-channel session whose
+finals name their speaker (--speakers); --mono mixes files down to one channel instead, and a
+file with more than two channels needs it. In a terminal the finals scroll and the current
+partial updates in place (one line per speaker of a stereo call); when standard output is not a
+terminal it carries only the transcript, one line per final ("speaker: text" for stereo), and
+the session line and the summary go to standard error. --json prints JSON lines instead
+(session, partial, final, end, summary, stats). Files and stdin are sent as fast as the decoder
+answers unless --realtime; the microphone and the simulator are real time. Ctrl-C or SIGTERM ends
+the open call(s) cleanly: their sessions are ended, so no final is lost, and the summary is
+printed.
 
 The microphone passes through a voice activity detector (WebRTC's when webrtcvad is installed,
 else an energy threshold): silence longer than 2 s after speech is not sent (a chunk goes every
@@ -141,8 +151,19 @@ def build_parser() -> argparse.ArgumentParser:
         "-f",
         "--file",
         metavar="FILE",
-        help="stream an audio file (WAV, FLAC, MP3, OGG, … any rate and channels; .raw/.pcm: raw "
-        "s16le mono at --input-rate); '-' reads raw PCM from stdin",
+        help="stream an audio file (WAV, FLAC, MP3, OGG, … any rate; mono, or stereo with one speaker "
+        "per channel; .raw/.pcm: raw s16le mono at --input-rate); '-' reads raw PCM from stdin",
+    )
+    audio.add_argument(
+        "--speakers",
+        metavar="NAME0,NAME1",
+        help="a stereo file's speakers, channel 0's then channel 1's (default: the decoder's, "
+        "agent,customer)",
+    )
+    audio.add_argument(
+        "--mono",
+        action="store_true",
+        help="mix files down to one channel (a mono session), also a file of more than two channels",
     )
     audio.add_argument(
         "-S", "--simulate", action="store_true", default=None, help="simulated callers (env DO_SIMULATE)"
@@ -220,7 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Kafka topic for the finals (env KAFKA_TOPIC; default {TRANSCRIPTS_TOPIC})",
     )
     output = parser.add_argument_group("output")
-    output.add_argument("--json", action="store_true", help="JSON lines on stdout instead of the live view")
+    output.add_argument(
+        "--json",
+        action="store_true",
+        help="JSON lines on stdout instead of the live view (without it, a stdout that is not a "
+        "terminal gets only the transcript lines)",
+    )
     output.add_argument("-v", "--verbose", action="store_true", help="log requests and retries on stderr")
     return parser
 
@@ -238,6 +264,8 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> RecorderS
         chunk_ms=option(args.chunk_ms, "--chunk-ms", 200, lambda v, n: parse_int(v, n, 10, 5000)),
         words=bool(args.words),
         user_id=parse_user_id(args.user_id) if args.user_id is not None else "recorder",
+        speakers=parse_speakers(args.speakers) if args.speakers is not None else None,
+        mixdown=bool(args.mono),
     )
     check_mode_options(args, mode)
     duration = args.duration
@@ -288,6 +316,8 @@ def check_mode_options(args: argparse.Namespace, mode: Mode) -> None:
             raise ConfigError(f"--{given[0].replace('_', '-')} applies to --simulate only")
     if mode == "microphone" and args.realtime is not None:
         raise ConfigError("--realtime/--fast apply to --file and --simulate (a microphone is real time)")
+    if mode == "microphone" and (args.speakers is not None or args.mono):
+        raise ConfigError("--speakers/--mono apply to --file and --simulate (a microphone is mono)")
 
 
 def simulator_settings(args: argparse.Namespace) -> SimulatorSettings:
@@ -328,9 +358,14 @@ def make_transport(settings: RecorderSettings, stop: threading.Event) -> Transpo
 
 
 def make_display(settings: RecorderSettings) -> Display:
+    """JSON lines; the live view on a terminal; else the bare transcript on stdout, the rest on stderr."""
     if settings.json_output:
         return JsonLinesDisplay(sys.stdout)
-    return TerminalDisplay(Console(highlight=False), show_progress=settings.mode == "file")
+    show_progress = settings.mode == "file"
+    console = Console(highlight=False)
+    if console.is_terminal:
+        return TerminalDisplay(console, show_progress)
+    return TerminalDisplay(Console(highlight=False, stderr=True), show_progress, transcript=sys.stdout)
 
 
 def fanout(*observers: Observer | None) -> Observer:
@@ -348,7 +383,7 @@ def open_source(settings: RecorderSettings) -> AudioSource:
     if settings.mode == "file":
         assert settings.file is not None
         return open_file_source(
-            settings.file, stream.sample_rate_hz, stream.chunk_bytes, settings.input_rate_hz
+            settings.file, stream.sample_rate_hz, stream.chunk_bytes, settings.input_rate_hz, stream.mixdown
         )
     return MicrophoneSource(settings.microphone.device, stream.sample_rate_hz, stream.chunk_bytes)
 
@@ -356,13 +391,14 @@ def open_source(settings: RecorderSettings) -> AudioSource:
 def audio_chunks(source: AudioSource, settings: RecorderSettings, stop: threading.Event) -> Iterator[bytes]:
     """The source's chunks, bounded, amplified, paced (files) or gated by the VAD (microphone)."""
     rate = settings.stream.sample_rate_hz
+    frame_bytes = BYTES_PER_SAMPLE * source.channels
     max_ms = None if settings.duration_s is None else round(settings.duration_s * 1000)
-    chunks = amplified(bounded(source.chunks(), rate, stop, max_ms), settings.volume)
+    chunks = amplified(bounded(source.chunks(), rate, stop, max_ms, frame_bytes), settings.volume)
     if settings.mode == "microphone":
         detector = speech_detector(settings.microphone.aggressiveness, rate)
         logger.info("vad detector=%s aggressiveness=%d", detector.name, settings.microphone.aggressiveness)
         return SilenceGate(detector, rate, settings.stream.chunk_ms).filter(chunks)
-    return paced(chunks, rate, stop) if settings.realtime else chunks
+    return paced(chunks, rate, stop, frame_bytes) if settings.realtime else chunks
 
 
 def run_single_call(settings: RecorderSettings, stop: threading.Event) -> int:
@@ -373,7 +409,12 @@ def run_single_call(settings: RecorderSettings, stop: threading.Event) -> int:
         stream = settings.stream
         call = CallInfo(1, source.name, stream.user_id, total_ms=source.total_ms)
         request = SessionRequest(
-            stream.sample_rate_hz, stream.user_id, stream.words, {"source": "recorder", "input": source.name}
+            stream.sample_rate_hz,
+            stream.user_id,
+            stream.words,
+            {"source": "recorder", "input": source.name},
+            channels=source.channels,
+            speakers=stream.speakers if source.channels > 1 else None,
         )
         started = time.monotonic()
         with display.running():

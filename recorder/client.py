@@ -30,7 +30,7 @@ import urllib3.exceptions
 
 from recorder.config import ServerSettings
 from recorder.errors import AmbiguousChunk, RecorderError, ServerError, SessionLost, Unreachable
-from recorder.events import ChunkReply, EndReply, Final, SessionInfo, final_from_json
+from recorder.events import ChunkReply, EndReply, Final, SessionInfo, final_from_json, partials_from_json
 from recorder.retry import Retrier, RetryPolicy, parse_retry_after
 
 logger = logging.getLogger(__name__)
@@ -46,12 +46,19 @@ LOST_CODES = frozenset({"session_not_found", "session_expired", "session_ended"}
 
 @dataclass(frozen=True, slots=True)
 class SessionRequest:
-    """What a call asks for when it opens its session."""
+    """What a call asks for when it opens its session: ``channels`` 2 is a stereo call, one speaker
+    per channel, named by ``speakers`` (None: the decoder's defaults)."""
 
     sample_rate_hz: int
     user_id: str
     words: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
+    channels: int = 1
+    speakers: tuple[str, ...] | None = None
+
+    @property
+    def frame_bytes(self) -> int:
+        return 2 * self.channels
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,12 +101,16 @@ class HttpTransport:
         self._last_utterance = -1
 
     def open(self, request: SessionRequest) -> SessionInfo:
-        body = {
+        body: dict[str, Any] = {
             "sample_rate": request.sample_rate_hz,
             "user_id": request.user_id,
             "words": request.words,
             "metadata": request.metadata,
         }
+        if request.channels > 1:
+            body["channels"] = request.channels
+            if request.speakers is not None:
+                body["speakers"] = list(request.speakers)
         data = self._json(self._call("opening a session", "POST", "/v1/sessions", json=body).response)
         if not isinstance(data.get("session_id"), str) or not isinstance(data.get("token"), str):
             raise ServerError(
@@ -112,6 +123,8 @@ class HttpTransport:
             engine=str(data.get("engine", "")),
             model=str(data.get("model", "")),
             language=str(data.get("language", "")),
+            channels=int(data.get("channels", request.channels)),
+            speakers=tuple(str(s) for s in data.get("speakers", request.speakers or ())),
         )
         logger.info("session_opened session_id=%s", self._session.session_id)
         return self._session
@@ -134,7 +147,12 @@ class HttpTransport:
             self._dedup_confirmed = True
         data = self._json(answer.response)
         finals = self._finals(data, answer.after_unanswered)
-        return ChunkReply(str(data.get("partial", "")), finals, int(data.get("audio_ms", 0)))
+        return ChunkReply(
+            str(data.get("partial", "")),
+            finals,
+            int(data.get("audio_ms", 0)),
+            partials_from_json(data.get("partials")),
+        )
 
     def end(self) -> EndReply:
         answer = self._call(

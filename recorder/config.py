@@ -21,6 +21,7 @@ from recorder.errors import ConfigError
 DEFAULT_HOST = "localhost:8080"
 DEFAULT_PORT = 8080
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+MAX_SPEAKER_CHARS = 32  # the decoder's limit on a channel's speaker name
 SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
 
 Mode = Literal["microphone", "file", "simulate"]
@@ -46,15 +47,22 @@ class ServerSettings:
 
 @dataclass(frozen=True, slots=True)
 class StreamSettings:
-    """What each call streams: chunk size, rate and the session options."""
+    """What each call streams: chunk size, rate and the session options.
+
+    ``speakers`` names the two channels of a stereo file's call (None: the decoder's defaults,
+    agent and customer); ``mixdown``: stream every file as mono, whatever its channels.
+    """
 
     chunk_ms: int = 200
     sample_rate_hz: int = 16000
     words: bool = False
     user_id: str = "recorder"
+    speakers: tuple[str, str] | None = None
+    mixdown: bool = False
 
     @property
     def chunk_bytes(self) -> int:
+        """Bytes of one channel's chunk (a stereo chunk is twice as many)."""
         return max(1, self.sample_rate_hz * self.chunk_ms // 1000) * 2
 
 
@@ -165,3 +173,21 @@ def parse_user_id(value: str, name: str = "--user-id") -> str:
     if not text or len(text) > 100 or not text.isprintable():
         raise ConfigError(f"{name} {value!r}: expected 1 to 100 printable characters")
     return text
+
+
+def parse_speakers(value: str, name: str = "--speakers") -> tuple[str, str]:
+    """``AGENT,CUSTOMER``: the names of a stereo call's channels 0 and 1, as the decoder takes them
+    (two distinct, non-empty, printable names of at most 32 characters)."""
+    names = [n.strip() for n in value.split(",")]
+    if len(names) != 2:
+        raise ConfigError(
+            f"{name} {value!r}: expected two names, channel 0's then channel 1's, e.g. agent,customer"
+        )
+    for speaker in names:
+        if not speaker or len(speaker) > MAX_SPEAKER_CHARS or not speaker.isprintable():
+            raise ConfigError(
+                f"{name} {value!r}: each name must be 1 to {MAX_SPEAKER_CHARS} printable characters"
+            )
+    if names[0] == names[1]:
+        raise ConfigError(f"{name} {value!r}: the two speakers need different names")
+    return names[0], names[1]

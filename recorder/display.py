@@ -1,11 +1,14 @@
-"""What the user sees: a live terminal view, plain lines when piped, or JSON lines (``--json``).
+"""What the user sees: a live terminal view, the bare transcript when piped, or JSON lines (``--json``).
 
-In a terminal the open utterance's partial updates in place (one line per simulated caller)
+In a terminal the open utterance's partial updates in place (one line per simulated caller; a
+stereo call has one line per speaker, ``speaker: text``, with its partial or its last final)
 while finals scroll above it; file mode adds a progress bar. Every run ends with a summary:
 audio seconds, wall time, real-time factor (wall / audio), utterances and the mean partial
-latency (the round trip of one chunk to its partial). ``--json`` prints one JSON object per
-line instead: ``session``, ``partial`` (when it changes), ``final``, ``end``, ``summary`` and,
-for the simulator, ``stats``.
+latency (the round trip of one chunk to its partial). When standard output is not a terminal it
+carries only the transcript, one line per final (``speaker: text`` in a stereo call), and the
+session lines, the summary and the statistics go to standard error. ``--json`` prints one JSON
+object per line instead: ``session``, ``partial`` (when it changes), ``final``, ``end``,
+``summary`` and, for the simulator, ``stats``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
 from rich.console import Console, Group, RenderableType
@@ -27,11 +31,16 @@ from recorder.events import (
     CallInfo,
     CallStarted,
     CallSummary,
+    ChannelPartial,
     ChunkDecoded,
+    Final,
     FinalReceived,
     SimulatorStats,
     final_to_json,
+    speaker_line,
 )
+
+SPEAKER_STYLES = ("bold blue", "bold magenta")
 
 
 class Display(Protocol):
@@ -70,7 +79,7 @@ class JsonLinesDisplay:
     def __init__(self, out: TextIO) -> None:
         self._out = out
         self._lock = threading.Lock()
-        self._partials: dict[int, str] = {}
+        self._partials: dict[int, tuple[str, tuple[ChannelPartial, ...]]] = {}
 
     @contextmanager
     def running(self) -> Iterator[None]:
@@ -100,18 +109,12 @@ class JsonLinesDisplay:
                     "model": session.model,
                     "language": session.language,
                     "sample_rate": session.sample_rate_hz,
+                    "channels": session.channels,
+                    "speakers": list(session.speakers),
                 }
             )
         if isinstance(event, ChunkDecoded):
-            if not event.partial or self._partials.get(event.call.call_id) == event.partial:
-                return None
-            self._partials[event.call.call_id] = event.partial
-            return {
-                "type": "partial",
-                "call": event.call.call_id,
-                "text": event.partial,
-                "audio_ms": event.sent_ms,
-            }
+            return self._partial_body(event)
         if isinstance(event, FinalReceived):
             self._partials.pop(event.call.call_id, None)
             latency = None if event.latency_ms is None else round(event.latency_ms, 1)
@@ -119,6 +122,26 @@ class JsonLinesDisplay:
                 final_to_json(event.final) | {"latency_ms": latency}
             )
         return self._end_body(event.summary)
+
+    def _partial_body(self, event: ChunkDecoded) -> dict[str, Any] | None:
+        """A partial when it changed; a stereo call's adds each channel's (``partials``)."""
+        shown = (event.partial, event.partials)
+        if not any(p.text for p in event.partials) and not event.partial:
+            return None
+        if self._partials.get(event.call.call_id) == shown:
+            return None
+        self._partials[event.call.call_id] = shown
+        body: dict[str, Any] = {
+            "type": "partial",
+            "call": event.call.call_id,
+            "text": event.partial,
+            "audio_ms": event.sent_ms,
+        }
+        if event.partials:
+            body["partials"] = [
+                {"channel": p.channel, "speaker": p.speaker, "text": p.text} for p in event.partials
+            ]
+        return body
 
     def _end_body(self, summary: CallSummary) -> dict[str, Any]:
         self._partials.pop(summary.call.call_id, None)
@@ -165,13 +188,48 @@ def stats_body(stats: SimulatorStats) -> dict[str, Any]:
     }
 
 
-class TerminalDisplay:
-    """Rich output: live partials and a progress bar in a terminal, plain lines otherwise."""
+@dataclass
+class LiveCall:
+    """What the live view shows of one open call: the mono partial, or one line per speaker of a
+    stereo call (``lines``: channel → text and whether it is a partial)."""
 
-    def __init__(self, console: Console, show_progress: bool = False) -> None:
+    call: CallInfo
+    partial: str = ""
+    speakers: dict[int, str] = field(default_factory=dict)
+    lines: dict[int, tuple[str, bool]] = field(default_factory=dict)
+
+    @property
+    def stereo(self) -> bool:
+        return bool(self.speakers)
+
+    def update(self, event: ChunkDecoded) -> None:
+        self.partial = event.partial
+        for p in event.partials:
+            self.speakers[p.channel] = p.speaker
+            if p.text:  # an emptied partial stays until its final (which may be held) replaces it
+                self.lines[p.channel] = (p.text, True)
+
+    def final(self, final: Final) -> None:
+        self.partial = ""
+        if final.channel is not None:
+            self.speakers[final.channel] = final.speaker or str(final.channel)
+            self.lines[final.channel] = (final.text, False)
+
+
+class TerminalDisplay:
+    """Rich output: live partials and a progress bar in a terminal, plain lines otherwise.
+
+    With ``transcript`` (standard output when it is not a terminal), the finals go there as bare
+    lines and only there; ``console`` (then standard error) gets everything else.
+    """
+
+    def __init__(
+        self, console: Console, show_progress: bool = False, transcript: TextIO | None = None
+    ) -> None:
         self._console = console
+        self._transcript = transcript
         self._lock = threading.RLock()
-        self._partials: dict[int, tuple[CallInfo, str]] = {}
+        self._calls: dict[int, LiveCall] = {}
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -202,9 +260,7 @@ class TerminalDisplay:
             elif isinstance(event, ChunkDecoded):
                 self._chunk(event)
             elif isinstance(event, FinalReceived):
-                self._partials.pop(event.call.call_id, None)
-                line = Text.assemble(self._prefix(event.call), (clock(event.final.start_ms), "dim"), " ")
-                self._print(line + Text(event.final.text))
+                self._final(event.call, event.final)
             else:
                 self._ended(event.summary)
 
@@ -235,11 +291,16 @@ class TerminalDisplay:
 
     def _started(self, event: CallStarted) -> None:
         session, call = event.session, event.call
+        self._calls[call.call_id] = LiveCall(call, speakers=dict(enumerate(session.speakers)))
         model = " ".join(x for x in (session.engine, session.model) if x)
+        speakers = f" · {' / '.join(session.speakers)}" if session.speakers else ""
         self._print(
             Text.assemble(
                 self._prefix(call),
-                (f"session {session.session_id}{f' ({model})' if model else ''} · {call.source}", "dim"),
+                (
+                    f"session {session.session_id}{f' ({model})' if model else ''} · {call.source}{speakers}",
+                    "dim",
+                ),
             )
         )
         if self._show_progress and call.total_ms:
@@ -248,15 +309,27 @@ class TerminalDisplay:
             )
 
     def _chunk(self, event: ChunkDecoded) -> None:
-        if event.partial:
-            self._partials[event.call.call_id] = (event.call, event.partial)
+        live = self._calls.setdefault(event.call.call_id, LiveCall(event.call))
+        live.update(event)
         task = self._tasks.get(event.call.call_id)
         if task is not None and event.call.total_ms:
             position = self._position(event.sent_ms, event.call.total_ms)
             self._progress.update(task, completed=event.sent_ms, position=position)
 
+    def _final(self, call: CallInfo, final: Final) -> None:
+        self._calls.setdefault(call.call_id, LiveCall(call)).final(final)
+        if self._transcript is not None:
+            if final.text:
+                self._transcript.write(f"{self._prefix(call).plain}{speaker_line(final)}\n")
+                self._transcript.flush()
+            return
+        line = Text.assemble(self._prefix(call), (clock(final.start_ms), "dim"), " ")
+        if final.speaker is not None:
+            line.append(f"{final.speaker}: ", style=speaker_style(final.channel))
+        self._print(line + Text(final.text))
+
     def _ended(self, summary: CallSummary) -> None:
-        self._partials.pop(summary.call.call_id, None)
+        self._calls.pop(summary.call.call_id, None)
         task = self._tasks.pop(summary.call.call_id, None)
         if task is not None:
             self._progress.remove_task(task)
@@ -270,13 +343,28 @@ class TerminalDisplay:
 
     def _renderable(self) -> RenderableType:
         with self._lock:
-            lines: list[RenderableType] = [
-                Text.assemble(self._prefix(call), ("… ", "dim"), (text, "italic yellow"))
-                for call, text in self._partials.values()
-            ]
+            lines: list[RenderableType] = []
+            for live in self._calls.values():
+                lines += self._live_lines(live)
             if self._tasks:
                 lines.append(self._progress)
             return Group(*lines)
+
+    def _live_lines(self, live: LiveCall) -> list[RenderableType]:
+        """A mono call's open partial; a stereo call's two labelled lines, partial or last final."""
+        prefix = self._prefix(live.call)
+        if not live.stereo:
+            if not live.partial:
+                return []
+            return [Text.assemble(prefix, ("… ", "dim"), (live.partial, "italic yellow"))]
+        width = max(len(name) for name in live.speakers.values())
+        lines: list[RenderableType] = []
+        for channel in sorted(live.speakers):
+            text, is_partial = live.lines.get(channel, ("", False))
+            label = (f"{live.speakers[channel] + ':':<{width + 1}} ", speaker_style(channel))
+            shown = (text, "italic yellow") if is_partial else (text, "dim")
+            lines.append(Text.assemble(prefix, label, shown))
+        return lines
 
     def _print(self, renderable: RenderableType) -> None:
         console = self._live.console if self._live is not None else self._console
@@ -290,3 +378,7 @@ class TerminalDisplay:
     @staticmethod
     def _position(done_ms: int, total_ms: int) -> str:
         return f"{done_ms / 1000:.1f}/{total_ms / 1000:.1f} s"
+
+
+def speaker_style(channel: int | None) -> str:
+    return SPEAKER_STYLES[channel % len(SPEAKER_STYLES)] if channel is not None else ""

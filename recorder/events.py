@@ -23,26 +23,42 @@ class Final:
     start_ms: int
     end_ms: int
     words: tuple[Word, ...] | None = None
+    channel: int | None = None  # of a stereo call (0-based); None for mono
+    speaker: str | None = None  # the name the session gave that channel
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelPartial:
+    """The open utterance's hypothesis on one channel of a stereo call."""
+
+    channel: int
+    speaker: str
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
 class SessionInfo:
-    """An open session; engine, model and language are empty when the protocol does not say."""
+    """An open session; engine, model and language are empty when the protocol does not say.
+    ``speakers`` names the channels of a stereo session (empty for mono)."""
 
     session_id: str
     sample_rate_hz: int
     engine: str = ""
     model: str = ""
     language: str = ""
+    channels: int = 1
+    speakers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class ChunkReply:
-    """The decoder's answer to one chunk: the open utterance's hypothesis and any new finals."""
+    """The decoder's answer to one chunk: the open utterance's hypothesis and any new finals;
+    a stereo call's reply also has each channel's hypothesis (``partials``)."""
 
     partial: str
     finals: tuple[Final, ...]
     audio_ms: int
+    partials: tuple[ChannelPartial, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +88,14 @@ class CallStarted:
 
 @dataclass(frozen=True, slots=True)
 class ChunkDecoded:
-    """A chunk was answered: ``latency_ms`` is its round trip, ``sent_ms`` the audio sent so far."""
+    """A chunk was answered: ``latency_ms`` is its round trip, ``sent_ms`` the audio sent so far;
+    ``partials``: each channel's hypothesis in a stereo call (empty for mono)."""
 
     call: CallInfo
     partial: str
     sent_ms: int
     latency_ms: float
+    partials: tuple[ChannelPartial, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,14 +154,30 @@ Observer = Callable[[CallEvent], None]
 
 
 def final_from_json(body: dict[str, Any]) -> Final:
-    """A final in the native API's form (``utterance``, ``text``, ``start_ms``, ``end_ms``, ``words``?)."""
+    """A final in the native API's form (``utterance``, ``text``, ``start_ms``, ``end_ms``, ``words``?,
+    and in a stereo session ``channel`` and ``speaker``)."""
     words = body.get("words")
+    channel = body.get("channel")
+    speaker = body.get("speaker")
     return Final(
         utterance=int(body["utterance"]),
         text=str(body["text"]),
         start_ms=int(body["start_ms"]),
         end_ms=int(body["end_ms"]),
         words=None if words is None else tuple(word_from_json(w) for w in words),
+        channel=None if channel is None else int(channel),
+        speaker=None if speaker is None else str(speaker),
+    )
+
+
+def partials_from_json(items: Any) -> tuple[ChannelPartial, ...]:
+    """A stereo reply's ``partials``: ``[{"channel", "speaker", "text"}]`` (nothing for mono)."""
+    if not isinstance(items, list):
+        return ()
+    return tuple(
+        ChannelPartial(int(p["channel"]), str(p["speaker"]), str(p.get("text", "")))
+        for p in items
+        if isinstance(p, dict)
     )
 
 
@@ -162,4 +196,13 @@ def final_to_json(final: Final) -> dict[str, Any]:
         out["words"] = [
             {"word": w.word, "start_ms": w.start_ms, "end_ms": w.end_ms, "conf": w.conf} for w in final.words
         ]
+    if final.channel is not None:
+        out["channel"] = final.channel
+    if final.speaker is not None:
+        out["speaker"] = final.speaker
     return out
+
+
+def speaker_line(final: Final) -> str:
+    """A final as one transcript line: ``speaker: text`` in a stereo call, the text alone in mono."""
+    return f"{final.speaker}: {final.text}" if final.speaker else final.text

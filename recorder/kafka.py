@@ -7,7 +7,8 @@ value the event's UTF-8 JSON, headers ``content-type: application/json`` and ``s
 transcript.v1``. The producer is idempotent with ``acks=all``.
 
 The WebSocket protocol does not say which engine and model decoded a stream: such events carry
-``unknown`` for both (the schema wants them non-empty). Empty finals are never published.
+``unknown`` for both (the schema wants them non-empty). Empty finals are never published. A
+stereo call's finals carry their ``channel`` and ``speaker`` (schema version 1.1).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def transcript_event(
         produced_at=rfc3339_utc(produced_at.timestamp()),
         words=final.words,
         source=SOURCE_RECORDER,
+        channel=final.channel,
+        speaker=final.speaker,
     )
 
 

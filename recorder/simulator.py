@@ -2,7 +2,8 @@
 
 ``--callers N`` threads run side by side, caller ``n`` as user ``<user_id>-<n>``. Each picks a
 random recording from the data directory (``call*.wav`` when there are any, else every
-``*.wav``), streams it as one session at real-time pace, waits a random pause (``--pause-s``,
+``*.wav``), streams it as one session at real-time pace (a stereo recording as a two-channel
+session, one speaker per channel, unless ``--mono``), waits a random pause (``--pause-s``,
 5 to 10 s by default) and starts again, until stopped (SIGINT/SIGTERM), ``--duration`` runs
 out or ``--calls`` calls in all were started. A stop ends the open sessions (their finals are
 kept) before the simulator exits.
@@ -166,7 +167,7 @@ class Simulator:
     def _call(self, call_id: int, caller: int, user_id: str, path: Path) -> None:
         stream = self._stream
         try:
-            source = FileSource(path, stream.sample_rate_hz, stream.chunk_bytes)
+            source = FileSource(path, stream.sample_rate_hz, stream.chunk_bytes, stream.mixdown)
         except RecorderError as exc:
             call = CallInfo(call_id, path.name, user_id, caller)
             self._notify(CallEnded(CallSummary(call, None, "", 0, 0, 0.0, error=exc.message)))
@@ -177,9 +178,12 @@ class Simulator:
             user_id,
             stream.words,
             {"source": "recorder-simulator", "file": path.name, "caller": caller},
+            channels=source.channels,
+            speakers=stream.speakers if source.channels > 1 else None,
         )
+        rate, frame_bytes = stream.sample_rate_hz, request.frame_bytes
         chunks = paced(
-            bounded(source.chunks(), stream.sample_rate_hz, self._stop), stream.sample_rate_hz, self._stop
+            bounded(source.chunks(), rate, self._stop, None, frame_bytes), rate, self._stop, frame_bytes
         )
         try:
             run_call(call, request, chunks, self._transport_factory(), self._notify, self._stop)

@@ -1,12 +1,16 @@
-"""Audio sources: microphone, audio files, raw PCM on stdin, all as fixed-size s16le mono chunks.
+"""Audio sources: microphone, audio files, raw PCM on stdin, all as fixed-size s16le chunks.
 
-Every source yields chunks of exactly ``chunk_bytes`` (the last chunk of a file or of stdin may
-be shorter) of signed 16-bit little-endian mono PCM at the rate the session streams (16 kHz by
-default). Files of any common format, rate and channel count are decoded with PyAV and
-resampled with soxr, as they are read; the recorder does not depend on the decoder package.
+Every source yields chunks of ``chunk_ms`` of audio (the last chunk of a file or of stdin may be
+shorter) of signed 16-bit little-endian PCM at the rate the session streams (16 kHz by default):
+mono, or interleaved stereo (whole 4-byte frames, channel 0 first) for a stereo file, whose two
+channels are two speakers of a call. Files of any common format and rate are decoded with PyAV
+and resampled with soxr (each channel on its own), as they are read; a file with more than two
+channels is refused unless it is mixed down (``mixdown``), as any file then is. The microphone,
+raw files and stdin are mono. The recorder does not depend on the decoder package.
 
 The helpers at the end shape a chunk stream: ``amplified`` (input gain), ``bounded`` (stop
-event and maximum duration) and ``paced`` (no faster than real time).
+event and maximum duration) and ``paced`` (no faster than real time); they take the stream's
+``frame_bytes`` (2 for mono, 4 for stereo).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from recorder.errors import MicrophoneError, SourceError
 logger = logging.getLogger(__name__)
 
 BYTES_PER_SAMPLE = 2
+MAX_CHANNELS = 2  # one speaker per channel: a call's agent and customer
 RAW_SUFFIXES = frozenset({".raw", ".pcm"})
 STDIN_NAME = "-"
 # PortAudio error numbers (portaudio.h) that deserve their own words.
@@ -44,18 +49,23 @@ PA_INVALID_CHANNELS = -9998
 
 
 class AudioSource(Protocol):
-    """Where a call's audio comes from; ``total_ms`` is None when the length is unknown."""
+    """Where a call's audio comes from; ``total_ms`` is None when the length is unknown;
+    ``channels``: 1, or 2 for interleaved stereo."""
 
     name: str
     total_ms: int | None
+    channels: int
 
     def chunks(self) -> Iterator[bytes]: ...
 
     def close(self) -> None: ...
 
 
-def open_file_source(name: str, rate_hz: int, chunk_bytes: int, input_rate_hz: int) -> AudioSource:
-    """``-`` is raw PCM on stdin; ``.raw``/``.pcm`` files are raw PCM at ``input_rate_hz``."""
+def open_file_source(
+    name: str, rate_hz: int, chunk_bytes: int, input_rate_hz: int, mixdown: bool = False
+) -> AudioSource:
+    """``-`` is raw PCM on stdin; ``.raw``/``.pcm`` files are raw PCM at ``input_rate_hz``;
+    ``chunk_bytes`` is one channel's chunk."""
     if name == STDIN_NAME:
         return RawPcmSource(sys.stdin.buffer, "stdin", rate_hz, chunk_bytes, input_rate_hz)
     path = Path(name).expanduser()
@@ -67,16 +77,17 @@ def open_file_source(name: str, rate_hz: int, chunk_bytes: int, input_rate_hz: i
         stream = path.open("rb")
         total_ms = path.stat().st_size // BYTES_PER_SAMPLE * 1000 // input_rate_hz
         return RawPcmSource(stream, name, rate_hz, chunk_bytes, input_rate_hz, total_ms)
-    return FileSource(path, rate_hz, chunk_bytes)
+    return FileSource(path, rate_hz, chunk_bytes, mixdown)
 
 
 class FileSource:
-    """An audio file of any format PyAV (FFmpeg) reads, mixed down and resampled as it is read."""
+    """An audio file of any format PyAV (FFmpeg) reads, resampled as it is read: mono stays mono,
+    stereo stays interleaved stereo (each channel resampled on its own), and ``mixdown`` mixes any
+    file down to mono. More than two channels without ``mixdown`` is a ``SourceError``."""
 
-    def __init__(self, path: Path, rate_hz: int, chunk_bytes: int) -> None:
+    def __init__(self, path: Path, rate_hz: int, chunk_bytes: int, mixdown: bool = False) -> None:
         self.name = str(path)
         self._rate_hz = rate_hz
-        self._chunk_bytes = chunk_bytes
         try:
             self._container = av.open(str(path), mode="r")
         except (av.FFmpegError, OSError, ValueError) as exc:
@@ -85,6 +96,15 @@ class FileSource:
             self._container.close()
             raise SourceError(f"{path}: contains no audio stream")
         self._stream = self._container.streams.audio[0]
+        found = int(self._stream.codec_context.channels or 1)
+        if found > MAX_CHANNELS and not mixdown:
+            self._container.close()
+            raise SourceError(
+                f"{path}: {found} channels; the recorder streams mono or stereo (one speaker per "
+                "channel) files: give --mono to mix it down"
+            )
+        self.channels = 1 if mixdown else found
+        self._chunk_bytes = chunk_bytes * self.channels
         self.total_ms = self._duration_ms()
 
     def chunks(self) -> Iterator[bytes]:
@@ -102,18 +122,24 @@ class FileSource:
         self._container.close()
 
     def _pcm_blocks(self) -> Iterator[bytes]:
+        """Interleaved float samples from PyAV (mixed down when mono), resampled per channel by soxr."""
+        channels = self.channels
         source_rate = int(self._stream.codec_context.sample_rate or self._stream.rate)
-        mixdown = av.AudioResampler(format="flt", layout="mono", rate=source_rate)
+        layout = "mono" if channels == 1 else "stereo"
+        converter = av.AudioResampler(format="flt", layout=layout, rate=source_rate)
         resampler = None
         if source_rate != self._rate_hz:
-            resampler = soxr.ResampleStream(source_rate, self._rate_hz, 1, dtype="float32", quality="HQ")
+            resampler = soxr.ResampleStream(
+                source_rate, self._rate_hz, channels, dtype="float32", quality="HQ"
+            )
         for frame in self._container.decode(self._stream):
-            for mono in mixdown.resample(frame):
-                yield convert_block(frame_samples(mono), resampler)
-        for mono in mixdown.resample(None):
-            yield convert_block(frame_samples(mono), resampler)
+            for converted in converter.resample(frame):
+                yield convert_block(frame_samples(converted), resampler, channels)
+        for converted in converter.resample(None):
+            yield convert_block(frame_samples(converted), resampler, channels)
         if resampler is not None:
-            yield float_to_pcm(resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+            empty = np.zeros((0, channels) if channels > 1 else 0, dtype=np.float32)
+            yield float_to_pcm(resampler.resample_chunk(empty, last=True))
 
     def _duration_ms(self) -> int | None:
         stream = self._stream
@@ -137,6 +163,7 @@ class RawPcmSource:
         total_ms: int | None = None,
     ) -> None:
         self.name = name
+        self.channels = 1
         self.total_ms = total_ms * rate_hz // input_rate_hz if total_ms is not None else None
         self._stream = stream
         self._rate_hz = rate_hz
@@ -198,6 +225,7 @@ class MicrophoneSource:
 
     def __init__(self, device: str | None, rate_hz: int, chunk_bytes: int) -> None:
         self.name = "microphone"
+        self.channels = 1
         self.total_ms: int | None = None
         self._rate_hz = rate_hz
         self._chunk_bytes = chunk_bytes
@@ -367,9 +395,13 @@ def frame_samples(frame: av.AudioFrame) -> npt.NDArray[np.float32]:
     return np.asarray(frame.to_ndarray(), dtype=np.float32).reshape(-1)
 
 
-def convert_block(samples: npt.NDArray[np.float32], resampler: soxr.ResampleStream | None) -> bytes:
+def convert_block(
+    samples: npt.NDArray[np.float32], resampler: soxr.ResampleStream | None, channels: int = 1
+) -> bytes:
+    """Interleaved float samples → s16le, resampled first when ``resampler`` is given."""
     if resampler is not None:
-        samples = resampler.resample_chunk(samples, last=False)
+        frames = samples.reshape(-1, channels) if channels > 1 else samples
+        samples = resampler.resample_chunk(frames, last=False)
     return float_to_pcm(samples)
 
 
@@ -394,10 +426,15 @@ def amplified(chunks: Iterable[bytes], gain: float) -> Iterator[bytes]:
 
 
 def bounded(
-    chunks: Iterable[bytes], rate_hz: int, stop: threading.Event, max_ms: int | None = None
+    chunks: Iterable[bytes],
+    rate_hz: int,
+    stop: threading.Event,
+    max_ms: int | None = None,
+    frame_bytes: int = BYTES_PER_SAMPLE,
 ) -> Iterator[bytes]:
-    """Chunks until ``stop`` is set or ``max_ms`` of audio went by (the last chunk is cut to fit)."""
-    budget = None if max_ms is None else rate_hz * max_ms // 1000 * BYTES_PER_SAMPLE
+    """Chunks until ``stop`` is set or ``max_ms`` of audio went by (the last chunk is cut to fit,
+    at a whole frame)."""
+    budget = None if max_ms is None else rate_hz * max_ms // 1000 * frame_bytes
     for chunk in chunks:
         if stop.is_set() or budget == 0:
             return
@@ -407,12 +444,14 @@ def bounded(
         yield chunk
 
 
-def paced(chunks: Iterable[bytes], rate_hz: int, stop: threading.Event) -> Iterator[bytes]:
+def paced(
+    chunks: Iterable[bytes], rate_hz: int, stop: threading.Event, frame_bytes: int = BYTES_PER_SAMPLE
+) -> Iterator[bytes]:
     """Real-time pacing: each chunk is released once its own duration has gone by, as a mic would."""
     start = time.monotonic()
     released_s = 0.0
     for chunk in chunks:
-        released_s += len(chunk) / BYTES_PER_SAMPLE / rate_hz
+        released_s += len(chunk) / frame_bytes / rate_hz
         delay = start + released_s - time.monotonic()
         if delay > 0 and stop.wait(delay):
             return

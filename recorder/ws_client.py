@@ -5,7 +5,10 @@ resumed, so a connection lost mid-call ends the call with ``SessionLost``. Befor
 decoded, a refused connection or a full server (``capacity``, close code 1013) is retried like
 on HTTP. The protocol carries no session id, engine or model: the session id reported (and used
 as the Kafka key) is made up here, ``ws-`` followed by random hex. Word timings are always asked
-for, because they are the only times the protocol gives for an utterance.
+for, because they are the only times the protocol gives for an utterance. A stereo call's
+``config`` says ``channels`` (and ``speakers`` when given); its results list their
+``utterances`` with channel, speaker and times, and its partial replies each channel's
+``partials``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import websocket
 from recorder.client import SessionRequest
 from recorder.config import ServerSettings
 from recorder.errors import RecorderError, ServerError, SessionLost, Unreachable
-from recorder.events import ChunkReply, EndReply, Final, SessionInfo, Word
+from recorder.events import ChunkReply, EndReply, Final, SessionInfo, Word, partials_from_json
 from recorder.retry import Retrier, RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -53,7 +56,12 @@ class WebSocketTransport:
     def open(self, request: SessionRequest) -> SessionInfo:
         self._request = request
         self._connect()
-        return SessionInfo(self._session_id, request.sample_rate_hz)
+        return SessionInfo(
+            self._session_id,
+            request.sample_rate_hz,
+            channels=request.channels,
+            speakers=request.speakers or (),
+        )
 
     def send(self, pcm: bytes, seq: int) -> ChunkReply:
         retrier = Retrier(self._policy, self._stop, f"chunk {seq}")
@@ -70,7 +78,7 @@ class WebSocketTransport:
             retrier.wait(error)
             self._connect()
         self._decoded = True
-        self._sent_samples += len(pcm) // 2
+        self._sent_samples += len(pcm) // self._request.frame_bytes
         return self._reply(reply)
 
     def end(self) -> EndReply:
@@ -116,7 +124,11 @@ class WebSocketTransport:
                 retrier.wait(error)
             except (websocket.WebSocketException, OSError) as exc:
                 retrier.wait(Unreachable(f"cannot reach the decoder at {url}: {describe(exc)}"))
-        config = {"sample_rate": self._request.sample_rate_hz, "words": True}
+        config: dict[str, Any] = {"sample_rate": self._request.sample_rate_hz, "words": True}
+        if self._request.channels > 1:
+            config["channels"] = self._request.channels
+            if self._request.speakers is not None:
+                config["speakers"] = list(self._request.speakers)
         self._ws.send(json.dumps({"config": config}))
         logger.info("stream_opened session_id=%s", self._session_id)
 
@@ -152,22 +164,42 @@ class WebSocketTransport:
 
     def _reply(self, reply: dict[str, Any]) -> ChunkReply:
         if "text" not in reply:
-            return ChunkReply(str(reply.get("partial", "")), (), self._audio_ms)
-        text = str(reply["text"])
-        if not text:
+            partials = partials_from_json(reply.get("partials"))
+            return ChunkReply(str(reply.get("partial", "")), (), self._audio_ms, partials)
+        if "utterances" in reply:
+            return ChunkReply("", tuple(self._final(u) for u in reply["utterances"]), self._audio_ms)
+        if not reply["text"]:
             return ChunkReply("", (), self._audio_ms)
+        return ChunkReply("", (self._final(reply),), self._audio_ms)
+
+    def _final(self, body: dict[str, Any]) -> Final:
+        """One utterance: a mono result, or one of a stereo result's ``utterances`` (with its
+        channel, speaker and times)."""
+        text = str(body["text"])
         words = tuple(
             Word(str(w["word"]), round(w["start"] * 1000), round(w["end"] * 1000), float(w.get("conf", 0)))
-            for w in reply.get("result", [])
+            for w in body.get("result", [])
         )
-        start_ms, end_ms = (
-            (words[0].start_ms, words[-1].end_ms) if words else (self._last_end_ms, self._audio_ms)
+        if "start" in body:
+            start_ms, end_ms = round(body["start"] * 1000), round(body["end"] * 1000)
+        elif words:
+            start_ms, end_ms = words[0].start_ms, words[-1].end_ms
+        else:
+            start_ms, end_ms = self._last_end_ms, self._audio_ms
+        channel = body.get("channel")
+        final = Final(
+            self._utterance,
+            text,
+            start_ms,
+            end_ms,
+            words if self._request.words else None,
+            channel=None if channel is None else int(channel),
+            speaker=None if body.get("speaker") is None else str(body["speaker"]),
         )
-        final = Final(self._utterance, text, start_ms, end_ms, words if self._request.words else None)
         self._utterance += 1
         self._last_end_ms = end_ms
         self._texts.append(text)
-        return ChunkReply("", (final,), self._audio_ms)
+        return final
 
 
 def handshake_error(exc: websocket.WebSocketBadStatusException, url: str) -> ServerError:

@@ -32,6 +32,8 @@ NEW_FLAGS = (
     "--retry-s",
     "--input-rate",
     "--stats-s",
+    "--speakers",
+    "--mono",
 )
 
 
@@ -81,6 +83,9 @@ def test_defaults_per_mode() -> None:
     )
     file = settings("-f", "x.wav")
     assert (file.mode, file.realtime) == ("file", False)
+    assert (file.stream.speakers, file.stream.mixdown) == (None, False)
+    named = settings("-f", "x.wav", "--speakers", " Sarah , caller", "--mono").stream
+    assert (named.speakers, named.mixdown) == (("Sarah", "caller"), True)
     assert settings("-f", "x.wav", "--realtime").realtime is True
     simulate = settings("-S")
     assert (simulate.mode, simulate.realtime, simulate.simulator.pause_s) == ("simulate", True, (5.0, 10.0))
@@ -177,6 +182,13 @@ BAD_INVOCATIONS = [
     (["--retry-s", "x"], {}, "--retry-s"),
     (["--input-rate", "7"], {}, "--input-rate"),
     (["--user-id", ""], {}, "--user-id"),
+    (["-f", "x", "--speakers", "agent"], {}, "--speakers"),
+    (["-f", "x", "--speakers", "a,b,c"], {}, "--speakers"),
+    (["-f", "x", "--speakers", "agent,agent"], {}, "different names"),
+    (["-f", "x", "--speakers", "agent,"], {}, "--speakers"),
+    (["-f", "x", "--speakers", "a," + "x" * 33], {}, "32"),
+    (["--speakers", "a,b"], {}, "microphone is mono"),
+    (["--mono"], {}, "microphone is mono"),
     (["-S", "--callers", "0"], {}, "--callers"),
     (["-S", "--pause-s", "3,1"], {}, "--pause-s"),
     (["-S", "--pause-s", "a,b"], {}, "--pause-s"),

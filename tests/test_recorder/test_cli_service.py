@@ -42,15 +42,16 @@ def test_file_mode_reproduces_the_servers_transcript(
     assert all(f["session_id"] == session["session_id"] and f["end_ms"] > f["start_ms"] for f in finals)
 
 
-def test_terminal_output_lists_finals_and_a_summary(
+def test_piped_output_is_the_transcript_and_the_rest_goes_to_stderr(
     vosk_server: DecoderServer, korean_wav: Path, korean_reference: list[str]
 ) -> None:
+    """``python -m recorder -f call.wav > call.txt``: a mono file's finals, a line each, nothing else."""
     done = recorder("-H", vosk_server.url.removeprefix("http://"), "-f", str(korean_wav))
     assert done.returncode == 0, done.stderr
-    for text in korean_reference:
-        assert text in done.stdout
+    assert done.stdout.splitlines() == korean_reference
+    assert "session " in done.stderr
     for label in ("audio", "wall time", "real-time factor", "utterances", "mean partial latency"):
-        assert label in done.stdout
+        assert label in done.stderr
 
 
 def test_word_timings_on_request(vosk_server: DecoderServer, korean_wav: Path) -> None:
@@ -71,13 +72,14 @@ def test_realtime_pacing(vosk_server: DecoderServer, korean_call: SpokenCall, tm
 def test_any_format_rate_and_channels(
     vosk_server: DecoderServer, korean_call: SpokenCall, korean_reference: list[str], tmp_path: Path
 ) -> None:
-    """A 44.1 kHz stereo FLAC is mixed down and resampled; the words survive."""
+    """A 44.1 kHz stereo FLAC of one speaker, mixed down (``--mono``) and resampled; the words survive."""
     wav = write_wav(tmp_path / "16k.wav", korean_call.pcm)
     flac = tmp_path / "call.flac"
     subprocess.run(["sox", str(wav), "-r", "44100", "-c", "2", str(flac)], check=True)
-    done = recorder("-H", vosk_server.url, "-f", str(flac), "--json")
+    done = recorder("-H", vosk_server.url, "-f", str(flac), "--json", "--mono")
     assert done.returncode == 0, done.stderr
     events = json_lines(done.stdout)
+    assert (events[0]["channels"], events[0]["speakers"]) == (1, [])
     assert events[-2]["audio_ms"] == pytest.approx(korean_call.duration_ms, abs=30)
     assert len(final_texts(events)) == len(korean_reference)
 

@@ -44,6 +44,10 @@ def test_event_contract() -> None:
         "source": "recorder",
     }
     assert TranscriptEvent.from_json(event.to_json()) == event
+    stereo = transcript_event(session, "u", Final(4, "hello", 0, 900, channel=1, speaker="customer"), moment)
+    assert (stereo.to_dict()["channel"], stereo.to_dict()["speaker"]) == (1, "customer")
+    assert TranscriptEvent.from_json(stereo.to_json()) == stereo
+    assert "channel" not in event.to_dict()
     websocket = transcript_event(SessionInfo("ws-1", 16000), "u", Final(0, "a", 0, 1), moment)
     assert "words" not in websocket.to_dict()
     assert (websocket.engine, websocket.model) == ("unknown", "unknown")

@@ -43,6 +43,11 @@ def test_a_16k_wav_is_passed_through_sample_for_sample(tmp_path: Path) -> None:
     assert source.total_ms == 1050
 
 
+def peak_hz(samples: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(samples.astype(float)))
+    return float(np.argmax(spectrum) * RATE / samples.size)
+
+
 @pytest.mark.parametrize(
     ("rate", "channels", "suffix"), [(44100, 2, ".wav"), (8000, 1, ".flac"), (48000, 2, ".ogg")]
 )
@@ -52,13 +57,46 @@ def test_any_rate_channels_and_format(tmp_path: Path, rate: int, channels: int, 
     if path != wav:
         subprocess.run(["sox", str(wav), str(path)], check=True)
     source = open_file_source(str(path), RATE, CHUNK, RATE)
+    assert source.channels == channels
     chunks = list(source.chunks())
-    assert all(len(c) == CHUNK for c in chunks[:-1])
-    samples = np.frombuffer(b"".join(chunks), dtype="<i2")
-    assert abs(samples.size - 2 * RATE) < RATE * 0.01
-    middle = samples[RATE // 2 : RATE].astype(float)
-    spectrum = np.abs(np.fft.rfft(middle))
-    assert abs(np.argmax(spectrum) * RATE / middle.size - 440) < 5
+    assert all(len(c) == CHUNK * channels for c in chunks[:-1])
+    frames = np.frombuffer(b"".join(chunks), dtype="<i2").reshape(-1, channels)
+    assert abs(len(frames) - 2 * RATE) < RATE * 0.01
+    for channel in range(channels):
+        assert abs(peak_hz(frames[RATE // 2 : RATE, channel]) - 440) < 5
+
+
+def stereo_tones(seconds: float, rate: int) -> bytes:
+    """440 Hz on channel 0, 1000 Hz on channel 1."""
+    t = np.arange(int(seconds * rate)) / rate
+    left, right = (np.sin(2 * np.pi * hz * t) * 12000 for hz in (440, 1000))
+    return np.stack([left, right], axis=1).astype("<i2").tobytes()
+
+
+def test_a_stereo_file_keeps_its_channels_apart_each_resampled(tmp_path: Path) -> None:
+    """Interleaved whole frames at the session rate: each channel holds its own tone."""
+    source = open_file_source(
+        str(write_wav(tmp_path / "call.wav", stereo_tones(1.1, 8000), 8000, 2)), RATE, CHUNK, RATE
+    )
+    chunks = list(source.chunks())
+    assert (source.channels, source.total_ms) == (2, 1100)
+    assert all(len(c) % 4 == 0 for c in chunks)
+    assert [len(c) for c in chunks[:-1]] == [2 * CHUNK] * (len(chunks) - 1)
+    frames = np.frombuffer(b"".join(chunks), dtype="<i2").reshape(-1, 2)
+    assert abs(len(frames) - 1.1 * RATE) < RATE * 0.01
+    assert abs(peak_hz(frames[RATE // 4 : RATE * 3 // 4, 0]) - 440) < 5
+    assert abs(peak_hz(frames[RATE // 4 : RATE * 3 // 4, 1]) - 1000) < 5
+
+
+def test_more_than_two_channels_are_refused_unless_mixed_down(tmp_path: Path) -> None:
+    wav = write_wav(tmp_path / "three.wav", tone(1.0, RATE, 3), RATE, 3)
+    with pytest.raises(SourceError, match=r"3 channels; .* give --mono to mix it down"):
+        open_file_source(str(wav), RATE, CHUNK, RATE)
+    mixed = open_file_source(str(wav), RATE, CHUNK, RATE, mixdown=True)
+    assert mixed.channels == 1
+    assert abs(peak_hz(np.frombuffer(b"".join(mixed.chunks()), dtype="<i2")[: RATE // 2]) - 440) < 5
+    stereo = write_wav(tmp_path / "call.wav", stereo_tones(1.0, RATE), RATE, 2)
+    assert open_file_source(str(stereo), RATE, CHUNK, RATE, mixdown=True).channels == 1
 
 
 def test_raw_pcm_at_another_rate_is_resampled() -> None:
@@ -101,6 +139,8 @@ def test_bounded_stops_at_the_duration_or_the_stop_event() -> None:
     stop = threading.Event()
     chunks = list(bounded([b"\0" * CHUNK] * 10, RATE, stop, max_ms=500))
     assert [len(c) for c in chunks] == [CHUNK, CHUNK, CHUNK // 2]
+    stereo = list(bounded([b"\0" * 2 * CHUNK] * 10, RATE, stop, max_ms=500, frame_bytes=4))
+    assert [len(c) for c in stereo] == [2 * CHUNK, 2 * CHUNK, CHUNK]
 
     def stopping() -> object:
         yield b"a"
@@ -113,6 +153,9 @@ def test_bounded_stops_at_the_duration_or_the_stop_event() -> None:
 def test_paced_releases_in_real_time() -> None:
     started = time.monotonic()
     list(paced([b"\0" * 1600] * 5, RATE, threading.Event()))  # 5 × 50 ms
+    assert 0.24 <= time.monotonic() - started < 1.5
+    started = time.monotonic()
+    list(paced([b"\0" * 3200] * 5, RATE, threading.Event(), frame_bytes=4))  # 5 × 50 ms of stereo
     assert 0.24 <= time.monotonic() - started < 1.5
 
 
