@@ -1,21 +1,13 @@
 """Accuracy: word error rate per engine, sentiment accuracy, and the sentiment model's build time.
 
-``python -m bench.accuracy`` gathers, without decoding anything again when it can:
-
-* **WER** per engine and per group of ``data/`` (real speech: LibriVox, Moonshine, commands;
-  synthetic speech: the sample calls) from ``engines.json`` written by ``python -m bench.engines``
-  (the file in ``--out``, else the committed one in ``bench/results``; when there is none, that
-  benchmark is run first). Streaming (partials on) beside the offline decode (finals only).
-* **Sentiment accuracy** on the held-out split of the training corpus, from the trained model's
-  ``training.json``, beside the majority-class rate of the same split; and the agreement, turn by
-  turn, of the model's labels with the labels the sample calls were written to carry
-  (``manifest.tsv``), as written and in speech-recogniser style, beside the majority label's share.
-* **Build time** of the sentiment model (``training.json``) beside the time a second
-  ``make install`` spends finding it in the cache (measured here).
+``python -m bench.accuracy`` gathers the WER from ``engines.json`` (of ``--out``, else the committed
+one; when there is none, ``bench.engines`` runs first) and the sentiment figures from the trained
+model's ``training.json`` and its labels of the sample calls' turns; how is in ``bench/METHOD.md``.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -29,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.kafka_path import sentiment_model
-from bench.results import ROOT, Figure, Result, figure, parser, publish, result, start_logging
+from bench.results import ROOT, Better, Figure, Result, figure, main, result
 from devtools.evaluation import load_manifest
 
 logger = logging.getLogger(__name__)
@@ -43,9 +35,6 @@ GROUP_NAMES = {
     "commands": "commands (real speech)",
     "calls": "sample calls (synthetic speech)",
 }
-
-
-# --- word error rate ----------------------------------------------------------------------------
 
 
 def engines_report(out: Path, quick: bool) -> tuple[dict[str, Any], str]:
@@ -76,26 +65,26 @@ def wer_table(report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return table
 
 
+def percent_figure(
+    name: str, rate: float | None, baseline: float | None, baseline_name: str, better: Better = "higher"
+) -> Figure:
+    """A figure of two rates (0–1) shown as percentages."""
+    value, base = (None if r is None else r * 100 for r in (rate, baseline))
+    return figure(name, "%", value, base, baseline_name, better)
+
+
 def wer_figures(table: Mapping[str, Mapping[str, Any]]) -> list[Figure]:
-    figures = []
-    for engine, row in table.items():
-        if row["streaming"] is None:
-            continue
-        for group, wer in row["streaming"].items():
-            offline = (row["offline"] or {}).get(group)
-            figures.append(
-                figure(
-                    f"WER {engine}, {GROUP_NAMES.get(group, group)}",
-                    "%",
-                    wer * 100,
-                    None if offline is None else offline * 100,
-                    "same engine, finals only (offline)",
-                )
-            )
-    return figures
-
-
-# --- sentiment ------------------------------------------------------------------------------------
+    return [
+        percent_figure(
+            f"WER {engine}, {GROUP_NAMES.get(group, group)}",
+            wer,
+            (row["offline"] or {}).get(group),
+            "same engine, finals only (offline)",
+            "lower",
+        )
+        for engine, row in table.items()
+        for group, wer in (row["streaming"] or {}).items()
+    ]
 
 
 def majority_rate(confusion: Mapping[str, Mapping[str, int]], labels: Sequence[str] = ()) -> float | None:
@@ -194,57 +183,27 @@ def sentiment_details(env: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
-def percent_or_none(rate: float | None) -> float | None:
-    return None if rate is None else rate * 100
-
-
 def sentiment_figures(s: Mapping[str, Any]) -> list[Figure]:
     figures = []
     for variant, label in (("asr_style", "ASR style"), ("as_written", "as written")):
         held = s["held_out"][variant]
-        figures.append(
-            figure(
-                f"Sentiment accuracy, held-out split, {held['kind']} ({label})",
-                "%",
-                held["accuracy"] * 100,
-                percent_or_none(held["majority_rate"]),
-                "majority class",
-                better="higher",
-            )
-        )
+        name = f"Sentiment accuracy, held-out split, {held['kind']} ({label})"
+        figures.append(percent_figure(name, held["accuracy"], held["majority_rate"], "majority class"))
         if held["kind"] != "three-way" and held["three_way_accuracy"] is not None:
-            figures.append(
-                figure(
-                    f"Sentiment accuracy, held-out split, three-way ({label})",
-                    "%",
-                    held["three_way_accuracy"] * 100,
-                    percent_or_none(held["three_way_majority_rate"]),
-                    "majority class",
-                    better="higher",
-                )
-            )
+            name = f"Sentiment accuracy, held-out split, three-way ({label})"
+            three_way = held["three_way_accuracy"], held["three_way_majority_rate"]
+            figures.append(percent_figure(name, *three_way, "majority class"))
     turns = s["call_turns"]
     for variant, label in (("as_written", "as written"), ("asr_style", "ASR style")):
+        name = f"Sentiment agreement with the calls' intended labels ({label})"
         figures.append(
-            figure(
-                f"Sentiment agreement with the calls' intended labels ({label})",
-                "%",
-                turns[variant]["agreement"] * 100,
-                turns["majority_rate"] * 100,
-                "majority label",
-                better="higher",
-            )
+            percent_figure(name, turns[variant]["agreement"], turns["majority_rate"], "majority label")
         )
-    figures.append(
-        figure(
-            "Sentiment model build time",
-            "s",
-            s["training_seconds"],
-            s["cache_check_s"],
-            "finding it built (a second make install)",
-        )
-    )
-    return figures
+    built = "finding it built (a second make install)"
+    return [
+        *figures,
+        figure("Sentiment model build time", "s", s["training_seconds"], s["cache_check_s"], built),
+    ]
 
 
 def notes(details: Mapping[str, Any]) -> list[str]:
@@ -273,29 +232,7 @@ def notes(details: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def report(
-    settings: Mapping[str, Any],
-    details: Mapping[str, Any],
-    quick: bool,
-    machine: Mapping[str, Any] | None = None,
-) -> Result:
-    figures = wer_figures(details["wer"]) + sentiment_figures(details["sentiment"])
-    return result(
-        "accuracy",
-        "Accuracy: WER and sentiment",
-        quick,
-        settings,
-        figures,
-        details,
-        (),
-        notes(details),
-        machine,
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser("accuracy", __doc__).parse_args(argv)
-    start_logging()
+def run(args: argparse.Namespace) -> Result:
     engines, source = engines_report(args.out, args.quick)
     details: dict[str, Any] = {
         "engines_json": source,
@@ -306,8 +243,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     settings = {"engines_json": Path(source).name, "engines_quick": engines["quick"]}
     settings["sentiment_model"] = details["sentiment"]["model_key"]
-    return publish(report(settings, details, args.quick), args.out)
+    figures = wer_figures(details["wer"]) + sentiment_figures(details["sentiment"])
+    title = "Accuracy: WER and sentiment"
+    return result("accuracy", title, args.quick, settings, figures, details, notes=notes(details))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main("accuracy", __doc__, [], run))

@@ -1,15 +1,13 @@
 """Session churn: N real-time streams of short sessions against the same N of long sessions.
 
-``python -m bench.churn`` starts the decoder (``python -m decoder_api serve``) once with the warm
-recognizer pool at its defaults and once with the pool off, for Vosk (Korean ``ko``; WebSocket and
-HTTP v1) and for Whisper (``tiny.en``; WebSocket). In each, ``--streams`` paced clients open
-``--sessions`` short sessions back to back, and (pool on only: the pool acts only when a session
-starts) one long session each. Throughput is audio seconds per server CPU second; also the reply
-latency of every chunk and the first-chunk latency of each new session.
+``python -m bench.churn`` starts the decoder with the warm recognizer pool at its defaults and with
+the pool off, for Vosk (WebSocket and HTTP v1) and Whisper (WebSocket), and sets short sessions back
+to back beside one long session per stream; how it measures is in ``bench/METHOD.md``.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import sys
@@ -19,18 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.results import (
-    Figure,
-    Result,
-    figure,
-    latency_summary,
-    machine_info,
-    parser,
-    publish,
-    result,
-    start_logging,
-    table,
-)
+from bench.results import Column, Figure, Option, Result, column_table, figure, latency_summary, main, result
 from bench.speech import slices, speech_for
 from devtools.clients import CHUNK_MS, RATE_HZ, CallersRun, HttpSession, Session, VoskStream, run_callers
 from devtools.processes import DecoderServer, start_decoder
@@ -39,7 +26,9 @@ logger = logging.getLogger(__name__)
 
 MODELS = {"vosk": "ko", "whisper": "tiny.en"}
 POOL_OFF = {"pool_max_idle": "0", "pool_warm": "0"}
+QUICK_POOL = {"pool_warm": "0"}  # quick: no recognizer warmed at start (half of a decoder's start-up)
 PROTOCOLS = {"vosk": ("ws", "http"), "whisper": ("ws",)}
+QUICK_PROTOCOLS = {"vosk": ("ws",)}  # quick: one engine, one protocol
 THROUGHPUT_TARGET = 0.8  # short-session audio s per CPU s over long-session
 FIRST_CHUNK_TARGET_MS = 200.0
 FIRST_SECOND_CHUNKS = 1000 // CHUNK_MS
@@ -57,8 +46,7 @@ class Sizes:
 
 
 DEFAULT_SIZES = Sizes(streams=4, sessions=8, short_s=2.0, long_s=60.0)
-QUICK_ENGINES = ("vosk",)  # quick: one engine, both protocols
-QUICK_SIZES = Sizes(streams=2, sessions=1, short_s=0.6, long_s=1.2)
+QUICK_SIZES = Sizes(streams=1, sessions=1, short_s=0.6, long_s=1.2)
 
 
 @contextlib.contextmanager
@@ -127,36 +115,36 @@ def measure(
     )
 
 
-def measure_engine(engine: str, sizes: Sizes) -> list[dict[str, Any]]:
+def measure_engine(engine: str, protocols: Sequence[str], sizes: Sizes, quick: bool) -> list[dict[str, Any]]:
     speech = speech_for(engine, max(sizes.long_s, sizes.short_s * sizes.sessions * sizes.streams))
     short = slices(speech, sizes.short_s, sizes.sessions * sizes.streams)
     long = slices(speech, sizes.long_s, sizes.streams)
-    runs = []
+    runs, streams = [], sizes.streams
     for pool in (True, False):
-        with served(engine, {"pool_max_audio_s": str(NO_RECYCLE_S)} if pool else POOL_OFF) as server:
-            for protocol in PROTOCOLS[engine]:
+        pool_on = {"pool_max_audio_s": str(NO_RECYCLE_S)} | (QUICK_POOL if quick else {})
+        with served(engine, pool_on if pool else POOL_OFF) as server:
+            for protocol in protocols:
                 where = {"engine": engine, "protocol": protocol, "pool": pool}
-                run_part(server, protocol, short[: sizes.streams], sizes.streams, paced=False)  # warm-up
+                run_part(server, protocol, short[:streams], streams, paced=False)  # warm-up
                 if not pool:
-                    runs.append(
-                        measure(
-                            server,
-                            [run_part(server, protocol, short, sizes.streams)],
-                            sizes.streams,
-                            **where,
-                            kind="short",
-                        )
-                    )
+                    parts = [run_part(server, protocol, short, streams)]
+                    runs.append(measure(server, parts, streams, **where, kind="short"))
                     continue
                 # short, long, short: a pooled recognizer's graph cache keeps warming for its first
                 # minutes of audio, so whichever kind ran first would pay for that alone.
-                half = sizes.sessions // 2 * sizes.streams
-                before = [run_part(server, protocol, short[:half], sizes.streams)] if half else []
-                long_part = run_part(server, protocol, long, sizes.streams)
-                after = run_part(server, protocol, short[half:], sizes.streams)
-                runs.append(measure(server, [*before, after], sizes.streams, **where, kind="short"))
-                runs.append(measure(server, [long_part], sizes.streams, **where, kind="long"))
+                half = sizes.sessions // 2 * streams
+                before = [run_part(server, protocol, short[:half], streams)] if half else []
+                long_part = run_part(server, protocol, long, streams)
+                after = run_part(server, protocol, short[half:], streams)
+                runs.append(measure(server, [*before, after], streams, **where, kind="short"))
+                runs.append(measure(server, [long_part], streams, **where, kind="long"))
     return runs
+
+
+FIRST_FIGURES = {
+    "first_chunk": "first-chunk p95 (ms) of a new session, pool on",
+    "first_second": "slowest reply in a new session's first second, p95 (ms), pool on",
+}
 
 
 def figures_of(runs: Sequence[Mapping[str, Any]]) -> list[Figure]:
@@ -167,111 +155,70 @@ def figures_of(runs: Sequence[Mapping[str, Any]]) -> list[Figure]:
         if kind != "short":
             continue
         where, long = f", {engine}, {protocol}", found[(engine, protocol, True, "long")]
-        pool_label, long_label = (
-            "pool on" if pool else "pool off",
-            f"{long['session_audio_s']:g} s sessions, pool on",
-        )
+        long_label = f"{long['session_audio_s']:g} s sessions, pool on"
+        sessions = f"{run['session_audio_s']:g} s sessions, {'pool on' if pool else 'pool off'}{where}"
         value, baseline = run["audio_s_per_cpu_s"], long["audio_s_per_cpu_s"]
-        name = f"audio s per CPU s, {run['session_audio_s']:g} s sessions, {pool_label}{where}"
         met = baseline > 0 and value / baseline >= THROUGHPUT_TARGET
+        target = f"ratio >= {THROUGHPUT_TARGET}"
         figures.append(
-            figure(name, "", value, baseline, long_label, "higher", f"ratio >= {THROUGHPUT_TARGET}", met)
+            figure(f"audio s per CPU s, {sessions}", "", value, baseline, long_label, "higher", target, met)
         )
-        name = f"reply p95 (ms), {run['session_audio_s']:g} s sessions, {pool_label}{where}"
+        name = f"reply p95 (ms), {sessions}"
         figures.append(figure(name, "", run["reply"]["p95_ms"], long["reply"]["p95_ms"], long_label))
         if pool:
-            off = found[(engine, protocol, False, "short")]
-            for label, key in (
-                ("first-chunk p95 (ms) of a new session, pool on", "first_chunk"),
-                ("slowest reply in a new session's first second, p95 (ms), pool on", "first_second"),
-            ):
-                p95, target = run[key]["p95_ms"], f"< {FIRST_CHUNK_TARGET_MS:g} ms"
+            off, target = found[(engine, protocol, False, "short")], f"< {FIRST_CHUNK_TARGET_MS:g} ms"
+            for key, label in FIRST_FIGURES.items():
+                p95, met = run[key]["p95_ms"], run[key]["p95_ms"] < FIRST_CHUNK_TARGET_MS
                 figures.append(
-                    figure(
-                        label + where,
-                        "",
-                        p95,
-                        off[key]["p95_ms"],
-                        "pool off",
-                        "lower",
-                        target,
-                        p95 < FIRST_CHUNK_TARGET_MS,
-                    )
+                    figure(label + where, "", p95, off[key]["p95_ms"], "pool off", "lower", target, met)
                 )
     return figures
 
 
-def slashed(summary: Mapping[str, float]) -> str:
-    return f"{summary['p50_ms']:.0f} / {summary['p95_ms']:.0f} / {summary['max_ms']:.0f}"
+def slashed(key: str) -> Callable[[Mapping[str, Any]], str]:
+    return lambda r: f"{r[key]['p50_ms']:.0f} / {r[key]['p95_ms']:.0f} / {r[key]['max_ms']:.0f}"
 
 
-def report(
-    runs: Sequence[Mapping[str, Any]],
-    sizes: Mapping[str, Any],
-    quick: bool,
-    machine: Mapping[str, Any] | None = None,
-) -> Result:
-    rows = [
-        [
-            r["engine"],
-            r["protocol"],
-            "on" if r["pool"] else "off",
-            f"{r['sessions']} x {r['session_audio_s']:g} s",
-            f"{r['server_cpu_s']:.1f}",
-            f"{r['audio_s_per_cpu_s']:.2f}",
-            f"{r['stream_speed']:.2f}",
-            f"{r['behind_s_mean']:.2f}",
-            slashed(r["reply"]),
-            slashed(r["first_chunk"]),
-            slashed(r["first_second"]),
-            str(r["errors"]),
-        ]
-        for r in runs
-    ]
-    header = [
-        "Engine",
-        "Protocol",
-        "Pool",
-        "Sessions",
-        "Server CPU (s)",
-        "Audio s / CPU s",
-        "Stream speed",
-        "Behind (s)",
-    ]
-    header += [
-        "Reply ms p50 / p95 / max",
-        "First chunk ms p50 / p95 / max",
-        "Slowest in first second ms p50 / p95 / max",
-        "Errors",
-    ]
-    settings = {"chunk_ms": CHUNK_MS, **sizes, "no_recycle_s": NO_RECYCLE_S}
-    details = {"sizes": dict(sizes), "runs": list(runs)}
-    tables = [table("Every run", header, rows)]
-    return result(
-        "churn", "Session churn", quick, settings, figures_of(runs), details, tables, machine=machine
-    )
+COLUMNS: list[Column] = [
+    ("Engine", lambda r: r["engine"]),
+    ("Protocol", lambda r: r["protocol"]),
+    ("Pool", lambda r: "on" if r["pool"] else "off"),
+    ("Sessions", lambda r: f"{r['sessions']} x {r['session_audio_s']:g} s"),
+    ("Server CPU (s)", lambda r: f"{r['server_cpu_s']:.1f}"),
+    ("Audio s / CPU s", lambda r: f"{r['audio_s_per_cpu_s']:.2f}"),
+    ("Stream speed", lambda r: f"{r['stream_speed']:.2f}"),
+    ("Behind (s)", lambda r: f"{r['behind_s_mean']:.2f}"),
+    ("Reply ms p50 / p95 / max", slashed("reply")),
+    ("First chunk ms p50 / p95 / max", slashed("first_chunk")),
+    ("Slowest in first second ms p50 / p95 / max", slashed("first_second")),
+    ("Errors", lambda r: str(r["errors"])),
+]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    cli = parser("churn", __doc__)
-    cli.add_argument("--engine", choices=tuple(PROTOCOLS), help="measure only this engine")
-    cli.add_argument("--streams", type=int, help=f"parallel streams ({DEFAULT_SIZES.streams})")
-    cli.add_argument("--sessions", type=int, help=f"short sessions per stream ({DEFAULT_SIZES.sessions})")
-    cli.add_argument("--long-s", type=float, help=f"long session length ({DEFAULT_SIZES.long_s:g} s)")
-    args = cli.parse_args(argv)
-    start_logging()
+def run(args: argparse.Namespace) -> Result:
     base = QUICK_SIZES if args.quick else DEFAULT_SIZES
-    sizes = Sizes(
-        args.streams or base.streams, args.sessions or base.sessions, base.short_s, args.long_s or base.long_s
+    streams, sessions = args.streams or base.streams, args.sessions or base.sessions
+    sizes = Sizes(streams, sessions, base.short_s, args.long_s or base.long_s)
+    engines = (
+        {args.engine: PROTOCOLS[args.engine]} if args.engine else QUICK_PROTOCOLS if args.quick else PROTOCOLS
     )
-    load_before = machine_info()["load_average_1min"][0]
     runs = [
         run
-        for engine in ([args.engine] if args.engine else QUICK_ENGINES if args.quick else PROTOCOLS)
-        for run in measure_engine(engine, sizes)
+        for engine, protocols in engines.items()
+        for run in measure_engine(engine, protocols, sizes, args.quick)
     ]
-    return publish(report(runs, asdict(sizes), args.quick, machine_info(load_before)), args.out)
+    settings = {"chunk_ms": CHUNK_MS, **asdict(sizes), "no_recycle_s": NO_RECYCLE_S}
+    details = {"sizes": asdict(sizes), "runs": runs}
+    tables = [column_table("Every run", COLUMNS, runs)]
+    return result("churn", "Session churn", args.quick, settings, figures_of(runs), details, tables)
 
+
+OPTIONS: list[Option] = [
+    ("--engine", {"choices": tuple(PROTOCOLS), "help": "measure only this engine"}),
+    ("--streams", {"type": int, "help": f"parallel streams ({DEFAULT_SIZES.streams})"}),
+    ("--sessions", {"type": int, "help": f"short sessions per stream ({DEFAULT_SIZES.sessions})"}),
+    ("--long-s", {"type": float, "help": f"long session length ({DEFAULT_SIZES.long_s:g} s)"}),
+]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main("churn", __doc__, OPTIONS, run))

@@ -1,19 +1,18 @@
 """Engine baseline: model load time, memory, real-time factor, chunk latency and WER, in-process (no HTTP).
 
-``python -m bench.engines`` measures every engine in a fresh subprocess of its own, so each RSS
-figure belongs to one engine only. Every file of ``data/`` goes through ``stream_pcm`` in 200 ms
-chunks on a fresh recognizer, the path the server uses, once with partials on (streaming) and once
-with finals only (offline, the baseline of the streaming cost).
+``python -m bench.engines`` measures every engine in a fresh subprocess of its own (``--json``), every
+file of ``data/`` through ``stream_pcm`` with partials on and with finals only; how it measures is in
+``bench/METHOD.md``.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.results import ROOT, Result, figure, parser, publish, result, start_logging, table
+from bench.results import ROOT, Column, Option, Result, figure, main, result, run_json, table
 from decoder_api.audio import decode_file
 from decoder_api.config import load_settings
 from decoder_api.engines import Engine, RecognizerOptions, load_engine
 from decoder_api.sessions.transcripts import stream_pcm
 from devtools.evaluation import load_manifest, whole_files, word_error_rate
+from devtools.processes import status_mib
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ CHUNK_MS = 200
 RATE_HZ = 16000
 AUDIO_LANGUAGE = "en"
 QUICK_FILES = 2
+QUICK_ENGINES = ("whisper",)  # the engine that has a WER on data/
 WARMUP_CHUNKS = 1000 // CHUNK_MS  # the first second of audio of a fresh recognizer
 PASSES = {"partials_on": "partials on", "partials_off": "finals only"}
 # Every file of data/ falls in exactly one group, matched by file-name prefix.
@@ -70,14 +71,6 @@ def load_clips(quick: bool) -> list[Clip]:
     return [
         Clip(e.path.name, group[e.path.name], decode_file(e.path, RATE_HZ).pcm, e.transcript) for e in entries
     ]
-
-
-def status_mib(name: str) -> float:
-    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MiB."""
-    for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
-        if line.startswith(f"{name}:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {name}")
 
 
 def decode(engine: Engine, clip: Clip, partials: bool) -> tuple[str, float, float, list[float]]:
@@ -139,17 +132,17 @@ def measure_engine(name: str, quick: bool) -> dict[str, Any]:
     settings = load_settings(os.environ, ENGINES[name])
     clips = load_clips(quick)
     load_before = os.getloadavg()[0]
-    rss_before = status_mib("VmRSS")
+    rss_before = status_mib(os.getpid(), "VmRSS")
     started = time.perf_counter()
     engine = load_engine(settings)
     load_s = time.perf_counter() - started
-    rss_after = status_mib("VmRSS")
+    rss_after = status_mib(os.getpid(), "VmRSS")
     Path("/proc/self/clear_refs").write_text("5", encoding="ascii")  # VmHWM from here: the decoding's peak
     try:
         process_first_ms = decode(engine, clips[0], partials=True)[3][0]  # also warms the process
         partials_on = measure_pass(engine, clips, partials=True)
         partials_off = measure_pass(engine, clips, partials=False)
-        peak = status_mib("VmHWM")
+        peak = status_mib(os.getpid(), "VmHWM")
     finally:
         engine.close()
     groups = {g: sum(c.audio_s for c in clips if c.group == g) for g in GROUPS}
@@ -172,27 +165,15 @@ def measure_engine(name: str, quick: bool) -> dict[str, Any]:
     }
 
 
-def run_in_subprocess(name: str, quick: bool) -> dict[str, Any]:
-    """``measure_engine`` in a fresh interpreter; its JSON is the last line of its stdout."""
-    command = [sys.executable, "-m", "bench.engines", "--engine", name, "--json", *(["--quick"] * quick)]
-    logger.info("measuring engine=%s", name)
-    done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True)
-    found: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return found
-
-
 def percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 100:.1f} %"
 
 
-Cell = Callable[[Mapping[str, Any]], str]
-
-
-def slashed(*keys: str) -> Cell:
+def slashed(*keys: str) -> Callable[[Mapping[str, Any]], str]:
     return lambda p: " / ".join(f"{p[k]:.1f}" for k in keys)
 
 
-ENGINE_ROWS: list[tuple[str, Cell]] = [
+ENGINE_ROWS: list[Column] = [
     ("Model", lambda r: r["model"]),
     ("Model load (s)", lambda r: f"{r['load_s']:.2f}"),
     ("RSS before load (MiB)", lambda r: f"{r['rss_before_load_mib']:.0f}"),
@@ -201,7 +182,7 @@ ENGINE_ROWS: list[tuple[str, Cell]] = [
     ("First accept of the process (ms)", lambda r: f"{r['process_first_accept_ms']:.1f}"),
     ("Load average, 1 min (before / after)", lambda r: "{:.2f} / {:.2f}".format(*r["load_average_1min"])),
 ]
-PASS_ROWS: list[tuple[str, Cell]] = [
+PASS_ROWS: list[Column] = [
     ("RTF", lambda p: f"{p['rtf']:.3f}"),
     ("CPU s per audio s", lambda p: f"{p['cpu_s_per_audio_s']:.3f}"),
     (
@@ -225,11 +206,10 @@ def summary_rows(engines: Sequence[Mapping[str, Any]]) -> list[list[str]]:
     return rows
 
 
-def report(
-    engines: Mapping[str, Mapping[str, Any]], quick: bool, machine: Mapping[str, Any] | None = None
-) -> Result:
+def report(engines: Mapping[str, Mapping[str, Any]], quick: bool) -> Result:
     """The figures (streaming cost against the offline decode) and tables of the measured engines."""
     figures, notes = [], []
+    tables = [table("Engines", ["", *engines], summary_rows(list(engines.values())))]
     for name, r in engines.items():
         on, off = r["partials_on"], r["partials_off"]
         for key, label in (("rtf", "RTF"), ("cpu_s_per_audio_s", "CPU s per audio s")):
@@ -239,51 +219,44 @@ def report(
                 f"- {name}: the model ({r['model']}) is {r['model_language']} and `data/` is English, so its "
                 "WER would be meaningless; only its speed and memory are reported."
             )
+        else:
+            seconds = {"overall": r["audio_s"], **r["groups"]}
+            rows = [
+                [g, f"{seconds[g]:.1f}", percent(on["wer"][g]), percent((off["wer"] or {}).get(g))]
+                for g in on["wer"]
+            ]
+            header = ["Group", "Audio (s)", *PASSES.values()]
+            tables.append(table(f"Word error rate, {name} ({r['model']})", header, rows))
         notes.append(
             f"- {name} ({r['model']}) settings: " + ", ".join(f"{k}={v}" for k, v in r["settings"].items())
         )
     first = next(iter(engines.values()))
-    tables = [table("Engines", ["", *engines], summary_rows(list(engines.values())))]
-    for name, r in engines.items():
-        if r["partials_on"]["wer"] is not None:
-            on, off = r["partials_on"]["wer"], r["partials_off"]["wer"] or {}
-            seconds = {"overall": r["audio_s"], **r["groups"]}
-            rows = [[g, f"{seconds[g]:.1f}", percent(on[g]), percent(off.get(g))] for g in on]
-            tables.append(
-                table(
-                    f"Word error rate, {name} ({r['model']})", ["Group", "Audio (s)", *PASSES.values()], rows
-                )
-            )
     settings = {
         "chunk_ms": CHUNK_MS,
         "files": len(first["files"]),
         "audio_s": round(first["audio_s"], 1),
         "audio_mib": round(first["audio_s"] * 32000 / 2**20, 1),
     }
-    details = {"engines": dict(engines)}
     title = "Engine baseline" + (f" ({QUICK_FILES} short files)" if quick else "")
-    return result("engines", title, quick, settings, figures, details, tables, notes, machine)
+    return result("engines", title, quick, settings, figures, {"engines": dict(engines)}, tables, notes)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    cli = parser("engines", __doc__)
-    cli.add_argument("--engine", choices=tuple(ENGINES), help="measure only this engine")
-    cli.add_argument("--json", action="store_true", help="measure --engine in this process; print JSON")
-    args = cli.parse_args(argv)
-    start_logging()
+def run(args: argparse.Namespace) -> Result | int:
     if args.json:
-        if args.engine is None:
-            cli.error("--json needs --engine")
-        print(json.dumps(measure_engine(args.engine, args.quick)), flush=True)
+        print(json.dumps(measure_engine(args.engine, args.quick)))
         return 0
-    try:
-        names = [args.engine] if args.engine else list(ENGINES)
-        engines = {name: run_in_subprocess(name, args.quick) for name in names}
-    except subprocess.CalledProcessError as err:
-        print(f"error: {err.cmd[4]} benchmark failed (exit {err.returncode})", file=sys.stderr)
-        return 1
-    return publish(report(engines, args.quick), args.out)
+    names = [args.engine] if args.engine else QUICK_ENGINES if args.quick else list(ENGINES)
+    engines = {}
+    for name in names:
+        logger.info("measuring engine=%s", name)
+        engines[name] = run_json("bench.engines", "--engine", name, "--json", *(["--quick"] * args.quick))
+    return report(engines, args.quick)
 
+
+OPTIONS: list[Option] = [
+    ("--engine", {"choices": tuple(ENGINES), "help": "measure only this engine"}),
+    ("--json", {"action": "store_true", "help": "measure --engine in this process; print JSON"}),
+]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main("engines", __doc__, OPTIONS, run))

@@ -1,26 +1,14 @@
 """Kafka path: final produced → enriched event visible downstream, and the consumer's throughput.
 
-``python -m bench.kafka_path`` starts an Apache Kafka broker in KRaft mode in a temporary directory
-(or uses ``--bootstrap``), fresh topics, a downstream reader and a real ``python -m nlp_consumer``
-process with the trained sentiment model, then measures:
-
-1. **Throughput.** A backlog of final events waits in the input topic before the consumer starts;
-   the consumer's rate is measured from its batches (``enriched_at`` of the first to the last
-   batch, the first batch excluded: it carries the model's warm-up). The baseline is the bare
-   pipeline: the same ``Enricher`` (sentiment, explanation, keywords) on the same batches
-   in-process, without Kafka, after the consumer has stopped. Target: ratio ≥ 0.8.
-2. **Latency at paced rates** (20 and 100 finals/s by default): events are produced at a steady
-   rate with the decoder's own producer settings, and the time from each ``produce()`` to the
-   enriched event reaching the downstream reader is taken (p50, p99). The baseline is the broker
-   hop alone: the same events read back from the input topic by the same reader.
-
-Events follow ``transcript.v1`` and carry the sentences of the sample calls of ``data/``
-(``manifest.tsv``), one turn after another per call, many calls interleaved, each call keyed by
-its session id like the decoder's finals.
+``python -m bench.kafka_path`` starts an Apache Kafka broker in KRaft mode (or uses ``--bootstrap``),
+fresh topics, a downstream reader and a real ``python -m nlp_consumer`` with the trained sentiment
+model; how it measures is in ``bench/METHOD.md``. Events follow ``transcript.v1`` and carry the turns
+of the sample calls of ``data/``, many calls interleaved, each keyed by its session id.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import json
@@ -34,31 +22,20 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import requests
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
-from bench.results import (
-    ROOT,
-    Figure,
-    Result,
-    figure,
-    machine_info,
-    parser,
-    percentile,
-    publish,
-    result,
-    start_logging,
-)
+from bench.results import ROOT, Figure, Option, Result, figure, main, percentile, result
 from contract.events import TranscriptEvent, rfc3339_utc
 from contract.kafka import KafkaClientSettings
 from decoder_api.delivery.publisher import KafkaConfig
 from devtools import devstack
 from devtools.evaluation import load_manifest
-from devtools.processes import ServiceProcess
+from devtools.processes import ServiceProcess, scrape_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -73,15 +50,12 @@ TARGET_RATIO = 0.8
 class Size:
     rates: tuple[float, ...]
     duration_s: float
-    backlog: int
+    backlog: int  # at least two of the consumer's batches (32 events)
     drain_timeout_s: float
 
 
 FULL = Size(rates=(20.0, 100.0), duration_s=20.0, backlog=320, drain_timeout_s=60.0)
-QUICK = Size(rates=(20.0,), duration_s=2.0, backlog=64, drain_timeout_s=30.0)
-
-
-# --- events -------------------------------------------------------------------------------------
+QUICK = Size(rates=(20.0,), duration_s=1.0, backlog=40, drain_timeout_s=30.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +69,10 @@ def sample_calls() -> list[list[Turn]]:
     """The turns of every sample call of ``data/`` (its per-turn rows of ``manifest.tsv``)."""
     calls: dict[str, list[Turn]] = {}
     for entry in load_manifest(MANIFEST):
-        if entry.turn is None or not entry.path.stem.startswith("call"):
-            continue
-        start_ms = round(entry.start_s * 1000)
-        calls.setdefault(entry.path.stem, []).append(
-            Turn(entry.transcript, start_ms, start_ms + round(entry.seconds * 1000))
-        )
+        if entry.turn is not None and entry.path.stem.startswith("call"):
+            start_ms = round(entry.start_s * 1000)
+            turn = Turn(entry.transcript, start_ms, start_ms + round(entry.seconds * 1000))
+            calls.setdefault(entry.path.stem, []).append(turn)
     if not calls:
         raise RuntimeError(f"{MANIFEST} has no call turns")
     return list(calls.values())
@@ -109,12 +81,9 @@ def sample_calls() -> list[list[Turn]]:
 class CallMix:
     """Finals of ``concurrent`` interleaved calls; a call that has said all its turns is replaced."""
 
-    def __init__(self, calls: list[list[Turn]], concurrent: int, prefix: str) -> None:
-        self._calls = calls
-        self._prefix = prefix
-        self._started = 0
-        self._open = [self._new_call() for _ in range(max(1, concurrent))]
-        self._next = 0
+    def __init__(self, calls: list[list[Turn]], rate_per_s: float, prefix: str) -> None:
+        self._calls, self._prefix, self._started, self._next = calls, prefix, 0, 0
+        self._open = [self._new_call() for _ in range(max(1, math.ceil(rate_per_s * FINAL_EVERY_S)))]
 
     def _new_call(self) -> tuple[str, Iterator[tuple[int, Turn]]]:
         script = self._calls[self._started % len(self._calls)]
@@ -145,51 +114,34 @@ class CallMix:
         )
 
 
-def concurrent_calls(rate_per_s: float) -> int:
-    return math.ceil(rate_per_s * FINAL_EVERY_S)
-
-
-# --- Kafka clients --------------------------------------------------------------------------------
-
-
 class Sender:
     """The decoder's finals producer (idempotent, acks=all, lz4); remembers when each event left."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.topic = topic
-        config = KafkaConfig(KafkaClientSettings(bootstrap), topic, client_id="bench").producer_config() | {
-            "log_level": 0
-        }
-        self._producer: Producer | None = Producer(config)
+        config = KafkaConfig(KafkaClientSettings(bootstrap), topic, client_id="bench").producer_config()
+        self._producer: Producer | None = Producer(config | {"log_level": 0})
         self.sent_at: dict[str, float] = {}  # event_id → perf_counter at produce()
         self.documents: dict[str, dict[str, Any]] = {}
 
-    def send(self, event: TranscriptEvent) -> None:
-        value = event.to_json()
-        self.documents[event.event_id] = event.to_dict()
-        self.sent_at[event.event_id] = time.perf_counter()
+    def send(self, mix: CallMix, count: int, rate_per_s: float = math.inf) -> list[str]:
+        """``count`` events of ``mix``, ``rate_per_s`` a second on an absolute schedule; flushed."""
         assert self._producer is not None, "the sender is closed"
-        self._producer.produce(self.topic, key=event.key, value=value, headers=list(event.headers))
-        self._producer.poll(0)
-
-    def send_paced(self, mix: CallMix, rate_per_s: float, duration_s: float) -> list[str]:
-        """``rate_per_s`` events a second for ``duration_s``, on an absolute schedule."""
-        ids = []
-        start = time.perf_counter()
-        for i in range(round(rate_per_s * duration_s)):
-            delay = start + i / rate_per_s - time.perf_counter()
-            if delay > 0:
+        ids, start = [], time.perf_counter()
+        for i in range(count):
+            if (delay := start + i / rate_per_s - time.perf_counter()) > 0:
                 time.sleep(delay)  # pacing, not waiting for a condition
             event = mix.next_event()
-            self.send(event)
+            self.documents[event.event_id] = event.to_dict()
+            self.sent_at[event.event_id] = time.perf_counter()
+            self._producer.produce(
+                self.topic, key=event.key, value=event.to_json(), headers=list(event.headers)
+            )
+            self._producer.poll(0)
             ids.append(event.event_id)
-        self.flush()
-        return ids
-
-    def flush(self) -> None:
-        remaining = self._producer.flush(30) if self._producer is not None else 0
-        if remaining:
+        if remaining := self._producer.flush(30):
             raise RuntimeError(f"{remaining} events not acknowledged by the broker")
+        return ids
 
     def close(self) -> None:
         """Drop the producer (before the broker stops); what was sent stays readable."""
@@ -202,24 +154,16 @@ class Arrival:
     enriched_at: str = ""
 
 
-@dataclass
 class Reader:
     """A downstream consumer of the input and enriched topics, in a thread of its own."""
 
-    bootstrap: str
-    input_topic: str
-    output_topic: str
-    arrivals: dict[str, dict[str, Arrival]] = field(default_factory=dict)  # topic → event_id → Arrival
-    _assigned: threading.Event = field(default_factory=threading.Event)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def start(self) -> Reader:
-        self.arrivals = {self.input_topic: {}, self.output_topic: {}}
+    def __init__(self, bootstrap: str, input_topic: str, output_topic: str) -> None:
+        self.input_topic, self.output_topic = input_topic, output_topic
+        self.arrivals: dict[str, dict[str, Arrival]] = {input_topic: {}, output_topic: {}}  # topic → id →
+        self._assigned, self._stop, self._lock = threading.Event(), threading.Event(), threading.Lock()
         consumer = Consumer(
             {
-                "bootstrap.servers": self.bootstrap,
+                "bootstrap.servers": bootstrap,
                 "group.id": f"bench-reader-{uuid.uuid4().hex}",
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,
@@ -229,15 +173,14 @@ class Reader:
         )
 
         def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
-            if {p.topic for p in partitions} >= {self.input_topic, self.output_topic}:
+            if {p.topic for p in partitions} >= {input_topic, output_topic}:
                 self._assigned.set()
 
-        consumer.subscribe([self.input_topic, self.output_topic], on_assign=on_assign)
+        consumer.subscribe([input_topic, output_topic], on_assign=on_assign)
         self._thread = threading.Thread(target=self._run, args=(consumer,), name="reader", daemon=True)
         self._thread.start()
         if not self._assigned.wait(READY_TIMEOUT_S):
             raise TimeoutError("the downstream reader was never assigned its partitions")
-        return self
 
     def _run(self, consumer: Consumer) -> None:
         try:
@@ -261,8 +204,7 @@ class Reader:
 
     def count(self, topic: str, ids: Sequence[str]) -> int:
         with self._lock:
-            seen = self.arrivals[topic]
-            return sum(1 for i in ids if i in seen)
+            return sum(1 for i in ids if i in self.arrivals[topic])
 
     def wait_for(self, topic: str, ids: Sequence[str], timeout_s: float) -> bool:
         """True once every id arrived on ``topic``; False at the deadline."""
@@ -279,44 +221,20 @@ class Reader:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=15)
-
-
-# --- the consumer process ---------------------------------------------------------------------------
+        self._thread.join(timeout=15)
 
 
 def consumer_metrics(port: int) -> dict[str, float]:
     """The consumer's Prometheus samples (name with labels → value); empty when unreachable."""
-    try:
-        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-    except requests.RequestException:
-        return {}
-    samples = {}
-    for line in text.splitlines():
-        if line.startswith("nlp_") and " " in line:
-            name, value = line.rsplit(" ", 1)
-            with contextlib.suppress(ValueError):
-                samples[name] = float(value)
-    return samples
-
-
-def consumer_process(env: Mapping[str, str], log: Path, port: int) -> ServiceProcess:
-    """``python -m nlp_consumer`` as deployed; ready once it has been assigned its partitions."""
-    ready = lambda: consumer_metrics(port).get("nlp_assigned_partitions", 0) > 0  # noqa: E731
-    return ServiceProcess("nlp_consumer", ["-m", "nlp_consumer"], env, log, ready)
-
-
-# --- the sentiment model ------------------------------------------------------------------------------
+    with contextlib.suppress(requests.RequestException):
+        return scrape_metrics(f"http://127.0.0.1:{port}/metrics", "nlp_")
+    return {}
 
 
 def sentiment_model(env: Mapping[str, str]) -> tuple[Path, str]:
-    """The model the consumer uses by default, and how it was found.
-
-    ``SENTIMENT_MODEL`` when set, else ``default_model_dir`` (the model this checkout's training
-    code builds), else the newest complete model in the cache (the model may be being rebuilt
-    with another training configuration).
-    """
+    """The model the consumer uses by default, and how it was found: ``SENTIMENT_MODEL`` when set, else
+    ``default_model_dir`` (what this checkout's training code builds), else the newest complete model
+    in the cache (the model may be being rebuilt with another training configuration)."""
     from nlp_consumer.errors import ModelUnavailable
     from nlp_consumer.train import COMPLETE_MARKER, default_cache_dir, default_model_dir
 
@@ -326,16 +244,11 @@ def sentiment_model(env: Mapping[str, str]) -> tuple[Path, str]:
     try:
         return default_model_dir(cache), "default_model_dir"
     except ModelUnavailable as exc:
-        built = sorted(
-            (cache / "models").glob(f"*/{COMPLETE_MARKER}"), key=lambda p: p.stat().st_mtime, reverse=True
-        )
+        built = sorted((cache / "models").glob(f"*/{COMPLETE_MARKER}"), key=lambda p: p.stat().st_mtime)
         if not built:
             raise
-        logger.warning("%s; using the newest built model %s", exc.message, built[0].parent)
-        return built[0].parent, "newest model in the cache"
-
-
-# --- measurements -------------------------------------------------------------------------------------
+        logger.warning("%s; using the newest built model %s", exc.message, built[-1].parent)
+        return built[-1].parent, "newest model in the cache"
 
 
 def stamp_s(enriched_at: str) -> float:
@@ -373,106 +286,60 @@ def bare_throughput(model: Path, documents: Mapping[str, dict[str, Any]], batche
     return sum(len(b) for b in batches[1:]) / (time.perf_counter() - started)
 
 
-@dataclass(frozen=True)
-class Latencies:
-    rate_per_s: float
-    sent: int
-    delivered: int
-    enriched_ms: list[float]  # undelivered events count with the time waited (a lower bound)
-    hop_ms: list[float]
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "rate_per_s": self.rate_per_s,
-            "sent": self.sent,
-            "delivered": self.delivered,
-            "complete": self.delivered == self.sent,
-            "enriched_p50_ms": percentile(self.enriched_ms, 50),
-            "enriched_p99_ms": percentile(self.enriched_ms, 99),
-            "enriched_max_ms": max(self.enriched_ms),
-            "hop_p50_ms": percentile(self.hop_ms, 50),
-            "hop_p99_ms": percentile(self.hop_ms, 99),
-        }
-
-
 def paced_run(
     sender: Sender, reader: Reader, rate_per_s: float, size: Size, calls: list[list[Turn]]
-) -> Latencies:
-    mix = CallMix(calls, concurrent_calls(rate_per_s), prefix=f"r{rate_per_s:g}-")
+) -> dict[str, Any]:
+    """Finals at ``rate_per_s`` for the run's duration: produce → enriched, and the broker hop alone."""
     logger.info("producing rate_per_s=%g duration_s=%g", rate_per_s, size.duration_s)
-    ids = sender.send_paced(mix, rate_per_s, size.duration_s)
+    mix = CallMix(calls, rate_per_s, prefix=f"r{rate_per_s:g}-")
+    ids = sender.send(mix, round(rate_per_s * size.duration_s), rate_per_s)
     reader.wait_for(reader.output_topic, ids, size.drain_timeout_s)
-    waited = time.perf_counter()
+    waited, sent = time.perf_counter(), sender.sent_at
     enriched, hop = reader.snapshot(reader.output_topic), reader.snapshot(reader.input_topic)
-    sent = sender.sent_at
-    return Latencies(
-        rate_per_s=rate_per_s,
-        sent=len(ids),
-        delivered=sum(1 for i in ids if i in enriched),
-        enriched_ms=[((enriched[i].at if i in enriched else waited) - sent[i]) * 1000 for i in ids],
-        hop_ms=[(hop[i].at - sent[i]) * 1000 for i in ids if i in hop],
-    )
-
-
-@dataclass
-class Stack:
-    """The broker (an Apache Kafka of its own in ``workdir`` unless given) and the directory of logs."""
-
-    bootstrap: str | None
-    workdir: Path
-    broker: devstack.KafkaBroker | None = None
-
-    def start(self) -> str:
-        if self.bootstrap is None:
-            self.broker = devstack.KafkaBroker(self.workdir / "kafka").start()
-            self.broker.wait_ready()
-            self.bootstrap = self.broker.bootstrap
-        return self.bootstrap
-
-    def stop(self) -> None:
-        """A controlled shutdown of the broker started here (a given one is left alone)."""
-        if self.broker is not None:
-            self.broker.stop()
+    # undelivered events count with the time waited (a lower bound)
+    enriched_ms = [((enriched[i].at if i in enriched else waited) - sent[i]) * 1000 for i in ids]
+    hop_ms = [(hop[i].at - sent[i]) * 1000 for i in ids if i in hop]
+    delivered = sum(1 for i in ids if i in enriched)
+    return {
+        "rate_per_s": rate_per_s,
+        "sent": len(ids),
+        "delivered": delivered,
+        "complete": delivered == len(ids),
+        "enriched_p50_ms": percentile(enriched_ms, 50),
+        "enriched_p99_ms": percentile(enriched_ms, 99),
+        "enriched_max_ms": max(enriched_ms),
+        "hop_p50_ms": percentile(hop_ms, 50),
+        "hop_p99_ms": percentile(hop_ms, 99),
+    }
 
 
 def measure(size: Size, bootstrap: str | None, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Everything of one run: (settings, details)."""
     model, model_source = sentiment_model(os.environ)
     calls = sample_calls()
-    stack = Stack(bootstrap, workdir)
     with contextlib.ExitStack() as cleanup:  # stopped in reverse: consumer, sender, reader, broker
-        cleanup.callback(stack.stop)
-        broker = stack.start()
+        if bootstrap is None:
+            broker = devstack.KafkaBroker(workdir / "kafka").start()
+            cleanup.callback(broker.stop)
+            broker.wait_ready()
+        address = bootstrap or broker.bootstrap
         run_id = uuid.uuid4().hex[:8]
         source, enriched, dlq = (f"bench-{name}-{run_id}" for name in ("transcripts", "enriched", "dlq"))
-        devstack.create_topics(broker, [source, enriched, dlq], PARTITIONS)
-        reader = Reader(broker, source, enriched).start()
+        devstack.create_topics(address, [source, enriched, dlq], PARTITIONS)
+        reader = Reader(address, source, enriched)
         cleanup.callback(reader.stop)
-        sender = Sender(broker, source)
+        sender = Sender(address, source)
         cleanup.callback(sender.close)
         port = devstack.free_port()
-        consumer = consumer_process(
-            {
-                "KAFKA_BOOTSTRAP_SERVERS": broker,
-                "NLP_INPUT_TOPIC": source,
-                "NLP_OUTPUT_TOPIC": enriched,
-                "NLP_DLQ_TOPIC": dlq,
-                "NLP_GROUP_ID": f"bench-nlp-{run_id}",
-                "NLP_METRICS_PORT": str(port),
-                "SENTIMENT_MODEL": str(model),
-                "NLP_LOG_LEVEL": "WARNING",
-            },
-            workdir / "nlp_consumer.log",
-            port,
+        env = {"KAFKA_BOOTSTRAP_SERVERS": address, "NLP_INPUT_TOPIC": source, "NLP_OUTPUT_TOPIC": enriched}
+        env |= {"NLP_DLQ_TOPIC": dlq, "NLP_GROUP_ID": f"bench-nlp-{run_id}", "NLP_METRICS_PORT": str(port)}
+        env |= {"SENTIMENT_MODEL": str(model), "NLP_LOG_LEVEL": "WARNING"}
+        ready = lambda: consumer_metrics(port).get("nlp_assigned_partitions", 0) > 0  # noqa: E731
+        consumer = ServiceProcess(
+            "nlp_consumer", ["-m", "nlp_consumer"], env, workdir / "nlp_consumer.log", ready
         )
         cleanup.callback(consumer.stop)
-        backlog_mix = CallMix(calls, concurrent_calls(20), prefix="backlog-")
-        backlog = []
-        for _ in range(size.backlog):
-            event = backlog_mix.next_event()
-            sender.send(event)
-            backlog.append(event.event_id)
-        sender.flush()
+        backlog = sender.send(CallMix(calls, 20, prefix="backlog-"), size.backlog)
         logger.info("backlog events=%d; starting nlp_consumer", size.backlog)
         started = time.perf_counter()
         consumer.start(READY_TIMEOUT_S)
@@ -505,7 +372,7 @@ def measure(size: Size, bootstrap: str | None, workdir: Path) -> tuple[dict[str,
             "batches": len(batches),
             "mean_batch_events": size.backlog / len(batches),
         },
-        "paced": [run.summary() for run in runs],
+        "paced": runs,
         "consumer_metrics": consumer_summary(samples),
         "load_average_1min": os.getloadavg()[0],
     }
@@ -516,54 +383,34 @@ def consumer_summary(samples: Mapping[str, float]) -> dict[str, float | None]:
     """Where the consumer's time went, from its own histograms (whole run)."""
     batch_s, enrich_s = samples.get("nlp_batch_seconds_sum"), samples.get("nlp_enrich_seconds_sum")
     batches = samples.get("nlp_batch_seconds_count")
-    return {
-        "batches": batches,
-        "batch_seconds_sum": batch_s,
-        "enrich_seconds_sum": enrich_s,
-        "enrich_share": enrich_s / batch_s if batch_s and enrich_s is not None else None,
-        "mean_kafka_ms_per_batch": (batch_s - enrich_s) / batches * 1000
-        if batch_s is not None and enrich_s is not None and batches
-        else None,
+    found = {"batches": batches, "batch_seconds_sum": batch_s, "enrich_seconds_sum": enrich_s}
+    if batch_s is None or enrich_s is None:
+        return found | {"enrich_share": None, "mean_kafka_ms_per_batch": None}
+    kafka_ms = (batch_s - enrich_s) / batches * 1000 if batches else None
+    return found | {
+        "enrich_share": enrich_s / batch_s if batch_s else None,
+        "mean_kafka_ms_per_batch": kafka_ms,
     }
 
 
 def figures_of(details: Mapping[str, Any]) -> list[Figure]:
     through = details["throughput"]
-    ratio_ok = (
-        through["consumer_events_per_s"] / through["bare_events_per_s"] >= TARGET_RATIO
-        if through["consumer_events_per_s"] is not None
-        else None
-    )
-    figures = [
-        figure(
-            "Consumer throughput",
-            "events/s",
-            through["consumer_events_per_s"],
-            through["bare_events_per_s"],
-            "bare pipeline, same batches",
-            better="higher",
-            target=f"ratio >= {TARGET_RATIO}",
-            met=ratio_ok,
-        )
-    ]
+    consumer, bare = through["consumer_events_per_s"], through["bare_events_per_s"]
+    met = None if consumer is None else consumer / bare >= TARGET_RATIO
+    target = f"ratio >= {TARGET_RATIO}"
+    baseline = "bare pipeline, same batches"
+    figures = [figure("Consumer throughput", "events/s", consumer, bare, baseline, "higher", target, met)]
     for run in details["paced"]:
-        rate = f"{run['rate_per_s']:g}/s"
         bound = "" if run["complete"] else " (lower bound: not all delivered)"
         for q in ("p50", "p99"):
+            name = f"Final → enriched {q} at {run['rate_per_s']:g}/s{bound}"
             figures.append(
-                figure(
-                    f"Final → enriched {q} at {rate}{bound}",
-                    "ms",
-                    run[f"enriched_{q}_ms"],
-                    run[f"hop_{q}_ms"],
-                    "broker hop alone",
-                )
+                figure(name, "ms", run[f"enriched_{q}_ms"], run[f"hop_{q}_ms"], "broker hop alone")
             )
     return figures
 
 
 def notes(details: Mapping[str, Any]) -> list[str]:
-    """The run's own notes; the method is in ``bench/METHOD.md``."""
     through, summary = details["throughput"], details["consumer_metrics"]
     lines = [f"- {through['batches']} batches, {through['mean_batch_events']:.1f} events each on average."]
     lines += [
@@ -579,37 +426,23 @@ def notes(details: Mapping[str, Any]) -> list[str]:
     return [*lines, f"- Model: {details['model_path']} (found by {details['model_source']})."]
 
 
-def report(
-    settings: Mapping[str, Any],
-    details: Mapping[str, Any],
-    quick: bool,
-    machine: Mapping[str, Any] | None = None,
-) -> Result:
-    title = "Kafka path: final → enriched"
-    return result(
-        "kafka_path", title, quick, settings, figures_of(details), details, (), notes(details), machine
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    cli = parser("kafka_path", __doc__)
-    cli.add_argument("--bootstrap", help="use this Kafka instead of starting a broker here")
-    cli.add_argument("--rates", type=float, nargs="+", help="finals per second (default 20 100)")
-    cli.add_argument("--duration-s", type=float, help="seconds of production per rate")
-    args = cli.parse_args(argv)
-    start_logging()
+def run(args: argparse.Namespace) -> Result:
     base = QUICK if args.quick else FULL
-    size = Size(
-        tuple(args.rates or base.rates),
-        args.duration_s or base.duration_s,
-        base.backlog,
-        base.drain_timeout_s,
-    )
-    load_before = os.getloadavg()[0]
+    rates = tuple(args.rates or base.rates)
+    size = Size(rates, args.duration_s or base.duration_s, base.backlog, base.drain_timeout_s)
     with tempfile.TemporaryDirectory(prefix="bench-kafka-") as tmp:
         settings, details = measure(size, args.bootstrap, Path(tmp))
-    return publish(report(settings, details, args.quick, machine_info(load_before)), args.out)
+    title = "Kafka path: final → enriched"
+    return result(
+        "kafka_path", title, args.quick, settings, figures_of(details), details, notes=notes(details)
+    )
 
+
+OPTIONS: list[Option] = [
+    ("--bootstrap", {"help": "use this Kafka instead of starting a broker here"}),
+    ("--rates", {"type": float, "nargs": "+", "help": "finals per second (default 20 100)"}),
+    ("--duration-s", {"type": float, "help": "seconds of production per rate"}),
+]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main("kafka_path", __doc__, OPTIONS, run))

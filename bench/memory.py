@@ -1,17 +1,14 @@
 """Memory: RSS per live session, RSS after session churn, and what one Vosk recognizer holds.
 
-``python -m bench.memory`` measures, against ``python -m decoder_api serve`` (the worker's VmRSS), a
-warm and an idle baseline, RSS after ``--churn`` short sessions (its second half against its
-first), RSS per live session and RSS once the pool's TTL freed every idle recognizer again (against
-the idle baseline); for Vosk with the pool on and off, and for Whisper. Then the bare Vosk engine,
-each variant in a fresh process (``--bare VARIANT``): RSS per recognizer, CPU of a fresh against a
-reused recognizer, RSS after they are freed, after a second round and after ``malloc_trim(0)``;
-variants lower the decoder's search limits through a model overlay or set ``MALLOC_ARENA_MAX=2``.
-What the numbers mean for the service is written up in ``bench/results/memory-report.md``.
+``python -m bench.memory`` measures the worker of ``python -m decoder_api serve`` (Vosk with the pool
+on and off, Whisper) through warm-up, churn, live sessions and the pool's TTL, then the bare Vosk
+engine, each variant in a fresh process (``--bare VARIANT``). How it measures is in
+``bench/METHOD.md``; what the numbers mean for the service, in ``bench/results/memory-report.md``.
 """
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import dataclasses
 import hashlib
@@ -19,32 +16,32 @@ import json
 import logging
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.churn import POOL_OFF, pool_stats, served
+from bench.churn import POOL_OFF, QUICK_POOL, pool_stats, served
 from bench.results import (
-    ROOT,
+    SERVICE_ENV,
+    Column,
     Figure,
+    Option,
     Result,
+    column_table,
+    env_items,
     figure,
-    machine_info,
-    parser,
-    publish,
+    main,
     result,
-    start_logging,
-    table,
+    run_json,
 )
 from bench.speech import korean_speech, slices, speech_for
 from devtools.clients import CHUNK_MS, RATE_HZ, VoskStream, run_callers, split_chunks
-from devtools.processes import DecoderServer
+from devtools.processes import DecoderServer, status_mib
 
 logger = logging.getLogger(__name__)
 
@@ -62,54 +59,24 @@ BARE_VARIANTS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
     "beam=7": ({"beam": "7.0"}, {}),
     "lattice-beam=1": ({"lattice-beam": "1.0"}, {}),
 }
-QUICK_VARIANTS = ("default", "max-active=1000")
 
 
 @dataclass(frozen=True, slots=True)
 class Sizes:
     parallel: int
     churn: int  # Vosk, pool on
-    churn_pool_off: int
+    churn_pool_off: int  # 0: not measured
     live: int
     whisper_churn: int
     whisper_live: int
     recognizers: int  # bare engine
     bare_audio_s: float  # fed to each bare recognizer
     idle_ttl_s: float  # the served decoders free a recognizer idle this long (default 10 minutes)
+    variants: tuple[str, ...]  # of the bare engine
 
 
-DEFAULT_SIZES = Sizes(
-    parallel=4,
-    churn=2000,
-    churn_pool_off=60,
-    live=12,
-    whisper_churn=100,
-    whisper_live=6,
-    recognizers=4,
-    bare_audio_s=4.0,
-    idle_ttl_s=3.0,
-)
-QUICK_SIZES = Sizes(
-    parallel=2,
-    churn=4,
-    churn_pool_off=2,
-    live=2,
-    whisper_churn=2,
-    whisper_live=1,
-    recognizers=2,
-    bare_audio_s=1.0,
-    idle_ttl_s=1.0,
-)
-
-
-# --- the bare engine, in a process of its own ---------------------------------------------------
-
-
-def self_rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+DEFAULT_SIZES = Sizes(4, 2000, 60, 12, 100, 6, 4, 4.0, 3.0, tuple(BARE_VARIANTS))
+QUICK_SIZES = Sizes(1, 3, 0, 1, 2, 1, 1, 1.0, 1.0, ("default",))  # Vosk, pool on only
 
 
 def model_overlay(model_dir: Path, conf: Mapping[str, str]) -> Path:
@@ -123,13 +90,10 @@ def model_overlay(model_dir: Path, conf: Mapping[str, str]) -> Path:
     target = Path(tempfile.gettempdir()) / f"bench-vosk-conf-{key}"
     if not target.is_dir():
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
-        for entry in model_dir.iterdir():
-            if entry.name != "conf":
-                (staging / entry.name).symlink_to(entry.resolve())
         (staging / "conf").mkdir()
-        for entry in (model_dir / "conf").iterdir():
-            if entry.name != "model.conf":
-                (staging / "conf" / entry.name).symlink_to(entry.resolve())
+        for entry in [*model_dir.iterdir(), *(model_dir / "conf").iterdir()]:
+            if entry.name not in ("conf", "model.conf"):
+                (staging / entry.relative_to(model_dir)).symlink_to(entry.resolve())
         (staging / "conf" / "model.conf").write_text(text, encoding="utf-8")
         os.replace(staging, target)
     return target
@@ -145,9 +109,9 @@ def measure_bare(variant: str, count: int, audio_s: float) -> dict[str, Any]:
     conf, env = BARE_VARIANTS[variant]
     info = resolve_model("vosk", "ko", None)
     pieces = slices(korean_speech(audio_s * count), audio_s, count)
-    before = self_rss_mib()
+    before = status_mib(os.getpid(), "VmRSS")
     engine = VoskEngine(dataclasses.replace(info, path=str(model_overlay(Path(info.path), conf))))
-    rss_model = self_rss_mib()
+    rss_model = status_mib(os.getpid(), "VmRSS")
 
     def decode(recognizer: VoskRecognizer, pcm: bytes) -> tuple[str, float]:
         started = time.thread_time()
@@ -160,7 +124,7 @@ def measure_bare(variant: str, count: int, audio_s: float) -> dict[str, Any]:
 
     with ThreadPoolExecutor(count) as threads:
         created = list(threads.map(fresh, pieces))
-        rss_held = self_rss_mib()
+        rss_held = status_mib(os.getpid(), "VmRSS")
         for recognizer, _ in created:
             recognizer.restart()
         reused = list(threads.map(decode, [r for r, _ in created], pieces))
@@ -168,10 +132,10 @@ def measure_bare(variant: str, count: int, audio_s: float) -> dict[str, Any]:
             recognizer.close()
         fresh_cpu = [cpu for _, cpu in created]
         del created
-        rss_free = self_rss_mib()
+        rss_free = status_mib(os.getpid(), "VmRSS")
         for recognizer, _ in threads.map(fresh, pieces):
             recognizer.close()
-        rss_second = self_rss_mib()
+        rss_second = status_mib(os.getpid(), "VmRSS")
     started = time.perf_counter()
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # give free heap pages back to the OS
     trim_ms = (time.perf_counter() - started) * 1000
@@ -187,22 +151,11 @@ def measure_bare(variant: str, count: int, audio_s: float) -> dict[str, Any]:
         "reused_cpu_s": sum(cpu for _, cpu in reused) / count,  # the same audio on the restarted recognizer
         "rss_after_free_mib": rss_free - rss_model,  # over the model, after freeing all K
         "rss_after_second_round_mib": rss_second - rss_model,  # after K more were created, fed and freed
-        "rss_after_trim_mib": self_rss_mib() - rss_model,  # after malloc_trim(0)
+        "rss_after_trim_mib": status_mib(os.getpid(), "VmRSS") - rss_model,  # after malloc_trim(0)
         "trim_ms": trim_ms,
         "transcripts": [text for text, _ in reused],
         "agreement_wer": None,  # word edits against the default variant's transcripts
     }
-
-
-def run_bare(variant: str, count: int, audio_s: float) -> dict[str, Any]:
-    """``measure_bare`` in a fresh interpreter (with the variant's environment); JSON on its last line."""
-    command = [sys.executable, "-m", "bench.memory", "--bare", variant, "--recognizers", str(count)]
-    command += ["--bare-audio-s", str(audio_s)]
-    logger.info("measuring bare engine variant=%s", variant)
-    env = {**os.environ, **BARE_VARIANTS[variant][1]}
-    done = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, check=True)
-    found: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return found
 
 
 def word_edits(reference: list[str], hypothesis: list[str]) -> int:
@@ -219,9 +172,6 @@ def agreement(default: Mapping[str, Any], other: Mapping[str, Any]) -> float | N
     words = sum(len(t.split()) for t in default["transcripts"])
     pairs = zip(default["transcripts"], other["transcripts"], strict=True)
     return sum(word_edits(a.split(), b.split()) for a, b in pairs) / words if words else None
-
-
-# --- the served decoder ------------------------------------------------------------------------
 
 
 def churn(server: DecoderServer, pieces: Sequence[bytes], parallel: int) -> float:
@@ -253,12 +203,13 @@ def idle_rss(server: DecoderServer, ttl_s: float) -> float:
 
 
 def measure_server(
-    engine: str, pool: bool, churn_count: int, live: int, sizes: Sizes, env: Mapping[str, str]
+    engine: str, pool: bool, churn_count: int, live: int, sizes: Sizes, env: Mapping[str, str], quick: bool
 ) -> dict[str, Any]:
     speech = speech_for(engine, 120.0)
     short = slices(speech, CHURN_AUDIO_S, churn_count)
     parallel, ttl_s = sizes.parallel, sizes.idle_ttl_s
-    with served(engine, {"pool_idle_ttl_s": str(ttl_s)} | ({} if pool else POOL_OFF), env) as server:
+    settings = {"pool_idle_ttl_s": str(ttl_s)} | (QUICK_POOL if quick else {}) | ({} if pool else POOL_OFF)
+    with served(engine, settings, env) as server:
         rss_loaded = server.rss_mib()
         for _ in range(2):
             churn(server, short[:parallel], parallel)
@@ -272,9 +223,8 @@ def measure_server(
             done = bound
             curve.append((done, settled_rss(server)))
         middle = max(1, len(curve) // 2)
-        first, second = (
-            sum(rss for _, rss in half) / len(half) for half in (curve[:middle], curve[middle:] or curve[-1:])
-        )
+        halves = (curve[:middle], curve[middle:] or curve[-1:])
+        first, second = (sum(rss for _, rss in half) / len(half) for half in halves)
         streams = [VoskStream(f"{server.ws_url}/v1/stream") for _ in range(live)]
         with ThreadPoolExecutor(live) as threads:  # opened together, each fed some audio, held open
             list(threads.map(hold_open, streams, slices(speech, LIVE_AUDIO_S, live)))
@@ -311,165 +261,81 @@ def measure_server(
     }
 
 
-# --- the report -----------------------------------------------------------------------------------
-
-
 def mark(ratio: float) -> str:
     return f"{ratio:.3f}" + (" ✓" if ratio <= RETURN_TARGET else " ✗")
 
 
-def server_rows(servers: Sequence[Mapping[str, Any]]) -> list[list[str]]:
-    return [
-        [
-            s["engine"],
-            "on" if s["pool"] else "off",
-            f"{s['rss_loaded_mib']:.0f}",
-            f"{s['rss_warm_mib']:.0f}",
-            f"{s['churn_sessions']} x {s['churn_audio_s']:g} s in {s['churn_wall_s']:.0f} s",
-            f"{s['rss_after_churn_mib']:.0f}",
-            f"{s['churn_ratio']:.3f}",
-            mark(s["second_half_ratio"]),
-            str(s["live_sessions"]),
-            f"{s['rss_per_live_session_mib']:.1f}",
-            f"{s['rss_after_live_closed_mib']:.0f}",
-            f"{s['rss_idle_mib']:.0f} / {s['rss_idle_after_mib']:.0f}",
-            mark(s["idle_ratio"]),
-        ]
-        for s in servers
-    ]
+def mib(key: str, digits: int = 0) -> Callable[[Mapping[str, Any]], str]:
+    return lambda row: f"{row[key]:.{digits}f}"
 
 
-def bare_rows(bare: Sequence[Mapping[str, Any]]) -> list[list[str]]:
-    default = bare[0]["rss_per_recognizer_mib"] if bare else 0.0
-    return [
-        [
-            b["variant"],
-            f"{b['rss_per_recognizer_mib']:.1f}",
-            f"{b['rss_per_recognizer_mib'] / default:.2f}" if default > 0 else "",
-            f"{b['fresh_cpu_s']:.2f} / {b['reused_cpu_s']:.2f}",
-            f"{b['rss_after_free_mib']:.0f}",
-            f"{b['rss_after_second_round_mib']:.0f}",
-            f"{b['rss_after_trim_mib']:.0f} ({b['trim_ms']:.0f} ms)",
-            "n/a" if b["agreement_wer"] is None else f"{b['agreement_wer'] * 100:.1f} %",
-        ]
-        for b in bare
-    ]
+SERVER_COLUMNS: list[Column] = [
+    ("Engine", lambda s: s["engine"]),
+    ("Pool", lambda s: "on" if s["pool"] else "off"),
+    ("RSS loaded (MiB)", mib("rss_loaded_mib")),
+    ("Warm baseline (MiB)", mib("rss_warm_mib")),
+    ("Churn", lambda s: f"{s['churn_sessions']} x {s['churn_audio_s']:g} s in {s['churn_wall_s']:.0f} s"),
+    ("RSS after churn (MiB)", mib("rss_after_churn_mib")),
+    ("After churn / warm", lambda s: f"{s['churn_ratio']:.3f}"),
+    ("2nd half / 1st half of churn", lambda s: mark(s["second_half_ratio"])),
+    ("Live sessions", lambda s: str(s["live_sessions"])),
+    ("RSS per live session (MiB)", mib("rss_per_live_session_mib", 1)),
+    ("RSS after they closed (MiB)", mib("rss_after_live_closed_mib")),
+    ("Idle before / after (MiB)", lambda s: f"{s['rss_idle_mib']:.0f} / {s['rss_idle_after_mib']:.0f}"),
+    ("Idle after / before", lambda s: mark(s["idle_ratio"])),
+]
+# One row per variant: (the variant, the default variant's RSS per recognizer).
+BARE_COLUMNS: list[Column] = [
+    ("Variant", lambda r: r[0]["variant"]),
+    ("RSS per recognizer (MiB)", lambda r: f"{r[0]['rss_per_recognizer_mib']:.1f}"),
+    ("vs default", lambda r: f"{r[0]['rss_per_recognizer_mib'] / r[1]:.2f}" if r[1] > 0 else ""),
+    ("Fresh CPU s / reused CPU s", lambda r: f"{r[0]['fresh_cpu_s']:.2f} / {r[0]['reused_cpu_s']:.2f}"),
+    ("Freed, held (MiB)", lambda r: f"{r[0]['rss_after_free_mib']:.0f}"),
+    ("After a 2nd round (MiB)", lambda r: f"{r[0]['rss_after_second_round_mib']:.0f}"),
+    ("After malloc_trim (MiB)", lambda r: f"{r[0]['rss_after_trim_mib']:.0f} ({r[0]['trim_ms']:.0f} ms)"),
+    (
+        "Word edits vs default",
+        lambda r: "n/a" if r[0]["agreement_wer"] is None else f"{r[0]['agreement_wer'] * 100:.1f} %",
+    ),
+]
 
 
 def figures_of(servers: Sequence[Mapping[str, Any]], bare: Sequence[Mapping[str, Any]]) -> list[Figure]:
-    """RSS with no recognizer held after the churn against the same before it, and the churn's second
-    half against its first (the targets); RSS after churn with the pool holding its recognizers against
-    the warm baseline, and RSS per live session against the bare engine's RSS per recognizer."""
+    """Idle RSS after the churn against before it, and the churn's second half against its first (the
+    targets); RSS after churn against the warm baseline, and per live session against the bare engine."""
     target = f"ratio <= {RETURN_TARGET:.2f}"
     per_recognizer = bare[0]["rss_per_recognizer_mib"] if bare else None
     figures: list[Figure] = []
     for s in servers:
         where, n = f"{s['engine']}, pool {'on' if s['pool'] else 'off'}", s["churn_sessions"]
-        figures += [
+        idle, idle_met = s["rss_idle_after_mib"], s["idle_ratio"] <= RETURN_TARGET
+        figures.append(
             figure(
                 f"RSS after {n} sessions, idle recognizers freed, {where}",
                 "MiB",
-                s["rss_idle_after_mib"],
+                idle,
                 s["rss_idle_mib"],
                 "idle baseline (warm, before the churn)",
                 target=target,
-                met=s["idle_ratio"] <= RETURN_TARGET,
-            ),
-            figure(
-                f"RSS after {n} sessions, pool holding its recognizers, {where}",
-                "MiB",
-                s["rss_after_churn_mib"],
-                s["rss_warm_mib"],
-                "warm baseline",
-            ),
-            figure(
-                f"RSS in the 2nd half of {n} sessions, {where}",
-                "MiB",
-                s["rss_second_half_mib"],
-                s["rss_first_half_mib"],
-                "1st half (mean of checkpoints)",
-                target=f"{target} (no leak)",
-                met=s["second_half_ratio"] <= RETURN_TARGET,
-            ),
-        ]
-        if s["engine"] == "vosk" and per_recognizer:
-            figures.append(
-                figure(
-                    f"RSS per live session, {where}",
-                    "MiB",
-                    s["rss_per_live_session_mib"],
-                    per_recognizer,
-                    "bare engine, RSS per recognizer",
-                )
+                met=idle_met,
             )
+        )
+        name = f"RSS after {n} sessions, pool holding its recognizers, {where}"
+        figures.append(figure(name, "MiB", s["rss_after_churn_mib"], s["rss_warm_mib"], "warm baseline"))
+        second, met = s["rss_second_half_mib"], s["second_half_ratio"] <= RETURN_TARGET
+        name, baseline = f"RSS in the 2nd half of {n} sessions, {where}", "1st half (mean of checkpoints)"
+        figures.append(
+            figure(
+                name, "MiB", second, s["rss_first_half_mib"], baseline, target=f"{target} (no leak)", met=met
+            )
+        )
+        if s["engine"] == "vosk" and per_recognizer:
+            live, baseline = s["rss_per_live_session_mib"], "bare engine, RSS per recognizer"
+            figures.append(figure(f"RSS per live session, {where}", "MiB", live, per_recognizer, baseline))
     return figures
 
 
-def report(details: Mapping[str, Any], quick: bool, machine: Mapping[str, Any] | None = None) -> Result:
-    servers, bare, sizes = details["servers"], details["bare"], details["sizes"]
-    server_header = [
-        "Engine",
-        "Pool",
-        "RSS loaded (MiB)",
-        "Warm baseline (MiB)",
-        "Churn",
-        "RSS after churn (MiB)",
-        "After churn / warm",
-    ]
-    server_header += [
-        "2nd half / 1st half of churn",
-        "Live sessions",
-        "RSS per live session (MiB)",
-        "RSS after they closed (MiB)",
-    ]
-    server_header += ["Idle before / after (MiB)", "Idle after / before"]
-    bare_header = [
-        "Variant",
-        "RSS per recognizer (MiB)",
-        "vs default",
-        "Fresh CPU s / reused CPU s",
-        "Freed, held (MiB)",
-    ]
-    bare_header += ["After a 2nd round (MiB)", "After malloc_trim (MiB)", "Word edits vs default"]
-    tables = [
-        table("Served decoder", server_header, server_rows(servers)),
-        table(
-            f"Bare Vosk engine ({sizes['recognizers']} recognizers in one process)",
-            bare_header,
-            bare_rows(bare),
-        ),
-    ]
-    settings = {
-        "churn_audio_s": CHURN_AUDIO_S,
-        "live_audio_s": LIVE_AUDIO_S,
-        "bare_audio_s": sizes["bare_audio_s"],
-        "idle_ttl_s": sizes["idle_ttl_s"],
-        "return_target": RETURN_TARGET,
-        "curve_points": CURVE_POINTS,
-        "service_env": details.get("service_env") or "none",
-    }
-    return result(
-        "memory", "Memory", quick, settings, figures_of(servers, bare), details, tables, machine=machine
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    cli = parser("memory", __doc__)
-    cli.add_argument("--engine", choices=("vosk", "whisper"), help="served decoder: only this engine")
-    cli.add_argument("--bare", choices=tuple(BARE_VARIANTS), help="measure one bare variant here; print JSON")
-    cli.add_argument("--recognizers", type=int, help="bare engine: recognizers held at once")
-    cli.add_argument("--bare-audio-s", type=float, help="bare engine: seconds of speech per recognizer")
-    cli.add_argument("--churn", type=int, help=f"served Vosk: sessions of churn ({DEFAULT_SIZES.churn})")
-    cli.add_argument(
-        "--service-env",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra environment for the served decoder",
-    )
-    cli.add_argument("--no-bare", action="store_true", help="skip the bare-engine variants")
-    args = cli.parse_args(argv)
-    start_logging()
+def run(args: argparse.Namespace) -> Result | int:
     sizes = QUICK_SIZES if args.quick else DEFAULT_SIZES
     sizes = dataclasses.replace(
         sizes,
@@ -478,31 +344,66 @@ def main(argv: Sequence[str] | None = None) -> int:
         bare_audio_s=args.bare_audio_s or sizes.bare_audio_s,
     )
     if args.bare:
-        print(
-            json.dumps(measure_bare(args.bare, sizes.recognizers, sizes.bare_audio_s), ensure_ascii=False),
-            flush=True,
-        )
+        print(json.dumps(measure_bare(args.bare, sizes.recognizers, sizes.bare_audio_s), ensure_ascii=False))
         return 0
-    env = dict(item.split("=", 1) for item in args.service_env if "=" in item)
-    load_before = os.getloadavg()[0]
+    env = env_items(args.service_env)
     engines = [args.engine] if args.engine else ["vosk"] if args.quick else ["vosk", "whisper"]
     servers = []
     if "vosk" in engines:
-        servers.append(measure_server("vosk", True, sizes.churn, sizes.live, sizes, env))
-        servers.append(measure_server("vosk", False, sizes.churn_pool_off, sizes.live, sizes, env))
+        servers.append(measure_server("vosk", True, sizes.churn, sizes.live, sizes, env, args.quick))
+        if sizes.churn_pool_off:
+            servers.append(
+                measure_server("vosk", False, sizes.churn_pool_off, sizes.live, sizes, env, args.quick)
+            )
     if "whisper" in engines:
-        servers.append(measure_server("whisper", True, sizes.whisper_churn, sizes.whisper_live, sizes, env))
-    variants = () if args.no_bare else QUICK_VARIANTS if args.quick else tuple(BARE_VARIANTS)
-    try:
-        bare = [run_bare(variant, sizes.recognizers, sizes.bare_audio_s) for variant in variants]
-    except subprocess.CalledProcessError as err:
-        print(f"error: bare engine measurement failed (exit {err.returncode})", file=sys.stderr)
-        return 1
+        servers.append(
+            measure_server("whisper", True, sizes.whisper_churn, sizes.whisper_live, sizes, env, args.quick)
+        )
+    bare = []
+    for variant in () if args.no_bare else sizes.variants:
+        logger.info("measuring bare engine variant=%s", variant)
+        argv = [
+            "--bare",
+            variant,
+            "--recognizers",
+            str(sizes.recognizers),
+            "--bare-audio-s",
+            str(sizes.bare_audio_s),
+        ]
+        bare.append(run_json("bench.memory", *argv, env=BARE_VARIANTS[variant][1]))
     for other in bare[1:]:  # compared with the default variant
         other["agreement_wer"] = agreement(bare[0], other)
     details = {"sizes": dataclasses.asdict(sizes), "servers": servers, "bare": bare, "service_env": env}
-    return publish(report(details, args.quick, machine_info(load_before)), args.out)
+    default = bare[0]["rss_per_recognizer_mib"] if bare else 0.0
+    tables = [
+        column_table("Served decoder", SERVER_COLUMNS, servers),
+        column_table(
+            f"Bare Vosk engine ({sizes.recognizers} recognizers in one process)",
+            BARE_COLUMNS,
+            [(b, default) for b in bare],
+        ),
+    ]
+    settings = {
+        "churn_audio_s": CHURN_AUDIO_S,
+        "live_audio_s": LIVE_AUDIO_S,
+        "bare_audio_s": sizes.bare_audio_s,
+        "idle_ttl_s": sizes.idle_ttl_s,
+        "return_target": RETURN_TARGET,
+        "curve_points": CURVE_POINTS,
+        "service_env": env or "none",
+    }
+    return result("memory", "Memory", args.quick, settings, figures_of(servers, bare), details, tables)
 
+
+OPTIONS: list[Option] = [
+    ("--engine", {"choices": ("vosk", "whisper"), "help": "served decoder: only this engine"}),
+    ("--bare", {"choices": tuple(BARE_VARIANTS), "help": "measure one bare variant here; print JSON"}),
+    ("--recognizers", {"type": int, "help": "bare engine: recognizers held at once"}),
+    ("--bare-audio-s", {"type": float, "help": "bare engine: seconds of speech per recognizer"}),
+    ("--churn", {"type": int, "help": f"served Vosk: sessions of churn ({DEFAULT_SIZES.churn})"}),
+    SERVICE_ENV,
+    ("--no-bare", {"action": "store_true", "help": "skip the bare-engine variants"}),
+]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main("memory", __doc__, OPTIONS, run))

@@ -1,26 +1,16 @@
 """Recovery: an instance SIGKILLed mid-utterance, the call carried on by another one.
 
-``python -m bench.recovery`` starts a redis-server and two Vosk decoders sharing it as their
-session registry, behind a small TCP front door that behaves like the OpenShift Route (a
-connection goes to the first instance that accepts it, the owner while it lives). A call of
-synthetic Korean speech (espeak-ng; the Korean model is the only Vosk model installed) is
-streamed in real time by the recorder's own HTTP client (``recorder.client.HttpTransport``: its
-retries, back-off and numbered chunks). Mid-utterance the owner's whole process group is
-SIGKILLed; the client keeps its real-time schedule, buffering what it cannot send.
-
-Measured per repetition: the time from the kill to the first reply the new owner serves (and to
-the first non-empty partial), the time until the client is back on its real-time schedule, and
-the words lost: the final transcript against an uninterrupted decode of the same audio in this
-process (must be 0). A new instance replaces the dead one before the next repetition, and the
-next call is opened on the survivor, so every repetition kills a different process.
+``python -m bench.recovery``: two Vosk decoders sharing a Redis registry behind a front door like the
+OpenShift Route, a call streamed in real time by the recorder's own HTTP client, the owner killed
+mid-utterance; how it is measured is in ``bench/METHOD.md``.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import logging
-import os
 import socket
 import statistics
 import sys
@@ -35,22 +25,20 @@ from typing import Any
 
 import jiwer
 
-from bench.results import Figure, Result, figure, machine_info, parser, publish, result, start_logging
+from bench.results import Figure, Option, Result, figure, main, result
 from bench.speech import espeak_korean, silence
-from decoder_api.audio import chunk_bytes, iter_chunks
 from decoder_api.config import load_settings
 from decoder_api.engines.base import RecognizerOptions
 from decoder_api.engines.models import resolve_model
 from decoder_api.engines.vosk import VoskEngine
 from decoder_api.sessions.transcripts import stream_pcm
+from devtools.clients import CHUNK_MS, RATE_HZ, split_chunks
 from devtools.processes import DecoderServer, decoder_env, free_port, start_redis
 from recorder.client import HttpTransport, SessionRequest
 from recorder.config import ServerSettings
 
 logger = logging.getLogger(__name__)
 
-RATE_HZ = 16000
-CHUNK_MS = 200
 PAUSE_MS = 1200
 TURNS = (
     "안녕하세요 주문 때문에 전화했습니다",
@@ -69,23 +57,17 @@ class Size:
     first_turn: int
     repetitions: int
     heartbeat_ttl_s: float
+    pool_warm: int  # recognizers each decoder warms at start
 
 
-FULL = Size(turns=len(TURNS), first_turn=0, repetitions=3, heartbeat_ttl_s=DEFAULT_HEARTBEAT_TTL_S)
-QUICK = Size(turns=2, first_turn=3, repetitions=1, heartbeat_ttl_s=1.5)
-
-
-# --- audio ----------------------------------------------------------------------------------------
+FULL = Size(len(TURNS), first_turn=0, repetitions=3, heartbeat_ttl_s=DEFAULT_HEARTBEAT_TTL_S, pool_warm=1)
+QUICK = Size(turns=1, first_turn=3, repetitions=1, heartbeat_ttl_s=1.5, pool_warm=0)
 
 
 @dataclass(frozen=True)
 class SpokenCall:
     pcm: bytes
     spans_ms: tuple[tuple[int, int], ...]  # where each turn is
-
-    @property
-    def chunks(self) -> list[bytes]:
-        return list(iter_chunks(self.pcm, chunk_bytes(RATE_HZ, CHUNK_MS)))
 
 
 def speak_call(turns: Sequence[str], workdir: Path) -> SpokenCall:
@@ -120,36 +102,21 @@ def words_lost(expected: Sequence[str], got: Sequence[str]) -> int:
     return int(output.deletions + output.substitutions)
 
 
-# --- processes --------------------------------------------------------------------------------------
-
-
 class Route:
-    """A TCP front door: each new connection goes to the first backend that accepts it.
-
-    Like the OpenShift Route with its sticky cookie, a client stays on the instance that owns its
-    call while it lives; when that instance is gone its connections fail and the next ones reach
-    another instance.
-    """
+    """A TCP front door: each new connection goes to the first backend that accepts it, so a client
+    stays on the instance that owns its call while it lives (as with the Route's sticky cookie)."""
 
     def __init__(self, backends: list[int]) -> None:
         self.backends = backends  # ports, in order of preference
         self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self._listener.getsockname()[1])
-        self._closed = threading.Event()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Route:
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
         threading.Thread(target=self._accept, name="route", daemon=True).start()
-        return self
 
     def _accept(self) -> None:
-        while not self._closed.is_set():
+        while True:
             try:
                 client, _ = self._listener.accept()
-            except OSError:
+            except OSError:  # closed
                 return
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
@@ -160,17 +127,16 @@ class Route:
             except OSError:
                 continue
             upstream.settimeout(None)
-            threading.Thread(target=_pump, args=(upstream, client), daemon=True).start()
-            _pump(client, upstream)
+            threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+            pump(client, upstream)
             return
         client.close()
 
     def stop(self) -> None:
-        self._closed.set()
         self._listener.close()
 
 
-def _pump(source: socket.socket, sink: socket.socket) -> None:
+def pump(source: socket.socket, sink: socket.socket) -> None:
     """Copy bytes until either side closes, then close both."""
     try:
         while data := source.recv(65536):
@@ -205,12 +171,8 @@ class RetryLog(logging.Handler):
         self.retries.append(Retry(time.perf_counter(), delay, reason))
 
 
-# --- one call ---------------------------------------------------------------------------------------
-
-
 @dataclass
 class Reply:
-    seq: int
     due: float  # perf_counter when the chunk was due (real time)
     sent: float
     done: float
@@ -226,48 +188,44 @@ class CallOutcome:
 
 
 def stream_call(
-    route: Route, call: SpokenCall, kill_at_s: float | None, owner: DecoderServer | None
+    route: Route, call: SpokenCall, kill_at_s: float | None = None, owner: DecoderServer | None = None
 ) -> CallOutcome:
     """Stream ``call`` in real time through ``route``; SIGKILL ``owner`` ``kill_at_s`` into the call."""
-    stop = threading.Event()
-    transport = HttpTransport(ServerSettings(url=route.url, retry_s=60.0), stop)
-    counter = RetryLog()
-    retry_log = logging.getLogger("recorder.retry")
+    transport = HttpTransport(ServerSettings(url=route.url, retry_s=60.0), threading.Event())
+    counter, retry_log = RetryLog(), logging.getLogger("recorder.retry")
     retry_log.addHandler(counter)
     retry_log.setLevel(logging.INFO)
     replies: list[Reply] = []
     killed: list[float] = []
+
+    def kill() -> None:
+        killed.append(time.perf_counter())
+        assert owner is not None
+        owner.kill()
+
+    timer = threading.Timer(kill_at_s or 0.0, kill)
     try:
         transport.open(SessionRequest(sample_rate_hz=RATE_HZ, user_id="bench-recovery", words=True))
         start = time.perf_counter()
-        timer = None
-        if kill_at_s is not None and owner is not None:
-
-            def kill() -> None:
-                killed.append(time.perf_counter())
-                owner.kill()
-
-            timer = threading.Timer(kill_at_s, kill)
+        if kill_at_s is not None:
             timer.start()
         finals: list[str] = []
-        for seq, chunk in enumerate(call.chunks):
+        for seq, chunk in enumerate(split_chunks(call.pcm)):
             due = start + seq * CHUNK_MS / 1000
-            delay = due - time.perf_counter()
-            if delay > 0:
+            if (delay := due - time.perf_counter()) > 0:
                 time.sleep(delay)  # the microphone's pace
             sent = time.perf_counter()
             reply = transport.send(chunk, seq)
-            replies.append(Reply(seq, due, sent, time.perf_counter(), reply.partial))
+            replies.append(Reply(due, sent, time.perf_counter(), reply.partial))
             finals += [f.text for f in reply.finals]
         finals += [f.text for f in transport.end().finals]
-        if timer is not None:
+        if kill_at_s is not None:
             timer.join()
     finally:
         transport.close()
         retry_log.removeHandler(counter)
-    return CallOutcome(
-        [f for f in finals if f.strip()], replies, killed[0] if killed else None, counter.retries
-    )
+    finals = [f for f in finals if f.strip()]
+    return CallOutcome(finals, replies, killed[0] if killed else None, counter.retries)
 
 
 def kill_points_s(call: SpokenCall, repetitions: int) -> list[float]:
@@ -303,101 +261,97 @@ def recovery_of(outcome: CallOutcome, expected: list[str], kill_at_s: float) -> 
     }
 
 
-# --- the run ------------------------------------------------------------------------------------------
-
-
 def measure(size: Size, workdir: Path) -> dict[str, Any]:
     call = speak_call(TURNS[size.first_turn : size.first_turn + size.turns], workdir)
-    expected = uninterrupted(call.pcm)
     redis = start_redis(workdir / "redis")
-    settings = {"engine": "vosk", "model": "ko", "pool_warm": "1"}
+    settings = {"engine": "vosk", "model": "ko", "pool_warm": str(size.pool_warm)}
     settings["registry_heartbeat_ttl_s"] = f"{size.heartbeat_ttl_s:g}"
     decoders: list[DecoderServer] = []
 
     def new_decoder() -> DecoderServer:
-        port = free_port()
         env = decoder_env(settings, {"REDIS_URL": redis.url, "KAFKA_BOOTSTRAP_SERVERS": ""})
-        env["DECODER_INSTANCE_ID"] = f"bench-{uuid.uuid4().hex[:6]}"
-        decoders.append(
-            DecoderServer(port, env, workdir / f"decoder-{len(decoders)}.log", env["DECODER_INSTANCE_ID"])
-        )
-        return decoders[-1]
+        env["DECODER_INSTANCE_ID"] = name = f"bench-{uuid.uuid4().hex[:6]}"
+        decoders.append(DecoderServer(free_port(), env, workdir / f"decoder-{len(decoders)}.log", name))
+        return decoders[-1].launch()
 
-    route = Route([]).start()
+    route = Route([])
     try:
-        live = [new_decoder().launch(), new_decoder().launch()]
+        live = [new_decoder(), new_decoder()]
+        expected = uninterrupted(call.pcm)  # while the decoders load their model
         for decoder in live:
             decoder.wait_ready()
         route.backends[:] = [d.port for d in live]
         logger.info("uninterrupted call through the pair")
-        plain = stream_call(route, call, None, None)
-        baseline_reply_ms = [(r.done - r.sent) * 1000 for r in plain.replies]
+        plain = stream_call(route, call)
         repetitions = []
         for i, kill_at in enumerate(kill_points_s(call, size.repetitions)):
-            owner = live[0]
-            logger.info("repetition %d: killing %s %.1f s into the call", i + 1, owner.name, kill_at)
-            outcome = stream_call(route, call, kill_at, owner)
-            repetitions.append(recovery_of(outcome, expected, kill_at))
-            live = [*live[1:], new_decoder().start()]
-            route.backends[:] = [d.port for d in live]
+            logger.info("repetition %d: killing %s %.1f s into the call", i + 1, live[0].name, kill_at)
+            repetitions.append(recovery_of(stream_call(route, call, kill_at, live[0]), expected, kill_at))
+            if i + 1 < size.repetitions:  # a new instance replaces the dead one for the next call
+                live = [*live[1:], new_decoder()]
+                live[-1].wait_ready()
+                route.backends[:] = [d.port for d in live]
     finally:
         route.stop()
         for decoder in decoders:
             decoder.stop()
         redis.stop()
+    reply_ms = [(r.done - r.sent) * 1000 for r in plain.replies]
     return {
         "audio_s": len(call.pcm) / 2 / RATE_HZ,
         "expected_finals": expected,
         "uninterrupted": {
             "words_lost": words_lost(expected, plain.finals),
             "transcript_identical": plain.finals == expected,
-            "reply_p50_ms": statistics.median(baseline_reply_ms),
-            "reply_max_ms": max(baseline_reply_ms),
+            "reply_p50_ms": statistics.median(reply_ms),
+            "reply_max_ms": max(reply_ms),
         },
         "repetitions": repetitions,
     }
 
 
-def values(details: Mapping[str, Any], key: str) -> list[float]:
-    return [r[key] for r in details["repetitions"] if r[key] is not None]
-
-
-def summary(details: Mapping[str, Any]) -> dict[str, float | None]:
+def summary(repetitions: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for key in ("first_reply_s", "first_partial_s", "back_on_schedule_s"):
-        found = values(details, key)
+        found = [r[key] for r in repetitions if r[key] is not None]
         out[f"{key}_median"] = statistics.median(found) if found else None
-        out[f"{key}_max"] = max(found) if found else None
-    lost = values(details, "words_lost")
-    out["words_lost_max"] = max(lost) if lost else None
+        out[f"{key}_max"] = max(found, default=None)
+    lost = [r["words_lost"] for r in repetitions]
+    out["words_lost_max"] = max(lost, default=None)
     out["words_lost_total"] = sum(lost) if lost else None
     return out
 
 
+KILL_FIGURES = (
+    ("Kill → first reply of the new owner, median", "first_reply_s_median"),
+    ("Kill → first reply of the new owner, max", "first_reply_s_max"),
+    ("Kill → first non-empty partial, median", "first_partial_s_median"),
+    ("Kill → first non-empty partial, max", "first_partial_s_max"),
+    ("Kill → client back on real time, max", "back_on_schedule_s_max"),
+)
+
+
 def figures_of(details: Mapping[str, Any], ttl_s: float) -> list[Figure]:
-    s = details["summary"]
-    ttl = f"heartbeat TTL {ttl_s:g} s"
-    plain = details["uninterrupted"]
+    s, plain = details["summary"], details["uninterrupted"]
+    figures = [figure(name, "s", s[key], ttl_s, f"heartbeat TTL {ttl_s:g} s") for name, key in KILL_FIGURES]
+    lost = s["words_lost_max"]
+    baseline = "uninterrupted call through the same pair"
+    met = None if lost is None else lost == 0
     return [
-        figure("Kill → first reply of the new owner, median", "s", s["first_reply_s_median"], ttl_s, ttl),
-        figure("Kill → first reply of the new owner, max", "s", s["first_reply_s_max"], ttl_s, ttl),
-        figure("Kill → first non-empty partial, median", "s", s["first_partial_s_median"], ttl_s, ttl),
-        figure("Kill → first non-empty partial, max", "s", s["first_partial_s_max"], ttl_s, ttl),
-        figure("Kill → client back on real time, max", "s", s["back_on_schedule_s_max"], ttl_s, ttl),
+        *figures,
         figure(
             "Words lost per call, max",
             "words",
-            s["words_lost_max"],
+            lost,
             float(plain["words_lost"]),
-            "uninterrupted call through the same pair",
+            baseline,
             target="0",
-            met=s["words_lost_max"] == 0 if s["words_lost_max"] is not None else None,
+            met=met,
         ),
     ]
 
 
 def notes(details: Mapping[str, Any]) -> list[str]:
-    """The run's own notes; the method is in ``bench/METHOD.md``."""
     plain = details["uninterrupted"]
     lines = [
         f"- The call: {details['audio_s']:.1f} s, {len(details['expected_finals'])} finals when decoded "
@@ -414,34 +368,24 @@ def notes(details: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def report(
-    settings: Mapping[str, Any],
-    details: Mapping[str, Any],
-    quick: bool,
-    machine: Mapping[str, Any] | None = None,
-) -> Result:
-    figures = figures_of(details, settings["heartbeat_ttl_s"])
-    title = "Recovery after an instance is killed"
-    return result("recovery", title, quick, settings, figures, details, (), notes(details), machine)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    cli = parser("recovery", __doc__)
-    cli.add_argument("--repetitions", type=int, help="owner kills (default 3)")
-    cli.add_argument("--heartbeat-ttl-s", type=float, help="registry heartbeat TTL (default: the service's)")
-    args = cli.parse_args(argv)
-    start_logging()
+def run(args: argparse.Namespace) -> Result:
     base = QUICK if args.quick else FULL
     ttl_s = args.heartbeat_ttl_s or base.heartbeat_ttl_s
     size = dataclasses.replace(base, repetitions=args.repetitions or base.repetitions, heartbeat_ttl_s=ttl_s)
-    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-recovery-") as tmp:
         details = measure(size, Path(tmp))
-    details["summary"] = summary(details)
+    details["summary"] = summary(details["repetitions"])
     settings = {"engine": "vosk", "model": "ko", "heartbeat_ttl_s": size.heartbeat_ttl_s}
     settings |= {"repetitions": size.repetitions, "turns": size.turns, "chunk_ms": CHUNK_MS}
-    return publish(report(settings, details, args.quick, machine_info(load_before)), args.out)
+    figures = figures_of(details, size.heartbeat_ttl_s)
+    title = "Recovery after an instance is killed"
+    return result("recovery", title, args.quick, settings, figures, details, notes=notes(details))
 
+
+OPTIONS: list[Option] = [
+    ("--repetitions", {"type": int, "help": "owner kills (default 3)"}),
+    ("--heartbeat-ttl-s", {"type": float, "help": "registry heartbeat TTL (default: the service's)"}),
+]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main("recovery", __doc__, OPTIONS, run))

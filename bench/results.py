@@ -1,14 +1,10 @@
 """The one results model and writer of every benchmark: figures beside their baselines, as JSON and Markdown.
 
-Every benchmark writes ``<name>.json``, a ``Result``::
-
-    {"benchmark", "title", "quick", "machine", "settings", "figures": [Figure, ...],
-     "tables": [Table, ...], "notes": [...], "details": {...}}
-
-and ``<name>.md`` rendered from it alone: the figures, each beside its baseline measured in the
-same run, then the benchmark's tables, then how to read them (its section of ``bench/METHOD.md``,
-with ``$setting`` replaced by the run's settings, and the run's own notes). ``bench.plot`` and
-``bench.summary`` read the figures of every ``*.json``.
+Every benchmark writes ``<name>.json`` (a ``Result``) and ``<name>.md`` rendered from it alone: the
+figures, each beside its baseline measured in the same run, then its tables, then how to read them
+(its section of ``bench/METHOD.md`` with ``$setting`` replaced, and the run's own notes).
+``bench.plot`` and ``bench.summary`` read the figures of every ``*.json``. ``main`` is the command
+line every benchmark shares.
 """
 
 from __future__ import annotations
@@ -23,13 +19,11 @@ import os
 import platform
 import re
 import string
+import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypedDict, cast
-
-from rich.console import Console
-from rich.table import Table as RichTable
 
 logger = logging.getLogger(__name__)
 
@@ -103,19 +97,20 @@ def table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> T
     return Table(title=title, header=list(header), rows=[list(row) for row in rows])
 
 
+Column = tuple[str, Callable[[Any], str]]  # a header, and how an item's cell is written
+
+
+def column_table(title: str, columns: Sequence[Column], items: Iterable[Any]) -> Table:
+    """A table of one row per item and one cell per column."""
+    return table(title, [header for header, _ in columns], [[cell(i) for _, cell in columns] for i in items])
+
+
 def machine_info(load_before: float | None = None) -> dict[str, Any]:
     """The CPU, cores, Python, libraries and date; the 1-minute load average before and after."""
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor() or "unknown",
-    )
+    names = re.findall(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(encoding="utf-8"), re.M)
     load = os.getloadavg()[0]
     return {
-        "cpu": cpu,
+        "cpu": names[0].strip() if names else platform.processor() or "unknown",
         "cores": os.cpu_count() or 0,
         "usable_cores": len(os.sched_getaffinity(0)),
         "python": platform.python_version(),
@@ -245,22 +240,6 @@ def write(res: Result, out: Path) -> list[Path]:
     return [as_markdown, as_json]
 
 
-def show(res: Result, console: Console | None = None) -> None:
-    """The figures and tables on the terminal."""
-    console = console or Console()
-    quick = " (quick)" if res["quick"] else ""
-    for title, header, rows in [
-        (res["title"], FIGURE_HEADER, figure_rows(res["figures"])),
-        *((t["title"], t["header"], t["rows"]) for t in res["tables"]),
-    ]:
-        shown = RichTable(title=title + quick)
-        for column in header:
-            shown.add_column(column)
-        for row in rows:
-            shown.add_row(*row)
-        console.print(shown)
-
-
 def load_results(directory: Path) -> list[Result]:
     """Every result file of ``directory`` with figures, by file name; others are left out, logged."""
     found = []
@@ -285,18 +264,56 @@ def parser(benchmark: str, doc: str) -> argparse.ArgumentParser:
     return cli
 
 
+Option = tuple[str, dict[str, Any]]  # a flag and its ``add_argument`` keywords
+SERVICE_ENV: Option = ("--service-env", {"nargs": "*", "default": [], "metavar": "KEY=VALUE"})
+
+
+def env_items(items: Sequence[str]) -> dict[str, str]:
+    """``KEY=VALUE`` items as a mapping (items without ``=`` are left out)."""
+    return dict(item.split("=", 1) for item in items if "=" in item)
+
+
+def main(
+    benchmark: str,
+    doc: str,
+    options: Sequence[Option],
+    measure: Callable[[argparse.Namespace], Result | int],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """Parse ``options`` beside ``--quick`` and ``--out``, measure, then write and show the result
+    with the machine and its load before and after; ``measure`` returns an exit status instead of a
+    result when it has nothing to publish."""
+    cli = parser(benchmark, doc)
+    for flag, keywords in options:
+        cli.add_argument(flag, **keywords)
+    args = cli.parse_args(argv)
+    start_logging()
+    load_before = os.getloadavg()[0]
+    res = measure(args)
+    if isinstance(res, int):
+        return res
+    res["machine"] = machine_info(load_before)
+    paths = write(res, args.out)
+    print(paths[0].read_text(encoding="utf-8"))
+    logger.info("wrote %s", ", ".join(map(str, paths)))
+    return 0
+
+
 def start_logging() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     for name in ("bench", "__main__"):  # a benchmark runs as ``python -m bench.<name>``
         logging.getLogger(name).setLevel(logging.INFO)
 
 
-def publish(res: Result, out: Path) -> int:
-    """Write the result, show it on the terminal; the exit status."""
-    for path in write(res, out):
-        logger.info("wrote %s", path)
-    show(res)
-    return 0
+def run_json(module: str, *argv: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``python -m <module> <argv>`` in a fresh interpreter (this environment plus ``env``); the JSON
+    object it printed on its last line of output."""
+    command = [sys.executable, "-m", module, *argv]
+    done = subprocess.run(
+        command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, text=True, check=True
+    )
+    found: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return found
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -1,25 +1,16 @@
 """Service overhead and capacity per pod, against the bare engine measured in the same run, beside any peer.
 
-``python -m bench.service`` measures, for each engine (Vosk with the Korean model on espeak-ng Korean
-speech, whisper tiny.en on the English calls of ``data/``):
-
-* **Overhead**: N callers stream their audio as fast as the replies come, in 200 ms chunks, through
-  ``python -m decoder_api serve`` over the HTTP v1 API and over the WebSocket, and through the bare
-  engine in this process (N threads, each with a recognizer from a warm pool, no network).
-  Throughput is audio seconds per wall second, all callers together; the ratio is service / bare.
-* **Capacity**: callers paced in real time; the largest number for which the p95 chunk latency stays
-  under 300 ms and nobody falls behind, against the bound usable cores / bare RTF.
-* **Peers**: ``--peer-url [LABEL=]ws://host:port`` (repeatable, or a comma list) drives any running
-  server that speaks the Vosk WebSocket protocol (alphacep's vosk-server, e.g.) with the same callers
-  and audio as our service's Vosk rows. Without one, the run has no peer rows.
-* With ``py-spy`` on the PATH (or ``--py-spy``), a sampling profile of the gunicorn worker under
-  load, with a Redis registry, summarised by where the time goes.
+``python -m bench.service``: for Vosk (Korean) and whisper tiny.en, callers through ``python -m
+decoder_api serve`` over HTTP v1 and the WebSocket and through the bare engine in this process, as
+fast as the replies come (overhead) and paced in real time (capacity); ``--peer-url [LABEL=]URL``
+sets any running server that speaks the Vosk WebSocket protocol beside our Vosk rows; with py-spy,
+a profile of the worker under load. How it measures is in ``bench/METHOD.md``.
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
-import contextlib
 import functools
 import logging
 import math
@@ -37,16 +28,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.churn import QUICK_POOL
 from bench.results import (
+    SERVICE_ENV,
+    Column,
     Figure,
+    Option,
     Result,
+    column_table,
+    env_items,
     figure,
     latency_summary,
-    machine_info,
-    parser,
-    publish,
+    main,
     result,
-    start_logging,
     table,
 )
 from bench.speech import CALLS, english_speech, korean_speech, rotated, whole_chunks
@@ -56,7 +50,16 @@ from decoder_api.engines.base import RecognizerOptions
 from decoder_api.engines.pool import PoolSettings, RecognizerPool
 from decoder_api.metrics import LAG_BUCKETS_S
 from devtools.clients import CHUNK_MS, RATE_HZ, HttpSession, Session, VoskStream, run_callers
-from devtools.processes import DecoderServer, decoder_env, free_port, process_tree, start_redis, tree_rss_mib
+from devtools.processes import (
+    DecoderServer,
+    RssSampler,
+    decoder_env,
+    free_port,
+    listening_pid,
+    process_tree,
+    start_redis,
+    tree_rss_mib,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,13 +82,14 @@ class EngineSpec:
 
 @dataclass(frozen=True, slots=True)
 class Sizes:
-    overhead_cores: dict[str, tuple[int, ...]]  # overhead callers as multiples of the cores, per engine
-    overhead_audio_s: dict[str, float]  # per caller, per engine
-    warmup_audio_s: dict[str, float]  # per caller: Vosk warms its graph cache on the whole clip
-    capacity_audio_s: dict[str, float]  # per caller and step
+    """Of one engine's run; seconds of audio per caller."""
+
+    overhead_cores: tuple[int, ...]  # overhead callers as multiples of the cores
+    overhead_audio_s: float
+    warmup_audio_s: float  # Vosk warms its graph cache on the whole clip
+    capacity_audio_s: float  # per step
     max_steps: int
     keeping_up_steps: int  # the search without a latency limit, when none met it (0: skipped)
-    profile_s: float
     overhead_rounds: int  # the best of these rounds counts
 
 
@@ -95,26 +99,9 @@ ENGINES = {
         "whisper", "tiny.en", functools.partial(english_speech, files=CALLS), "English calls of data/"
     ),
 }
-DEFAULT_SIZES = Sizes(
-    overhead_cores={"vosk": (1, 4), "whisper": (1,)},
-    overhead_audio_s={"vosk": 20.0, "whisper": 10.0},
-    warmup_audio_s={"vosk": 20.0, "whisper": 3.0},
-    capacity_audio_s={"vosk": 20.0, "whisper": 15.0},
-    max_steps=5,
-    keeping_up_steps=2,
-    profile_s=15.0,
-    overhead_rounds=2,
-)
-QUICK_SIZES = Sizes(
-    overhead_cores={"vosk": (1,), "whisper": (1,)},
-    overhead_audio_s={"vosk": 1.0, "whisper": 1.0},
-    warmup_audio_s={"vosk": 0.4, "whisper": 0.4},
-    capacity_audio_s={"vosk": 1.0, "whisper": 1.0},
-    max_steps=1,
-    keeping_up_steps=0,
-    profile_s=0.0,
-    overhead_rounds=1,
-)
+SIZES = {"vosk": Sizes((1, 4), 20.0, 20.0, 20.0, 5, 2, 2), "whisper": Sizes((1,), 10.0, 3.0, 15.0, 5, 2, 2)}
+QUICK_SIZES = Sizes((1,), 1.0, 0.4, 1.0, max_steps=1, keeping_up_steps=0, overhead_rounds=1)
+PROFILE_S = 15.0
 
 
 class BareSession:
@@ -157,60 +144,17 @@ def parse_peers(values: Sequence[str]) -> dict[str, str]:
     return peers
 
 
-def listening_pid(url: str) -> int | None:
-    """The local process listening on ``url``'s port (for its RSS), or None when not found here."""
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.hostname not in ("127.0.0.1", "localhost", "::1", "0.0.0.0") or parsed.port is None:
-        return None
-    inodes = set()
-    for table_path in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(table_path).read_text(encoding="ascii").splitlines()[1:]:
-                fields = line.split()
-                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == parsed.port:
-                    inodes.add(f"socket:[{fields[9]}]")
-    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
-        with contextlib.suppress(OSError):
-            if any(os.readlink(fd) in inodes for fd in fd_dir.iterdir()):
-                return int(fd_dir.parent.name)
-    return None
-
-
-class RssSampler:
-    """The peak of ``tree_rss_mib(pid)`` sampled every ``interval_s`` on a background thread."""
-
-    def __init__(self, pid: int | None, interval_s: float = 0.25) -> None:
-        self.pid, self.interval_s = pid, interval_s
-        self.peak_mib = tree_rss_mib(pid) if pid else 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while self.pid and not self._stop.wait(self.interval_s):
-            self.peak_mib = max(self.peak_mib, tree_rss_mib(self.pid))
-
-
 def unpaced(path: Target, speech: bytes, callers: int) -> dict[str, Any]:
     """Every caller streams its own rotation of ``speech`` as fast as the replies come; all start together."""
     run = run_callers([[rotated(speech, n, callers)] for n in range(callers)], path.session)
     if not run.done:
         raise RuntimeError(f"every call failed: {run.timings[0].error}")
     wall = max(t.wall_s for t in run.done)
-    throughput = sum(t.audio_s for t in run.done) / wall
+    latencies = [s for t in run.done for s in t.latencies_s]
     return {
-        "throughput": throughput,  # audio seconds per wall second, all callers
+        "throughput": sum(t.audio_s for t in run.done) / wall,  # audio seconds per wall second, all callers
         "wall_s": wall,
-        "latency_mean_ms": 1000
-        * sum(s for t in run.done for s in t.latencies_s)
-        / sum(len(t.latencies_s) for t in run.done),
+        "latency_mean_ms": 1000 * sum(latencies) / len(latencies),
         "client_cpu_s": run.client_cpu_s,
         "errors": run.errors,
         "ratio": 1.0,  # over the bare engine with the same callers (set once both are measured)
@@ -279,20 +223,17 @@ def lag_buckets(server: DecoderServer) -> dict[float, float]:
     return buckets
 
 
-def lag_quantile(before: Mapping[float, float], after: Mapping[float, float], q: float) -> float | None:
-    """The bucket bound (s) the ``q`` quantile of the partials published in between falls under;
-    None when none was published or it is beyond the largest finite bound."""
+def partial_lag(before: Mapping[float, float], after: Mapping[float, float]) -> dict[str, Any]:
+    """Partials published in between, and the bucket bounds (s) their p50 and p95 fall under (None:
+    beyond the largest finite bound, or nothing published)."""
     cumulative = sorted((bound, count - before.get(bound, 0.0)) for bound, count in after.items())
     total = cumulative[-1][1] if cumulative else 0.0
-    if total <= 0:
-        return None
-    found = next(bound for bound, count in cumulative if count >= q * total)
-    return None if found == math.inf else found
-
-
-def partial_lag(before: Mapping[float, float], after: Mapping[float, float]) -> dict[str, Any]:
+    quantiles = [
+        next(bound for bound, count in cumulative if count >= q * total) if total > 0 else math.inf
+        for q in (0.50, 0.95)
+    ]
+    p50, p95 = (None if bound == math.inf else bound for bound in quantiles)
     published = after.get(math.inf, 0.0) - before.get(math.inf, 0.0)
-    p50, p95 = (lag_quantile(before, after, q) for q in (0.50, 0.95))
     return {"published": round(published), "p50_s": p50, "p95_s": p95}
 
 
@@ -306,21 +247,14 @@ def capacity(
         before = lag_buckets(path.metrics) if path.metrics else {}
         step = paced(path, speech, callers)
         step["partial_lag"] = partial_lag(before, lag_buckets(path.metrics)) if path.metrics else None
-        logger.info(
-            "  %d callers: p95 %.0f ms, behind %d, errors %d",
-            callers,
-            step["latency_p95_ms"],
-            step["behind"],
-            step["errors"],
-        )
+        logger.info("  %d callers: p95 %.0f ms, behind %d", callers, step["latency_p95_ms"], step["behind"])
         return step
 
     start = min(MAX_CALLERS, max(1, int(bound * CAPACITY_TARGET)))
     keeping_up: tuple[int, list[dict[str, Any]]] | None = None
     with RssSampler(path.pid) as rss:
         callers, steps = search_capacity(probe, start, P95_LIMIT_MS, sizes.max_steps)
-        for step in steps:
-            step |= {"search": "latency", "passed": passes(step, P95_LIMIT_MS)}
+        steps = [step | {"search": "latency", "passed": passes(step, P95_LIMIT_MS)} for step in steps]
         if callers == 0 and sizes.keeping_up_steps:  # none within the latency limit: do any keep up?
             logger.info("  no caller within %.0f ms; searching without the latency limit", P95_LIMIT_MS)
             keeping_up = search_capacity(probe, 1, math.inf, sizes.keeping_up_steps)
@@ -338,8 +272,7 @@ def capacity(
 
 
 def warmer(path: Target, warmup: bytes, already: int) -> Callable[[int], None]:
-    """Before a capacity step, a short unpaced round: the service's pool then holds a warm recognizer
-    for every caller."""
+    """Before a capacity step, a short unpaced round: the pool then holds a warm recognizer per caller."""
     warmed = [already]
 
     def warm(callers: int) -> None:
@@ -350,83 +283,65 @@ def warmer(path: Target, warmup: bytes, already: int) -> Callable[[int], None]:
     return warm
 
 
-def allocator(environ: Mapping[str, str]) -> str:
-    """Which malloc a process with this environment uses."""
+def allocator(pid: int) -> str:
+    """Which malloc the process ``pid`` uses, from its environment."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    environ = dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
     if "jemalloc" in environ.get("LD_PRELOAD", ""):
         return "jemalloc (preloaded)"
     return f"glibc malloc, MALLOC_ARENA_MAX={environ.get('MALLOC_ARENA_MAX') or 'glibc default'}"
-
-
-def process_environ(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
 
 
 def measure_engine(
     spec: EngineSpec,
     sizes: Sizes,
     log_dir: Path,
-    http_capacity: bool,
+    args: argparse.Namespace,
     peers: Mapping[str, str],
-    extra_callers: Sequence[int] = (),
-    service_env: Mapping[str, str] | None = None,
+    service_env: Mapping[str, str],
 ) -> dict[str, Any]:
     """Bare engine, service and peers side by side, on the same callers and audio; overhead interleaved."""
     cores = len(os.sched_getaffinity(0))
-    counts = sorted({cores, *(cores * k for k in sizes.overhead_cores[spec.name]), *extra_callers})
-    overhead_s, capacity_s = sizes.overhead_audio_s[spec.name], sizes.capacity_audio_s[spec.name]
-    speech = spec.speech(max(overhead_s, capacity_s))
-    overhead_speech, capacity_speech = whole_chunks(speech, overhead_s), whole_chunks(speech, capacity_s)
-    warmup = whole_chunks(speech, sizes.warmup_audio_s[spec.name])
+    counts = sorted({cores, *(cores * k for k in sizes.overhead_cores), *args.callers})
+    overhead_s = sizes.overhead_audio_s
+    speech = spec.speech(max(overhead_s, sizes.capacity_audio_s))
+    warmup = whole_chunks(speech, sizes.warmup_audio_s)
+    capacity_speech = whole_chunks(speech, sizes.capacity_audio_s)
     port = free_port()
-    env = decoder_env(SERVICE_SETTINGS | {"engine": spec.name, "model": spec.model}, service_env)
+    quick = QUICK_POOL if args.quick else {}
+    env = decoder_env(SERVICE_SETTINGS | {"engine": spec.name, "model": spec.model} | quick, service_env)
     service = DecoderServer(port, env, log_dir / f"decoder-{port}.log")
     with service.launch():  # the service loads its model while this process loads its own
         engine = load_engine(load_settings(os.environ, {"engine": spec.name, "model": spec.model}))
         pool = RecognizerPool(engine, PoolSettings(max_idle=MAX_CALLERS, warm=0))
         service.wait_ready()
+        ws_url = f"{service.ws_url}/v1/stream"
         paths = {
             "bare": Target(lambda: BareSession(pool), os.getpid()),
             "http": Target(lambda: HttpSession(service.url), service.pid(), service),
-            "websocket": Target(
-                lambda: VoskStream(f"{service.ws_url}/v1/stream", VOSK_CONFIG), service.pid(), service
-            ),
+            "websocket": Target(lambda: VoskStream(ws_url, VOSK_CONFIG), service.pid(), service),
         }
         for label, url in peers.items():
             paths[f"peer {label}"] = Target(
                 functools.partial(VoskStream, url, VOSK_CONFIG), listening_pid(url)
             )
-        service_allocator = allocator(process_environ(process_tree(service.pid())[-1]))
-        idle = {
-            "service": tree_rss_mib(service.pid())
-        }  # and each peer found here: after start, before any call
+        service_allocator = allocator(process_tree(service.pid())[-1])
+        idle = {"service": tree_rss_mib(service.pid())}  # and each peer found here: before any call
         idle |= {
             name[5:]: tree_rss_mib(p.pid) for name, p in paths.items() if name.startswith("peer ") and p.pid
         }
-        best = overhead_rounds(spec.name, paths, counts, overhead_speech, warmup, sizes.overhead_rounds)
-        rtf = best["bare"][cores]["wall_s"] / overhead_s
-        bound = {
-            "cores": cores,
-            "bare_rtf": rtf,
-            "callers": cores / rtf,
-        }  # bare RTF with `cores` streams at once
-        found: dict[str, dict[str, Any]] = {}
-        logger.info("%s: capacity of the bare engine (bound %.1f)", spec.name, bound["callers"])
-        found["bare_engine"] = capacity(
-            paths["bare"],
-            capacity_speech,
-            bound["callers"],
-            sizes,
-            warmer(paths["bare"], warmup, max(counts)),
-        )
+        best = overhead_rounds(spec.name, paths, counts, whole_chunks(speech, overhead_s), warmup, sizes)
+        rtf = best["bare"][cores]["wall_s"] / overhead_s  # bare RTF with `cores` streams at once
+        bound = {"cores": cores, "bare_rtf": rtf, "callers": cores / rtf}
+        logger.info("%s: capacity searches (bound %.1f)", spec.name, bound["callers"])
+        bare_warm = warmer(paths["bare"], warmup, max(counts))
+        found = {"bare_engine": capacity(paths["bare"], capacity_speech, bound["callers"], sizes, bare_warm)}
         pool.close()
         engine.close()
         warm = warmer(paths["websocket"], warmup, max(counts))
-        for name in ("websocket", "http") if http_capacity else ("websocket",):
-            logger.info("%s: capacity of the service over %s (bound %.1f)", spec.name, name, bound["callers"])
+        for name in ("websocket", "http") if args.http_capacity else ("websocket",):
             found[f"service_{name}"] = capacity(paths[name], capacity_speech, bound["callers"], sizes, warm)
         for name in (n for n in paths if n.startswith("peer ")):
-            logger.info("%s: capacity of %s (bound %.1f)", spec.name, name, bound["callers"])
             found[name] = capacity(paths[name], capacity_speech, bound["callers"], sizes, lambda n: None)
     for key, res in found.items():
         if key != "bare_engine" and found["bare_engine"]["callers"] > 0:
@@ -450,16 +365,13 @@ def measure_engine(
 
 
 def overhead_rounds(
-    engine: str, paths: Mapping[str, Target], counts: list[int], speech: bytes, warmup: bytes, rounds: int
+    engine: str, paths: Mapping[str, Target], counts: list[int], speech: bytes, warmup: bytes, sizes: Sizes
 ) -> dict[str, dict[int, dict[str, Any]]]:
-    """``rounds`` rounds of every path at every number of callers, interleaved; the best of each.
-
-    Interleaving spreads other work on the machine over all paths alike, and the best round is the
-    one least disturbed by it. The first round of our paths is preceded by a warm-up round that fills
-    the pools (a peer's own warm-up, if it has any, is its business: it is measured as it runs).
-    """
+    """Rounds of every path at every number of callers, interleaved (other work on the machine then
+    falls on all paths alike); the best of each. Our paths' first round follows a warm-up round that
+    fills the pools (a peer's own warm-up, if it has any, is measured as it runs)."""
     best: dict[str, dict[int, dict[str, Any]]] = {path: {} for path in paths}
-    for round_ in range(rounds):
+    for round_ in range(sizes.overhead_rounds):
         for n in counts:
             for name, path in paths.items():
                 logger.info("%s: overhead round %d, %s, %d callers", engine, round_ + 1, name, n)
@@ -474,32 +386,21 @@ def overhead_rounds(
     return best
 
 
-# --- Profile ----------------------------------------------------------------------------------
-
 # Innermost frame's file (or function) -> what it is; first match wins, checked from the leaf up.
-CATEGORIES = (
-    ("vosk/__init__.py", "Kaldi decode (vosk C calls)"),
-    ("ctranslate2", "whisper decode"),
-    ("faster_whisper", "whisper decode"),
-    ("decoder_api/engines/vosk.py", "engine wrapper (dither, Vosk JSON)"),
-    ("decoder_api/engines/", "engine wrapper"),
-    ("numpy", "engine wrapper (dither, Vosk JSON)"),
-    ("redis/", "Redis registry"),
-    ("decoder_api/sessions/registry.py", "Redis registry"),
-    ("prometheus_client", "metrics"),
-    ("json/", "JSON"),
-    ("simple_websocket", "WebSocket layer"),
-    ("wsproto", "WebSocket layer"),
-    ("werkzeug", "HTTP layer (werkzeug/flask/gunicorn)"),
-    ("flask", "HTTP layer (werkzeug/flask/gunicorn)"),
-    ("gunicorn", "HTTP layer (werkzeug/flask/gunicorn)"),
-    ("socket.py", "sockets"),
-    ("selectors.py", "sockets"),
-    ("ssl.py", "sockets"),
-    ("threading.py", "threads and locks"),
-    ("queue.py", "threads and locks"),
-    ("decoder_api/", "decoder_api (sessions, routes, auth)"),
-)
+CATEGORIES = {
+    "Kaldi decode (vosk C calls)": ("vosk/__init__.py",),
+    "whisper decode": ("ctranslate2", "faster_whisper"),
+    "engine wrapper (dither, Vosk JSON)": ("decoder_api/engines/vosk.py", "numpy"),
+    "engine wrapper": ("decoder_api/engines/",),
+    "Redis registry": ("redis/", "decoder_api/sessions/registry.py"),
+    "metrics": ("prometheus_client",),
+    "JSON": ("json/",),
+    "WebSocket layer": ("simple_websocket", "wsproto"),
+    "HTTP layer (werkzeug/flask/gunicorn)": ("werkzeug", "flask", "gunicorn"),
+    "sockets": ("socket.py", "selectors.py", "ssl.py"),
+    "threads and locks": ("threading.py", "queue.py"),
+    "decoder_api (sessions, routes, auth)": ("decoder_api/",),
+}
 FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^:()]*)(?::\d+)?\)$")
 # Innermost functions where a thread waits rather than works (py-spy's idle detection misses them).
 WAITING = ("EpollSelector.select", "Condition.wait", "_worker (", "SocketUnreader.chunk", "Base.receive")
@@ -509,8 +410,8 @@ def categorise(stack: list[str]) -> str:
     if stack and stack[-1].startswith(WAITING):
         return "waiting (select, condition, queue, socket read)"
     for frame in reversed(stack):
-        for needle, category in CATEGORIES:
-            if needle in frame:
+        for category, needles in CATEGORIES.items():
+            if any(needle in frame for needle in needles):
                 return category
     return "other"
 
@@ -542,43 +443,38 @@ def summarise_profile(raw: str, seconds: float, settings: str) -> dict[str, Any]
     }
 
 
-def profile_service(
-    py_spy: str, sizes: Sizes, log_dir: Path, service_env: Mapping[str, str]
-) -> dict[str, Any]:
+def profile_service(py_spy: str, log_dir: Path, service_env: Mapping[str, str]) -> dict[str, Any]:
     """Vosk behind the service with a Redis registry, 4 real-time callers over HTTP, 4 over the WebSocket."""
-    callers, raw = 4, log_dir / "profile.txt"
-    speech = whole_chunks(korean_speech(sizes.profile_s + 5), sizes.profile_s + 5)
+    callers, raw, seconds = 4, log_dir / "profile.txt", PROFILE_S
+    speech = whole_chunks(korean_speech(seconds + 5), seconds + 5)
     redis = start_redis(log_dir / "redis")
     port = free_port()
-    env = decoder_env(
-        SERVICE_SETTINGS | {"engine": "vosk", "model": "ko"}, {**service_env, "REDIS_URL": redis.url}
-    )
+    settings = SERVICE_SETTINGS | {"engine": "vosk", "model": "ko"}
+    env = decoder_env(settings, {**service_env, "REDIS_URL": redis.url})
     try:
         with DecoderServer(port, env, log_dir / f"decoder-{port}.log") as server:
             http = Target(lambda: HttpSession(server.url), None)
             ws = Target(lambda: VoskStream(f"{server.ws_url}/v1/stream", VOSK_CONFIG), None)
-            run_callers([[whole_chunks(speech, sizes.warmup_audio_s["vosk"])]] * callers * 2, ws.session)
+            run_callers([[whole_chunks(speech, SIZES["vosk"].warmup_audio_s)]] * callers * 2, ws.session)
             command = [py_spy, "record", "--pid", str(server.worker_pid), "--format", "raw", "--rate", "250"]
-            command += ["--duration", str(int(sizes.profile_s)), "--output", str(raw), "--nonblocking"]
+            command += ["--duration", str(int(seconds)), "--output", str(raw), "--nonblocking"]
             recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             time.sleep(0.5)  # let py-spy attach before the load starts
             over_http = threading.Thread(target=paced, args=(http, speech, callers))
             over_http.start()
             paced(ws, speech, callers)
             over_http.join()
-            _, errors = recorder.communicate(timeout=sizes.profile_s + 60)
+            _, errors = recorder.communicate(timeout=seconds + 60)
             if recorder.returncode != 0:
                 raise RuntimeError(f"py-spy failed: {errors.decode(errors='replace')[-500:]}")
     finally:
         redis.stop()
     description = (
         f"Vosk (ko), Redis registry on, {callers} real-time callers over HTTP and {callers} over the "
-        f"WebSocket, py-spy at 250 Hz for {sizes.profile_s:.0f} s, active threads only"
+        f"WebSocket, py-spy at 250 Hz for {seconds:.0f} s, active threads only"
     )
-    return summarise_profile(raw.read_text(encoding="utf-8"), sizes.profile_s, description)
+    return summarise_profile(raw.read_text(encoding="utf-8"), seconds, description)
 
-
-# --- Report -----------------------------------------------------------------------------------
 
 CAPACITY_LABELS = {
     "bare_engine": "bare engine, in-process",
@@ -607,24 +503,13 @@ def overhead_rows(res: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
-def capacity_rows(res: Mapping[str, Any]) -> list[list[str]]:
-    rows = [["bare-engine bound", f"{res['bound']['callers']:.1f}", "1.00", "", "", "", ""]]
-    for key, found in res["capacity"].items():
-        step = next((s for s in found["steps"] if s["callers"] == found["callers"]), found["steps"][0])
-        keeping_up = found["callers_keeping_up"]
-        rows.append(
-            [
-                label_of(key),
-                str(found["callers"])
-                + ("" if keeping_up is None else f" ({keeping_up} keep up with no latency limit)"),
-                verdict(found["ratio"], CAPACITY_TARGET),
-                "" if found["ratio_to_bare_engine"] is None else f"{found['ratio_to_bare_engine']:.2f}",
-                f"{step['callers']}: {step['latency_p50_ms']:.0f} / {step['latency_p95_ms']:.0f}",
-                f"{step['first_chunk_p50_ms']:.0f} / {step['first_chunk_max_ms']:.0f}",
-                "n/a" if found["peak_rss_mib"] is None else f"{found['peak_rss_mib']:.0f}",
-            ]
-        )
-    return rows
+def at_capacity(found: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The step of the search at the capacity found (the first step when none passed)."""
+    return next((s for s in found["steps"] if s["callers"] == found["callers"]), found["steps"][0])
+
+
+def keeping_up(n: int | None) -> str:
+    return "" if n is None else f" ({n} keep up with no latency limit)"
 
 
 def lag_cell(lag: Mapping[str, Any] | None) -> str:
@@ -636,21 +521,80 @@ def lag_cell(lag: Mapping[str, Any] | None) -> str:
     return f"{lag['published']}: {p50} / {p95}"
 
 
-def step_rows(res: Mapping[str, Any]) -> list[list[str]]:
+# One row per path: (label, what the search found).
+CAPACITY_COLUMNS: list[Column] = [
+    ("Path", lambda r: label_of(r[0])),
+    ("Callers", lambda r: f"{r[1]['callers']}{keeping_up(r[1]['callers_keeping_up'])}"),
+    ("Ratio to bound", lambda r: verdict(r[1]["ratio"], CAPACITY_TARGET)),
+    (
+        "Ratio to bare capacity",
+        lambda r: "" if r[1]["ratio_to_bare_engine"] is None else f"{r[1]['ratio_to_bare_engine']:.2f}",
+    ),
+    (
+        "At that N: latency p50 / p95 (ms)",
+        lambda r: "{callers}: {latency_p50_ms:.0f} / {latency_p95_ms:.0f}".format(**at_capacity(r[1])),
+    ),
+    (
+        "First chunk p50 / max (ms)",
+        lambda r: "{first_chunk_p50_ms:.0f} / {first_chunk_max_ms:.0f}".format(**at_capacity(r[1])),
+    ),
+    ("Peak RSS (MiB)", lambda r: "n/a" if r[1]["peak_rss_mib"] is None else f"{r[1]['peak_rss_mib']:.0f}"),
+]
+# One row per step of a search: (path, step).
+STEP_COLUMNS: list[Column] = [
+    ("Path", lambda r: label_of(r[0])),
+    ("Callers", lambda r: str(r[1]["callers"])),
+    (
+        "Latency p50 / p95 / max (ms)",
+        lambda r: "{latency_p50_ms:.0f} / {latency_p95_ms:.0f} / {latency_max_ms:.0f}".format(**r[1]),
+    ),
+    ("Behind", lambda r: f"{r[1]['behind']} (max lag {r[1]['max_end_lag_s']:.2f} s)"),
+    ("Errors", lambda r: str(r[1]["errors"])),
+    ("Background partials: count, lag p50 / p95 (s)", lambda r: lag_cell(r[1].get("partial_lag"))),
+    (
+        "Verdict",
+        lambda r: (
+            ("pass" if r[1]["passed"] else "fail")
+            + (" (no latency limit)" if r[1]["search"] == "keeping_up" else "")
+        ),
+    ),
+]
+
+
+def engine_tables(res: Mapping[str, Any]) -> list[Any]:
+    title = f"{res['engine']} ({res['model']}), {res['audio']}"
+    audio = res["overhead"][0]["audio_s_per_caller"]
+    bound_row = ["bare-engine bound", f"{res['bound']['callers']:.1f}", "1.00", "", "", "", ""]
+    found = column_table("", CAPACITY_COLUMNS, res["capacity"].items())
+    steps = [(key, step) for key, f in res["capacity"].items() for step in f["steps"]]
     return [
-        [
-            label_of(key),
-            str(s["callers"]),
-            f"{s['latency_p50_ms']:.0f} / {s['latency_p95_ms']:.0f} / {s['latency_max_ms']:.0f}",
-            f"{s['behind']} (max lag {s['max_end_lag_s']:.2f} s)",
-            str(s["errors"]),
-            lag_cell(s.get("partial_lag")),
-            ("pass" if s["passed"] else "fail")
-            + (" (no latency limit)" if s["search"] == "keeping_up" else ""),
-        ]
-        for key, found in res["capacity"].items()
-        for s in found["steps"]
+        table(
+            f"Overhead, {title}: {audio:g} s of audio per caller, as fast as possible",
+            ["Callers", "Path", "Audio s per wall s", "Mean chunk latency (ms)", "Ratio to bare"],
+            overhead_rows(res),
+        ),
+        table(
+            f"Capacity, {title}: real-time callers, p95 latency <= {P95_LIMIT_MS:.0f} ms, nobody behind",
+            found["header"],
+            [bound_row, *found["rows"]],
+        ),
+        column_table(f"Every step of the capacity search, {res['engine']}", STEP_COLUMNS, steps),
     ]
+
+
+def throughput_figure(
+    name: str, label: str, m: Mapping[str, Any], row: Mapping[str, Any], targeted: bool
+) -> Figure:
+    return figure(
+        f"{name}: throughput over {label}, {row['callers']} callers",
+        "audio s/s",
+        m["throughput"],
+        row["bare"]["throughput"],
+        "bare engine, same callers",
+        "higher",
+        f"ratio >= {OVERHEAD_TARGET:.2f}" if targeted else "",
+        m["ratio"] >= OVERHEAD_TARGET if targeted else None,
+    )
 
 
 def headline_figures(engines: Mapping[str, Mapping[str, Any]]) -> list[Figure]:
@@ -659,20 +603,9 @@ def headline_figures(engines: Mapping[str, Mapping[str, Any]]) -> list[Figure]:
     figures: list[Figure] = []
     for name, res in engines.items():
         for row in res["overhead"]:
-            paths = [("HTTP v1", row["http"], True), ("WebSocket", row["websocket"], True)]
-            for label, m, targeted in paths + [(f"peer {k}", v, False) for k, v in row["peers"].items()]:
-                figures.append(
-                    figure(
-                        f"{name}: throughput over {label}, {row['callers']} callers",
-                        "audio s/s",
-                        m["throughput"],
-                        row["bare"]["throughput"],
-                        "bare engine, same callers",
-                        better="higher",
-                        target=f"ratio >= {OVERHEAD_TARGET:.2f}" if targeted else "",
-                        met=m["ratio"] >= OVERHEAD_TARGET if targeted else None,
-                    )
-                )
+            figures.append(throughput_figure(name, "HTTP v1", row["http"], row, True))
+            figures.append(throughput_figure(name, "WebSocket", row["websocket"], row, True))
+            figures += [throughput_figure(name, f"peer {k}", m, row, False) for k, m in row["peers"].items()]
         busiest = max(res["overhead"], key=lambda row: row["callers"])
         for key, found in res["capacity"].items():
             targeted = key.startswith("service_")
@@ -681,76 +614,37 @@ def headline_figures(engines: Mapping[str, Mapping[str, Any]]) -> list[Figure]:
                 # The bound takes each stream's cost with one stream per core; with many streams at once
                 # each costs more: the bare engine's throughput then is the real-time callers it carries.
                 streams = f"bare engine's audio s/s with {busiest['callers']} streams at once"
+                bare = busiest["bare"]["throughput"]
                 figures.append(
-                    figure(
-                        f"{title}, against many streams",
-                        "callers",
-                        callers,
-                        busiest["bare"]["throughput"],
-                        streams,
-                        "higher",
-                    )
+                    figure(f"{title}, against many streams", "callers", callers, bare, streams, "higher")
                 )
             target = f"ratio >= {CAPACITY_TARGET:.2f}" if targeted else ""
             met = found["ratio"] >= CAPACITY_TARGET if targeted else None
+            bound = res["bound"]["callers"]
             figures.append(
-                figure(
-                    title,
-                    "callers",
-                    callers,
-                    res["bound"]["callers"],
-                    "cores ÷ bare RTF",
-                    "higher",
-                    target,
-                    met,
-                )
+                figure(title, "callers", callers, bound, "cores ÷ bare RTF", "higher", target, met)
             )
     return figures
 
 
-def report(
-    details: Mapping[str, Any],
-    quick: bool,
-    settings: Mapping[str, Any],
-    machine: Mapping[str, Any] | None = None,
-) -> Result:
+def profile_tables(profile: Mapping[str, Any]) -> list[Any]:
+    return [
+        table(
+            f"Where the service spends its time: {kind} (innermost frame)",
+            [header, "Share of samples"],
+            [[cell.format(r["name"]), f"{r['share'] * 100:.1f} %"] for r in profile[key]],
+        )
+        for kind, header, key, cell in (
+            ("category", "Category", "categories", "{}"),
+            ("function", "Function", "functions", "`{}`"),
+        )
+    ]
+
+
+def report(details: Mapping[str, Any], quick: bool, settings: Mapping[str, Any]) -> Result:
     tables, notes = [], []
     for res in details["engines"].values():
-        title = f"{res['engine']} ({res['model']}), {res['audio']}"
-        audio = res["overhead"][0]["audio_s_per_caller"]
-        tables += [
-            table(
-                f"Overhead, {title}: {audio:g} s of audio per caller, as fast as possible",
-                ["Callers", "Path", "Audio s per wall s", "Mean chunk latency (ms)", "Ratio to bare"],
-                overhead_rows(res),
-            ),
-            table(
-                f"Capacity, {title}: real-time callers, p95 latency <= {P95_LIMIT_MS:.0f} ms, nobody behind",
-                [
-                    "Path",
-                    "Callers",
-                    "Ratio to bound",
-                    "Ratio to bare capacity",
-                    "At that N: latency p50 / p95 (ms)",
-                    "First chunk p50 / max (ms)",
-                    "Peak RSS (MiB)",
-                ],
-                capacity_rows(res),
-            ),
-            table(
-                f"Every step of the capacity search, {res['engine']}",
-                [
-                    "Path",
-                    "Callers",
-                    "Latency p50 / p95 / max (ms)",
-                    "Behind",
-                    "Errors",
-                    "Background partials: count, lag p50 / p95 (s)",
-                    "Verdict",
-                ],
-                step_rows(res),
-            ),
-        ]
+        tables += engine_tables(res)
         bound = res["bound"]
         idle = ", ".join(f"{k} {v:.0f} MiB" for k, v in res["idle_rss_mib"].items())
         notes.append(
@@ -758,83 +652,32 @@ def report(
             f"{bound['callers']:.1f} callers. RSS after start, before any call: {idle}. The service's worker "
             f"runs on {res['service_allocator']}."
         )
-    profile = details.get("profile")
-    if profile:
-        tables.append(
-            table(
-                "Where the service spends its time: category (innermost frame)",
-                ["Category", "Share of samples"],
-                [[r["name"], f"{r['share'] * 100:.1f} %"] for r in profile["categories"]],
-            )
-        )
-        tables.append(
-            table(
-                "Where the service spends its time: function (innermost frame)",
-                ["Function", "Share of samples"],
-                [[f"`{r['name']}`", f"{r['share'] * 100:.1f} %"] for r in profile["functions"]],
-            )
-        )
+    if profile := details.get("profile"):
+        tables += profile_tables(profile)
         notes.append(f"- Profile: {profile['settings']}; {profile['samples']} samples.")
-    peers = settings.get("peers") or {}
+    peers = settings["peers"]
+    found = ", ".join(f"{k} at `{v}`" for k, v in peers.items())
     notes.append(
-        "- Peers: " + ", ".join(f"{k} at `{v}`" for k, v in peers.items())
-        if peers
-        else "- No peer was given (`--peer-url`), so this run has no peer rows."
+        f"- Peers: {found}" if peers else "- No peer was given (`--peer-url`), so this run has no peer rows."
     )
+    figures = headline_figures(details["engines"])
     title = "Service overhead and capacity per pod"
-    return result(
-        "service",
-        title,
-        quick,
-        settings,
-        headline_figures(details["engines"]),
-        details,
-        tables,
-        notes,
-        machine,
-    )
+    return result("service", title, quick, settings, figures, details, tables, notes)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    cli = parser("service", __doc__)
-    cli.add_argument("--engine", choices=tuple(ENGINES), help="measure only this engine")
-    cli.add_argument("--callers", type=int, nargs="*", default=[], help="overhead: more numbers of callers")
-    cli.add_argument("--http-capacity", action="store_true", help="capacity over HTTP v1 too (+~1.5 min)")
-    cli.add_argument(
-        "--peer-url",
-        action="append",
-        default=[],
-        metavar="[LABEL=]URL",
-        help="a Vosk-protocol server to compare with (repeatable)",
-    )
-    cli.add_argument(
-        "--service-env", nargs="*", default=[], metavar="KEY=VALUE", help="extra environment for the service"
-    )
-    cli.add_argument("--py-spy", help="py-spy executable for the profile (default: py-spy on the PATH)")
-    cli.add_argument("--no-profile", action="store_true", help="skip the profile")
-    args = cli.parse_args(argv)
-    start_logging()
-    sizes = QUICK_SIZES if args.quick else DEFAULT_SIZES
-    peers = parse_peers(args.peer_url)
+def run(args: argparse.Namespace) -> Result:
+    peers, service_env = parse_peers(args.peer_url), env_items(args.service_env)
     py_spy = None if args.no_profile or args.quick else (args.py_spy or shutil.which("py-spy"))
-    service_env = dict(item.split("=", 1) for item in args.service_env if "=" in item)
-    load_before = os.getloadavg()[0]
+    if py_spy is None and not (args.quick or args.no_profile):
+        logger.warning("py-spy not found: no profile (pip install py-spy, or --py-spy PATH)")
+    names = [args.engine] if args.engine else ["vosk"] if args.quick else list(ENGINES)
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
-        engines = {
-            name: measure_engine(
-                ENGINES[name],
-                sizes,
-                Path(tmp),
-                args.http_capacity,
-                peers if name == "vosk" else {},
-                args.callers,
-                service_env,
-            )
-            for name in ([args.engine] if args.engine else ["vosk"] if args.quick else ENGINES)
-        }
-        if py_spy is None and not (args.quick or args.no_profile):
-            logger.warning("py-spy not found: no profile (pip install py-spy, or --py-spy PATH)")
-        profile = profile_service(py_spy, sizes, Path(tmp), service_env) if py_spy else None
+        engines = {}
+        for name in names:
+            sizes = QUICK_SIZES if args.quick else SIZES[name]
+            engine_peers = peers if name == "vosk" else {}
+            engines[name] = measure_engine(ENGINES[name], sizes, Path(tmp), args, engine_peers, service_env)
+        profile = profile_service(py_spy, Path(tmp), service_env) if py_spy else None
     settings = {
         "chunk_ms": CHUNK_MS,
         "p95_limit_ms": P95_LIMIT_MS,
@@ -844,9 +687,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "peers": peers,
         "service_env": service_env,
     }
-    details = {"engines": engines, "profile": profile}
-    return publish(report(details, args.quick, settings, machine_info(load_before)), args.out)
+    return report({"engines": engines, "profile": profile}, args.quick, settings)
 
+
+OPTIONS: list[Option] = [
+    ("--engine", {"choices": tuple(ENGINES), "help": "measure only this engine"}),
+    ("--callers", {"type": int, "nargs": "*", "default": [], "help": "overhead: more numbers of callers"}),
+    ("--http-capacity", {"action": "store_true", "help": "capacity over HTTP v1 too (+~1.5 min)"}),
+    (
+        "--peer-url",
+        {"action": "append", "default": [], "metavar": "[LABEL=]URL", "help": "a Vosk-protocol peer"},
+    ),
+    SERVICE_ENV,
+    ("--py-spy", {"help": "py-spy executable for the profile (default: py-spy on the PATH)"}),
+    ("--no-profile", {"action": "store_true", "help": "skip the profile"}),
+]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main("service", __doc__, OPTIONS, run))

@@ -14,7 +14,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,14 +37,18 @@ __all__ = [
     "ROOT",
     "DecoderServer",
     "RedisServer",
+    "RssSampler",
     "ServiceProcess",
     "decoder_command",
     "decoder_env",
     "free_port",
     "http_ready",
+    "listening_pid",
     "process_tree",
+    "scrape_metrics",
     "start_decoder",
     "start_redis",
+    "status_mib",
     "stop_group",
     "tree_rss_mib",
 ]
@@ -213,14 +219,18 @@ class DecoderServer(ServiceProcess):
 
     def metrics(self, prefix: str = "decoder_") -> dict[str, float]:
         """Every sample of /metrics whose name starts with ``prefix`` (name with labels → value)."""
-        text = requests.get(f"{self.url}/metrics", timeout=10).text
-        samples: dict[str, float] = {}
-        for line in text.splitlines():
-            if line.startswith(prefix) and " " in line:
-                name, value = line.rsplit(" ", 1)
-                with contextlib.suppress(ValueError):
-                    samples[name] = float(value)
-        return samples
+        return scrape_metrics(f"{self.url}/metrics", prefix)
+
+
+def scrape_metrics(url: str, prefix: str) -> dict[str, float]:
+    """The Prometheus samples at ``url`` whose name starts with ``prefix`` (name with labels → value)."""
+    samples: dict[str, float] = {}
+    for line in requests.get(url, timeout=10).text.splitlines():
+        if line.startswith(prefix) and " " in line:
+            name, value = line.rsplit(" ", 1)
+            with contextlib.suppress(ValueError):
+                samples[name] = float(value)
+    return samples
 
 
 def decoder_env(settings: Mapping[str, str], env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -294,6 +304,47 @@ def tree_rss_mib(pid: int) -> float:
     return total / 1024
 
 
+def listening_pid(url: str) -> int | None:
+    """The local process listening on ``url``'s port , or None when not found here."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.hostname not in ("127.0.0.1", "localhost", "::1", "0.0.0.0") or parsed.port is None:
+        return None
+    inodes = set()
+    for table_path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table_path).read_text(encoding="ascii").splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == parsed.port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) in inodes for fd in fd_dir.iterdir()):
+                return int(fd_dir.parent.name)
+    return None
+
+
+class RssSampler:
+    """The peak of ``tree_rss_mib(pid)`` sampled every ``interval_s`` on a background thread."""
+
+    def __init__(self, pid: int | None, interval_s: float = 0.25) -> None:
+        self.pid, self.interval_s = pid, interval_s
+        self.peak_mib = tree_rss_mib(pid) if pid else 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while self.pid and not self._stop.wait(self.interval_s):
+            self.peak_mib = max(self.peak_mib, tree_rss_mib(self.pid))
+
+
 def _children(pid: int) -> list[int]:
     try:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text(encoding="ascii").split()]
@@ -308,6 +359,11 @@ def _process_cpu_s(pid: int) -> float:
         return 0.0
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14, 15 of stat)
+
+
+def status_mib(pid: int, name: str) -> float:
+    """A memory field of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``) in MiB."""
+    return _status_kib(pid, name) / 1024
 
 
 def _status_kib(pid: int, name: str) -> int:

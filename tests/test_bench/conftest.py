@@ -1,10 +1,10 @@
 """One quick run of every benchmark, shared by the smoke tests of this package.
 
-``quick_results`` runs ``python -m bench --quick`` once per test session into a temporary directory,
-in two groups at once (the Kafka path and recovery mostly wait on their processes and on real-time
-audio while the others compute): the Kafka path against the suite's broker, the service beside a
-fake peer that speaks the Vosk WebSocket protocol the way vosk-server does (control messages
-compared as exact strings). The tests read what the run wrote.
+``quick_results`` runs every benchmark at ``--quick`` size once per test session into a temporary
+directory, in lanes that run at once (most benchmarks wait on their processes or on real-time audio
+for much of their run), then the plot and the summary: the Kafka path against the suite's broker,
+the service beside a fake peer that speaks the Vosk WebSocket protocol the way vosk-server does
+(control messages compared as exact strings). The tests read what the run wrote.
 """
 
 from __future__ import annotations
@@ -15,16 +15,22 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
+from bench import plot, summary
 from devtools.clients import EOF
 from devtools.processes import ROOT, free_port, stop_group
 
 QUICK_TIMEOUT_S = 300
+
+
+# Benchmarks one after the other in each lane; accuracy reads the engines.json of the same run.
+LANES = (("engines", "accuracy", "churn"), ("memory",), ("kafka_path",), ("recovery", "service"))
 
 
 def run(*argv: str, out: Path) -> subprocess.Popen[str]:
@@ -68,21 +74,35 @@ def fake_peer() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def quick_results(
-    tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str, fake_peer: str
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, fake_peer: str
 ) -> tuple[Path, str]:
-    """(results directory, the run's output) of every benchmark at ``--quick`` size."""
+    """(results directory, the run's output) of every benchmark at ``--quick`` size; the lane of the
+    Kafka path starts once the suite's broker is up, the others while it starts."""
     out = tmp_path_factory.mktemp("bench-quick")
-    computing = run(
-        "-m", "bench", *(f"--only={n}" for n in ("engines", "churn", "memory", "accuracy")), out=out
-    )
-    try:
-        output = finish(run("-m", "bench.kafka_path", "--bootstrap", kafka_bootstrap, out=out))
-        output += finish(run("-m", "bench.recovery", out=out))
-        output += finish(run("-m", "bench.service", "--peer-url", f"fake-peer={fake_peer}", out=out))
-        output += finish(computing)
-    finally:  # when another run failed first: the whole group, with the benchmark it runs
-        stop_group(computing, timeout_s=30)
-    return out, output + finish(run("-m", "bench", "--only=plot", "--only=summary", out=out))
+    options = {"service": ["--peer-url", f"fake-peer={fake_peer}"]}
+    started: list[subprocess.Popen[str]] = []
+    stopping = threading.Event()
+
+    def lane(names: tuple[str, ...]) -> str:
+        output = ""
+        for name in names:
+            if not stopping.is_set():
+                started.append(run("-m", f"bench.{name}", *options.get(name, []), out=out))
+                output += finish(started[-1])
+        return output
+
+    with ThreadPoolExecutor(len(LANES)) as lanes:
+        try:
+            running = [lanes.submit(lane, names) for names in LANES if "kafka_path" not in names]
+            options["kafka_path"] = ["--bootstrap", request.getfixturevalue("kafka_bootstrap")]
+            running += [lanes.submit(lane, names) for names in LANES if "kafka_path" in names]
+            output = "".join(f.result() for f in as_completed(running))
+        finally:  # when a run failed first: the whole group of every other, with the decoders it runs
+            stopping.set()
+            for process in started:
+                stop_group(process, timeout_s=30)
+    assert plot.main(["--out", str(out)]) == 0 and summary.main(["--out", str(out)]) == 0
+    return out, output
 
 
 def load(out: Path, benchmark: str) -> dict[str, Any]:

@@ -38,7 +38,7 @@ def by_name(result: dict[str, Any]) -> dict[str, Figure]:
 def test_engines(quick_results: tuple[Path, str]) -> None:
     result = check_result(quick_results[0], "engines")
     engines = result["details"]["engines"]
-    assert set(engines) == {"whisper", "vosk"}
+    assert set(engines) == {"whisper"}  # quick: the engine with a WER on data/
     for name, measured in engines.items():
         assert measured["rss_after_load_mib"] > measured["rss_before_load_mib"] > 0
         for key in ("partials_on", "partials_off"):
@@ -49,8 +49,7 @@ def test_engines(quick_results: tuple[Path, str]) -> None:
             measured["partials_off"]["rtf"],
         )
     assert 0 <= engines["whisper"]["partials_on"]["wer"]["overall"] < 0.5
-    assert engines["vosk"]["partials_on"]["wer"] is None
-    assert "WER would be meaningless" in (quick_results[0] / "engines.md").read_text(encoding="utf-8")
+    assert "## Word error rate, whisper" in (quick_results[0] / "engines.md").read_text(encoding="utf-8")
 
 
 def test_service_beside_the_bare_engine_and_a_peer(quick_results: tuple[Path, str]) -> None:
@@ -77,27 +76,27 @@ def test_service_beside_the_bare_engine_and_a_peer(quick_results: tuple[Path, st
 def test_churn(quick_results: tuple[Path, str]) -> None:
     result = check_result(quick_results[0], "churn")
     runs = result["details"]["runs"]
-    kinds = {(r["protocol"], r["pool"], r["kind"]) for r in runs}
-    assert kinds == {(p, pool, "short") for p in ("ws", "http") for pool in (True, False)} | {
-        (p, True, "long") for p in ("ws", "http")
-    }
+    kinds = {(r["protocol"], r["pool"], r["kind"]) for r in runs}  # quick: Vosk over the WebSocket
+    assert kinds == {("ws", True, "short"), ("ws", True, "long"), ("ws", False, "short")}
     for run in runs:
         assert run["errors"] == 0 and run["server_cpu_s"] > 0
         assert run["audio_s_per_cpu_s"] == pytest.approx(run["audio_s"] / run["server_cpu_s"])
         assert (run["pool_stats"]["acquired_hit"] > 0) is run["pool"]
     throughput = [f for f in result["figures"] if f["name"].startswith("audio s per CPU s")]
-    assert len(throughput) == 4 and all(f["target"] == "ratio >= 0.8" for f in throughput)
+    assert len(throughput) == 2 and all(f["target"] == "ratio >= 0.8" for f in throughput)
+    first = by_name(result)["first-chunk p95 (ms) of a new session, pool on, vosk, ws"]
+    assert first["baseline"] == next(r for r in runs if not r["pool"])["first_chunk"]["p95_ms"]
 
 
 def test_memory(quick_results: tuple[Path, str]) -> None:
     result = check_result(quick_results[0], "memory")
     servers, bare = result["details"]["servers"], result["details"]["bare"]
-    assert [(s["engine"], s["pool"]) for s in servers] == [("vosk", True), ("vosk", False)]
+    assert [(s["engine"], s["pool"]) for s in servers] == [("vosk", True)]  # quick: Vosk, pool on
     for server in servers:
         assert server["idle_ratio"] == pytest.approx(server["rss_idle_after_mib"] / server["rss_idle_mib"])
         assert server["churn_curve"][-1] == [server["churn_sessions"], server["rss_after_churn_mib"]]
-    assert [b["variant"] for b in bare] == ["default", "max-active=1000"]
-    assert bare[0]["rss_per_recognizer_mib"] > 0 and bare[1]["conf"] == {"max-active": "1000"}
+    assert [b["variant"] for b in bare] == ["default"]
+    assert bare[0]["rss_per_recognizer_mib"] > 0 and len(bare[0]["transcripts"]) == 1
     live = by_name(result)["RSS per live session, vosk, pool on"]
     assert live["baseline"] == bare[0]["rss_per_recognizer_mib"]
 
