@@ -91,7 +91,7 @@ class HttpSession:
     ) -> None:
         parsed = urllib.parse.urlsplit(base_url)
         self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 80
-        self.options = dict(options or {"sample_rate": RATE_HZ, "words": True})
+        self.options = dict(options) if options is not None else {"sample_rate": RATE_HZ, "words": True}
         self.headers = dict(headers or {})
         self.timeout_s, self.delete = timeout_s, delete
         self.session_id, self.token, self.seq = "", "", 0

@@ -10,16 +10,15 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
-import requests
 from confluent_kafka import Consumer, Message, Producer
 
 from contract.events import is_call_ended
 from decoder_api.delivery.partitioner import key_partition
 from devtools import devstack
+from devtools.clients import HttpSession
 from devtools.processes import DecoderServer, free_port
 
 T = TypeVar("T")
@@ -155,50 +154,26 @@ def metric(server: DecoderServer, name: str) -> float | None:
     return server.metric(name)
 
 
-@dataclass
-class Call:
-    """One call streamed over the native HTTP API; ``finals`` as the HTTP replies gave them."""
+class Call(HttpSession):
+    """One call over the native HTTP API (``devtools.clients.HttpSession``) with the server's
+    default options unless ``open`` is given some; ``finals`` as the HTTP replies gave them."""
 
-    base: str
-    session_id: str = ""
-    token: str = ""
-    finals: list[dict[str, Any]] = field(default_factory=list)
-    http: requests.Session = field(default_factory=requests.Session, repr=False)
+    def __init__(self, base: str) -> None:
+        super().__init__(base, options={})
 
-    def open(self, **options: Any) -> Call:
-        response = self.http.post(f"{self.base}/v1/sessions", json=options, timeout=30)
-        assert response.status_code == 201, response.text
-        self.session_id, self.token = response.json()["session_id"], response.json()["token"]
-        return self
+    def open(self, **options: Any) -> Self:
+        self.options = dict(options)
+        return super().open()
 
-    def send(self, pcm: bytes, chunk_bytes: int) -> None:
+    def send_audio(self, pcm: bytes, chunk_bytes: int) -> None:
+        """Send ``pcm`` in chunks of ``chunk_bytes``, numbered."""
         for start in range(0, len(pcm), chunk_bytes):
-            response = self.http.post(
-                f"{self.base}/v1/sessions/{self.session_id}/audio",
-                data=pcm[start : start + chunk_bytes],
-                headers={"Content-Type": "application/octet-stream", "X-Session-Token": self.token},
-                timeout=60,
-            )
-            assert response.status_code == 200, response.text
-            self.finals += response.json()["finals"]
-
-    def end(self) -> None:
-        response = self.http.post(
-            f"{self.base}/v1/sessions/{self.session_id}/end",
-            headers={"X-Session-Token": self.token},
-            timeout=60,
-        )
-        assert response.status_code == 200, response.text
-        self.finals += response.json()["finals"]
-
-    @property
-    def texts(self) -> list[str]:
-        return [f["text"] for f in self.finals if f["text"].strip()]
+            self.send(pcm[start : start + chunk_bytes])
 
 
 def stream_call(base: str, pcm: bytes, chunk_bytes: int, **options: Any) -> Call:
     call = Call(base).open(**options)
-    call.send(pcm, chunk_bytes)
+    call.send_audio(pcm, chunk_bytes)
     call.end()
     return call
 

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
+from contract.events import is_call_ended
 from decoder_api.delivery.outbox import SqliteOutbox
 from devtools import devstack
 from devtools.processes import ROOT, DecoderServer, free_port
@@ -200,7 +201,7 @@ def test_two_concurrent_calls_interleave_across_partitions_and_each_stays_ordere
         second.end()
         second = Call(server.url).open()
     threads = [
-        threading.Thread(target=lambda c=c: (c.send(korean_call.pcm, CHUNK_BYTES), c.end()))
+        threading.Thread(target=lambda c=c: (c.send_audio(korean_call.pcm, CHUNK_BYTES), c.end()))
         for c in (first, second)
     ]
     for thread in threads:
@@ -238,9 +239,9 @@ def test_a_broker_paused_mid_call_delays_finals_but_loses_none(
     server = start(broker.bootstrap, topic)
     half = len(korean_call.pcm) // 2 // 2 * 2
     call = Call(server.url).open()
-    call.send(korean_call.pcm[:half], CHUNK_BYTES)
+    call.send_audio(korean_call.pcm[:half], CHUNK_BYTES)
     broker.pause()  # the outage lasts until the decoder has noticed it with finals journaled
-    call.send(korean_call.pcm[half:], CHUNK_BYTES)
+    call.send_audio(korean_call.pcm[half:], CHUNK_BYTES)
     call.end()
     wait_for(
         lambda: readyz(server)[1].get("checks", {}).get("kafka") == "unreachable", 20, "kafka unreachable"
@@ -267,7 +268,8 @@ def test_a_broker_down_at_start_up_gets_every_final_once_it_starts(
     server = start(f"127.0.0.1:{ports.plaintext}", topic, kafka_unready_after_s="600")
     call = stream_call(server.url, korean_call.pcm, CHUNK_BYTES)
     checks = readyz(server)[1]["checks"]
-    assert (checks["kafka"], checks["outbox_pending"]) == ("unreachable", len(expected(call)))
+    # its finals and the call.ended event that follows them
+    assert (checks["kafka"], checks["outbox_pending"]) == ("unreachable", len(expected(call)) + 1)
     broker = start_broker(tmp_path, ports)  # the address the decoder was given
     brokers.append(broker)
     devstack.create_topics(broker.bootstrap, [topic], PARTITIONS)
@@ -328,10 +330,12 @@ def test_bad_settings_give_not_ready_and_keep_every_final(
     first_turn_ms = korean_call.spans_ms[1][0]
     call = stream_call(server.url, korean_call.pcm[: first_turn_ms * RATE_HZ // 1000 * 2], CHUNK_BYTES)
     assert len(expected(call)) >= 1
-    assert readyz(server)[1]["checks"]["outbox_pending"] == len(expected(call))
+    assert readyz(server)[1]["checks"]["outbox_pending"] == len(expected(call)) + 1  # and call.ended
     assert server.stop(signal.SIGTERM) == 0  # a clean shutdown; the finals stay journaled
     outbox = SqliteOutbox.open(tmp_path / "outbox")
-    journaled = [json.loads(e.record.value)["text"] for e in outbox.read(None, 100)]
+    records = [e.record.value for e in outbox.read(None, 100)]
+    journaled = [json.loads(value)["text"] for value in records if not is_call_ended(value)]
+    assert len(journaled) == len(records) - 1
     assert journaled == [t for _, t in expected(call)]
     outbox.close()
 

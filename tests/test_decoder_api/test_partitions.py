@@ -113,7 +113,7 @@ def in_parallel(*actions: Callable[[], object]) -> None:
 
 
 def finish(call: Call, pcm: bytes) -> None:
-    call.send(pcm, CHUNK_BYTES)
+    call.send_audio(pcm, CHUNK_BYTES)
     call.end()
 
 
@@ -171,10 +171,19 @@ def test_calls_keep_their_partition_when_partitions_are_added_mid_call(
     partitions_seen(server, BEFORE)
     calls = [open_call(server.url, moves) for _ in range(MOVING_CALLS)]  # each would move unpinned
     cut = pcm_until(korean_call, 2)
-    in_parallel(*(lambda c=c: c.send(korean_call.pcm[:cut], CHUNK_BYTES) for c in calls))
+    in_parallel(*(lambda c=c: c.send_audio(korean_call.pcm[:cut], CHUNK_BYTES) for c in calls))
     assert all(expected(call) for call in calls)  # every call has finals before the topic grows
     produced = sum(len(expected(call)) for call in calls)
-    wait_for(lambda: metric(server, "decoder_kafka_produced_total") == produced, 30, "first finals delivered")
+    # Delivered: nothing left in the outbox, and at least these finals produced (the sessions
+    # open_call ended unused each add a call.ended event).
+    wait_for(
+        lambda: (
+            metric(server, "decoder_kafka_queued") == 0
+            and (metric(server, "decoder_kafka_produced_total") or 0) >= produced
+        ),
+        30,
+        "first finals delivered",
+    )
     add_partitions(kafka_bootstrap, topic, AFTER)
     partitions_seen(server, AFTER)  # the producer's key partitioner now spreads keys over 6
     late = open_call(server.url, lambda sid: murmur2_partition(sid.encode(), AFTER) >= BEFORE)

@@ -84,14 +84,14 @@ def test_a_call_streamed_while_the_broker_is_killed_and_restarted_gets_every_fin
     try:
         call = Call(server.url).open()
         third = len(korean_call.pcm) // 3 // 2 * 2
-        call.send(korean_call.pcm[:third], CHUNK_BYTES)
+        call.send_audio(korean_call.pcm[:third], CHUNK_BYTES)
         os.kill(int((state / "kafka.pid").read_text()), signal.SIGKILL)
         wait_for(lambda: run_devstack(state, "status").returncode == 1, 30, "the broker to be gone")
-        call.send(korean_call.pcm[third : 2 * third], CHUNK_BYTES)  # decoding never waits for Kafka
+        call.send_audio(korean_call.pcm[third : 2 * third], CHUNK_BYTES)  # decoding never waits for Kafka
         up = run_devstack(state, "up")
         assert up.returncode == 0, up.stderr
         assert dict(line.split("=", 1) for line in up.stdout.splitlines()) == env  # the same address
-        call.send(korean_call.pcm[2 * third :], CHUNK_BYTES)
+        call.send_audio(korean_call.pcm[2 * third :], CHUNK_BYTES)
         call.end()
         wanted = [(f["utterance"], f["text"]) for f in call.finals if f["text"].strip()]
         assert len(wanted) >= 3

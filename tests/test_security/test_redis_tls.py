@@ -51,7 +51,7 @@ def test_registry_and_outbox_work_over_tls(
     try:
         assert readyz(server)[1]["checks"]["registry"] == "ok"
         call = Call(server.url).open()
-        call.send(korean_call.pcm, CHUNK_BYTES)
+        call.send_audio(korean_call.pcm, CHUNK_BYTES)
         record = client.hgetall(f"{PREFIX}session:{call.session_id}")
         assert record[b"owner"]
         assert record[b"token_hash"] and call.token.encode() not in record.values()  # stored hashed
