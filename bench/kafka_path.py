@@ -34,7 +34,7 @@ from contract.events import TranscriptEvent, rfc3339_utc
 from contract.kafka import KafkaClientSettings
 from decoder_api.delivery.publisher import KafkaConfig
 from devtools import devstack
-from devtools.evaluation import load_manifest
+from devtools.evaluation import ManifestEntry, load_manifest
 from devtools.processes import ServiceProcess, scrape_metrics
 
 logger = logging.getLogger(__name__)
@@ -58,21 +58,12 @@ FULL = Size(rates=(20.0, 100.0), duration_s=20.0, backlog=320, drain_timeout_s=6
 QUICK = Size(rates=(20.0,), duration_s=1.0, backlog=40, drain_timeout_s=30.0)
 
 
-@dataclass(frozen=True, slots=True)
-class Turn:
-    text: str
-    start_ms: int
-    end_ms: int
-
-
-def sample_calls() -> list[list[Turn]]:
+def sample_calls() -> list[list[ManifestEntry]]:
     """The turns of every sample call of ``data/`` (its per-turn rows of ``manifest.tsv``)."""
-    calls: dict[str, list[Turn]] = {}
+    calls: dict[str, list[ManifestEntry]] = {}
     for entry in load_manifest(MANIFEST):
         if entry.turn is not None and entry.path.stem.startswith("call"):
-            start_ms = round(entry.start_s * 1000)
-            turn = Turn(entry.transcript, start_ms, start_ms + round(entry.seconds * 1000))
-            calls.setdefault(entry.path.stem, []).append(turn)
+            calls.setdefault(entry.path.stem, []).append(entry)
     if not calls:
         raise RuntimeError(f"{MANIFEST} has no call turns")
     return list(calls.values())
@@ -81,11 +72,11 @@ def sample_calls() -> list[list[Turn]]:
 class CallMix:
     """Finals of ``concurrent`` interleaved calls; a call that has said all its turns is replaced."""
 
-    def __init__(self, calls: list[list[Turn]], rate_per_s: float, prefix: str) -> None:
+    def __init__(self, calls: list[list[ManifestEntry]], rate_per_s: float, prefix: str) -> None:
         self._calls, self._prefix, self._started, self._next = calls, prefix, 0, 0
         self._open = [self._new_call() for _ in range(max(1, math.ceil(rate_per_s * FINAL_EVERY_S)))]
 
-    def _new_call(self) -> tuple[str, Iterator[tuple[int, Turn]]]:
+    def _new_call(self) -> tuple[str, Iterator[tuple[int, ManifestEntry]]]:
         script = self._calls[self._started % len(self._calls)]
         self._started += 1
         return f"{self._prefix}{secrets.token_urlsafe(12)}", iter(enumerate(script))
@@ -100,13 +91,14 @@ class CallMix:
             session_id, turns = self._open[slot]
             step = next(turns)
         utterance, turn = step
+        start_ms = round(turn.start_s * 1000)
         return TranscriptEvent(
             session_id=session_id,
             user_id=f"caller-{session_id[-6:]}",
             utterance=utterance,
-            text=turn.text,
-            start_ms=turn.start_ms,
-            end_ms=turn.end_ms,
+            text=turn.transcript,
+            start_ms=start_ms,
+            end_ms=start_ms + round(turn.seconds * 1000),
             engine="whisper",
             model="tiny.en",
             language="en",
@@ -287,7 +279,7 @@ def bare_throughput(model: Path, documents: Mapping[str, dict[str, Any]], batche
 
 
 def paced_run(
-    sender: Sender, reader: Reader, rate_per_s: float, size: Size, calls: list[list[Turn]]
+    sender: Sender, reader: Reader, rate_per_s: float, size: Size, calls: list[list[ManifestEntry]]
 ) -> dict[str, Any]:
     """Finals at ``rate_per_s`` for the run's duration: produce → enriched, and the broker hop alone."""
     logger.info("producing rate_per_s=%g duration_s=%g", rate_per_s, size.duration_s)
