@@ -308,27 +308,16 @@ def figures_of(servers: Sequence[Mapping[str, Any]], bare: Sequence[Mapping[str,
     figures: list[Figure] = []
     for s in servers:
         where, n = f"{s['engine']}, pool {'on' if s['pool'] else 'off'}", s["churn_sessions"]
-        idle, idle_met = s["rss_idle_after_mib"], s["idle_ratio"] <= RETURN_TARGET
-        figures.append(
-            figure(
-                f"RSS after {n} sessions, idle recognizers freed, {where}",
-                "MiB",
-                idle,
-                s["rss_idle_mib"],
-                "idle baseline (warm, before the churn)",
-                target=target,
-                met=idle_met,
-            )
-        )
+        name, idle = f"RSS after {n} sessions, idle recognizers freed, {where}", s["rss_idle_after_mib"]
+        met = s["idle_ratio"] <= RETURN_TARGET
+        baseline = "idle baseline (warm, before the churn)"
+        figures.append(figure(name, "MiB", idle, s["rss_idle_mib"], baseline, "lower", target, met))
         name = f"RSS after {n} sessions, pool holding its recognizers, {where}"
         figures.append(figure(name, "MiB", s["rss_after_churn_mib"], s["rss_warm_mib"], "warm baseline"))
         second, met = s["rss_second_half_mib"], s["second_half_ratio"] <= RETURN_TARGET
         name, baseline = f"RSS in the 2nd half of {n} sessions, {where}", "1st half (mean of checkpoints)"
-        figures.append(
-            figure(
-                name, "MiB", second, s["rss_first_half_mib"], baseline, target=f"{target} (no leak)", met=met
-            )
-        )
+        first, no_leak = s["rss_first_half_mib"], f"{target} (no leak)"
+        figures.append(figure(name, "MiB", second, first, baseline, "lower", no_leak, met))
         if s["engine"] == "vosk" and per_recognizer:
             live, baseline = s["rss_per_live_session_mib"], "bare engine, RSS per recognizer"
             figures.append(figure(f"RSS per live session, {where}", "MiB", live, per_recognizer, baseline))
