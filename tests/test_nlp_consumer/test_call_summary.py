@@ -8,14 +8,18 @@ import signal
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from contract.events import CallEndedEvent, CallSummaryEvent, TranscriptEvent, rfc3339_utc
+from devtools.clients import HttpSession
+from devtools.processes import start_decoder
 from nlp_consumer.calls import OpenCalls
 from nlp_consumer.summary import CallSummarizer, CallTurns, HeardTurn, SentenceEmbedder, load_embedder
+from tests.conftest import RATE_HZ, StereoCall
 from tests.kafka import PARTITIONS, TopicFactory, wait_for
 from tests.test_nlp_consumer.conftest import ConsumerRunner, Turn, produce
 
@@ -282,3 +286,58 @@ def test_one_summary_per_call_though_the_consumer_is_killed_mid_call_and_before_
 
     [caller] = CallSummaryEvent.from_json(by_id[f"{mono[0].session_id}:summary"].value() or b"").speakers
     assert (caller.speaker, caller.turns) == ("caller", len(mono))
+
+
+def test_a_stereo_call_streamed_through_the_decoder_is_summarised_with_its_talk_times(
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    topic_factory: TopicFactory,
+    consumer_runner: ConsumerRunner,
+    stereo_call: StereoCall,
+) -> None:
+    """The whole pipeline: an unseen two-speaker call streamed over HTTP to the whisper decoder,
+    its finals and call.ended through Kafka, the consumer's summary: each speaker's talk time
+    within 10 % of what was spoken, their turns, and sentences of the call."""
+    source, enriched, dlq, summaries = (topic_factory(p) for p in ("in", "enriched", "dlq", "summary"))
+    tag = uuid.uuid4().hex[:6]
+    decoder = start_decoder(
+        tmp_path,
+        {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "KAFKA_TOPIC": source},
+        engine="whisper",
+        model="tiny.en",
+        outbox_dir=str(tmp_path / "outbox"),
+    )
+    try:
+        consumer_runner(source, enriched, dlq, f"nlp-{tag}", NLP_SUMMARY_TOPIC=summaries).wait_assigned()
+        call = HttpSession(decoder.url, {"sample_rate": RATE_HZ, "channels": 2}).open()
+        chunk = RATE_HZ * 4 // 5  # 200 ms of stereo frames
+        for start in range(0, len(stereo_call.pcm), chunk):
+            call.send(stereo_call.pcm[start : start + chunk])
+        call.end()
+        call.close()
+    finally:
+        decoder.stop()
+    found = wait_for(
+        lambda: read_all(kafka_bootstrap, summaries, "read_committed"), 180, "the call's summary"
+    )
+    assert len(found) == 1
+    summary = json.loads(found[0].value() or b"")
+    assert summary["session_id"] == call.session_id
+    assert summary["finals"] == len([f for f in call.finals if f["text"].strip()])
+    truth: Counter[str] = Counter()
+    turns: Counter[str] = Counter()
+    for (channel, _), (start_ms, end_ms) in zip(stereo_call.turns, stereo_call.spans_ms, strict=True):
+        truth[("agent", "customer")[channel]] += end_ms - start_ms
+        turns[("agent", "customer")[channel]] += 1
+    by_speaker = {s["speaker"]: s for s in summary["speakers"]}
+    assert set(by_speaker) == {"agent", "customer"}
+    for speaker, spoken_ms in truth.items():
+        assert abs(by_speaker[speaker]["talk_ms"] - spoken_ms) <= 0.1 * spoken_ms, (
+            speaker,
+            by_speaker,
+            truth,
+        )
+        assert by_speaker[speaker]["turns"] >= turns[speaker]
+    said = " ".join(f["text"] for f in call.finals)
+    assert summary["summary"]["sentences"]
+    assert all(s["text"] in said for s in summary["summary"]["sentences"])
