@@ -9,14 +9,14 @@ and the others still run; the exit status is then 1.
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 
 from rich.console import Console
 
-from bench.results import DEFAULT_OUT, ROOT, parser
+from bench.results import DEFAULT_OUT, ROOT, Option, main
 
 # In order: the engine baseline first, the plot of everything last.
 BENCHMARKS = (
@@ -33,13 +33,7 @@ BENCHMARKS = (
 README = ROOT / "README.md"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    cli = parser("bench", __doc__)
-    cli.prog = "python -m bench"
-    cli.add_argument(
-        "--only", action="append", choices=BENCHMARKS, help="run only this benchmark (repeatable)"
-    )
-    args = cli.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     console = Console()
     failed: list[str] = []
     for name in [name for name in BENCHMARKS if not args.only or name in args.only]:
@@ -61,5 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+OPTIONS: list[Option] = [
+    ("--only", {"action": "append", "choices": BENCHMARKS, "help": "run only this benchmark (repeatable)"})
+]
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main("bench", __doc__, OPTIONS, run))

@@ -51,7 +51,6 @@ def engines_report(out: Path, quick: bool) -> tuple[dict[str, Any], str]:
 
 
 def wer_table(report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per engine: model, language, and per group the WER streaming and offline (None: not English)."""
     table = {}
     for name, measured in report["details"]["engines"].items():
         on, off = measured["partials_on"]["wer"], measured["partials_off"]["wer"]
@@ -68,7 +67,6 @@ def wer_table(report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 def percent_figure(
     name: str, rate: float | None, baseline: float | None, baseline_name: str, better: Better = "higher"
 ) -> Figure:
-    """A figure of two rates (0–1) shown as percentages."""
     value, base = (None if r is None else r * 100 for r in (rate, baseline))
     return figure(name, "%", value, base, baseline_name, better)
 
@@ -116,7 +114,6 @@ def held_out_scores(block: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def call_turns() -> list[tuple[str, str]]:
-    """(text, intended label) of every turn of the sample calls."""
     return [
         (e.transcript, e.sentiment)
         for e in load_manifest(MANIFEST)
@@ -207,7 +204,6 @@ def sentiment_figures(s: Mapping[str, Any]) -> list[Figure]:
 
 
 def notes(details: Mapping[str, Any]) -> list[str]:
-    """The run's own notes; the method is in ``bench/METHOD.md``."""
     s, lines = (
         details["sentiment"],
         [f"- WER from `{details['engines_json']}` (measured {details['engines_date']})."],

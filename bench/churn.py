@@ -61,7 +61,6 @@ def served(
 
 
 def pool_stats(server: DecoderServer) -> dict[str, float]:
-    """The pool gauges of ``/metrics``: recognizers idle / in use, acquisitions by outcome."""
     stats = {}
     for name, value in server.metrics("decoder_pool_").items():
         if name.startswith(("decoder_pool_recognizers{", "decoder_pool_acquired{")):

@@ -50,8 +50,6 @@ GROUPS = {
 
 @dataclass(frozen=True, slots=True)
 class Clip:
-    """One file of ``data/`` as 16 kHz PCM, with its reference transcript."""
-
     name: str
     group: str
     pcm: bytes
@@ -118,7 +116,6 @@ def measure_pass(engine: Engine, clips: list[Clip], partials: bool) -> dict[str,
 
 
 def wer_by_group(clips: list[Clip], hypotheses: list[str]) -> dict[str, float]:
-    """Corpus WER over all files, then over each group present."""
     wer = {"overall": word_error_rate([c.reference for c in clips], hypotheses, AUDIO_LANGUAGE)}
     for group in GROUPS:
         pairs = [(c.reference, h) for c, h in zip(clips, hypotheses, strict=True) if c.group == group]
@@ -128,7 +125,6 @@ def wer_by_group(clips: list[Clip], hypotheses: list[str]) -> dict[str, float]:
 
 
 def measure_engine(name: str, quick: bool) -> dict[str, Any]:
-    """Load one engine in this process and measure it; run in a fresh process for clean RSS figures."""
     settings = load_settings(os.environ, ENGINES[name])
     clips = load_clips(quick)
     load_before = os.getloadavg()[0]
@@ -207,7 +203,6 @@ def summary_rows(engines: Sequence[Mapping[str, Any]]) -> list[list[str]]:
 
 
 def report(engines: Mapping[str, Mapping[str, Any]], quick: bool) -> Result:
-    """The figures (streaming cost against the offline decode) and tables of the measured engines."""
     figures, notes = [], []
     tables = [table("Engines", ["", *engines], summary_rows(list(engines.values())))]
     for name, r in engines.items():

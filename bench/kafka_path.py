@@ -59,7 +59,6 @@ QUICK = Size(rates=(20.0,), duration_s=1.0, backlog=40, drain_timeout_s=30.0)
 
 
 def sample_calls() -> list[list[ManifestEntry]]:
-    """The turns of every sample call of ``data/`` (its per-turn rows of ``manifest.tsv``)."""
     calls: dict[str, list[ManifestEntry]] = {}
     for entry in load_manifest(MANIFEST):
         if entry.turn is not None and entry.path.stem.startswith("call"):
@@ -136,7 +135,6 @@ class Sender:
         return ids
 
     def close(self) -> None:
-        """Drop the producer (before the broker stops); what was sent stays readable."""
         self._producer = None
 
 
@@ -147,8 +145,6 @@ class Arrival:
 
 
 class Reader:
-    """A downstream consumer of the input and enriched topics, in a thread of its own."""
-
     def __init__(self, bootstrap: str, input_topic: str, output_topic: str) -> None:
         self.input_topic, self.output_topic = input_topic, output_topic
         self.arrivals: dict[str, dict[str, Arrival]] = {input_topic: {}, output_topic: {}}  # topic → id →
@@ -199,7 +195,6 @@ class Reader:
             return sum(1 for i in ids if i in self.arrivals[topic])
 
     def wait_for(self, topic: str, ids: Sequence[str], timeout_s: float) -> bool:
-        """True once every id arrived on ``topic``; False at the deadline."""
         deadline = time.monotonic() + timeout_s
         while self.count(topic, ids) < len(ids):
             if time.monotonic() > deadline:
@@ -217,7 +212,6 @@ class Reader:
 
 
 def consumer_metrics(port: int) -> dict[str, float]:
-    """The consumer's Prometheus samples (name with labels → value); empty when unreachable."""
     with contextlib.suppress(requests.RequestException):
         return scrape_metrics(f"http://127.0.0.1:{port}/metrics", "nlp_")
     return {}
@@ -306,7 +300,6 @@ def paced_run(
 
 
 def measure(size: Size, bootstrap: str | None, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Everything of one run: (settings, details)."""
     model, model_source = sentiment_model(os.environ)
     calls = sample_calls()
     with contextlib.ExitStack() as cleanup:  # stopped in reverse: consumer, sender, reader, broker
@@ -372,7 +365,6 @@ def measure(size: Size, bootstrap: str | None, workdir: Path) -> tuple[dict[str,
 
 
 def consumer_summary(samples: Mapping[str, float]) -> dict[str, float | None]:
-    """Where the consumer's time went, from its own histograms (whole run)."""
     batch_s, enrich_s = samples.get("nlp_batch_seconds_sum"), samples.get("nlp_enrich_seconds_sum")
     batches = samples.get("nlp_batch_seconds_count")
     found = {"batches": batches, "batch_seconds_sum": batch_s, "enrich_seconds_sum": enrich_s}

@@ -192,7 +192,6 @@ def settled_rss(server: DecoderServer) -> float:
 
 
 def idle_rss(server: DecoderServer, ttl_s: float) -> float:
-    """RSS once the pool's TTL freed every idle recognizer (the service holding none)."""
     deadline = time.monotonic() + IDLE_TIMEOUT_S
     time.sleep(ttl_s)
     while pool_stats(server).get("recognizers_idle", 0.0) > 0:

@@ -8,13 +8,16 @@ when they spread widely) and labelled with the measured numbers.
 
 from __future__ import annotations
 
+import argparse
+import functools
 import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.results import Figure, load_results, number, parser, start_logging
+import bench.results
+from bench.results import Figure, Option, load_results, number
 
 IMAGE = "bench.png"
 VALUE_COLOUR, BASELINE_COLOUR, MISSED_COLOUR = "#1f77b4", "#b0b0b0", "#d62728"
@@ -25,7 +28,6 @@ Panel = tuple[str, list[Figure]]
 
 
 def panels(results: Path) -> list[Panel]:
-    """(title, figures with a value) of every result file that has any."""
     found = []
     for res in load_results(results):
         figures = [f for f in res["figures"] if isinstance(f.get("value"), int | float)]
@@ -93,11 +95,7 @@ def draw_panel(axis: Any, title: str, figures: Sequence[Figure]) -> None:
     axis.legend(loc="lower right", fontsize=7)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    cli = parser("plot", __doc__)
-    cli.add_argument("--results", type=Path, help="where the *.json are (default: --out)")
-    args = cli.parse_args(argv)
-    start_logging()
+def run(args: argparse.Namespace) -> int:
     found = panels(args.results or args.out)
     if not found:
         print(f"error: no benchmark results in {args.results or args.out}", file=sys.stderr)
@@ -105,6 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     image = draw(found, args.out / IMAGE)
     print(f"wrote {image} ({len(found)} panels)")
     return 0
+
+
+OPTIONS: list[Option] = [("--results", {"type": Path, "help": "where the *.json are (default: --out)"})]
+main = functools.partial(bench.results.main, "plot", __doc__, OPTIONS, run)
 
 
 if __name__ == "__main__":

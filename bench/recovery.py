@@ -71,7 +71,6 @@ class SpokenCall:
 
 
 def speak_call(turns: Sequence[str], workdir: Path) -> SpokenCall:
-    """The turns spoken by espeak-ng's Korean voice, separated by pauses, as 16 kHz PCM."""
     pcm, spans = silence(0.3), []
     for text in turns:
         start = len(pcm) // 32
@@ -82,7 +81,6 @@ def speak_call(turns: Sequence[str], workdir: Path) -> SpokenCall:
 
 
 def uninterrupted(pcm: bytes) -> list[str]:
-    """The call's finals from one recognizer in this process, as the server would decode it unharmed."""
     engine = VoskEngine(resolve_model("vosk", "ko", None))
     try:
         recognizer = engine.create(RecognizerOptions(RATE_HZ, words=True))
@@ -137,7 +135,6 @@ class Route:
 
 
 def pump(source: socket.socket, sink: socket.socket) -> None:
-    """Copy bytes until either side closes, then close both."""
     try:
         while data := source.recv(65536):
             sink.sendall(data)

@@ -101,12 +101,10 @@ Column = tuple[str, Callable[[Any], str]]  # a header, and how an item's cell is
 
 
 def column_table(title: str, columns: Sequence[Column], items: Iterable[Any]) -> Table:
-    """A table of one row per item and one cell per column."""
     return table(title, [header for header, _ in columns], [[cell(i) for _, cell in columns] for i in items])
 
 
 def machine_info(load_before: float | None = None) -> dict[str, Any]:
-    """The CPU, cores, Python, libraries and date; the 1-minute load average before and after."""
     names = re.findall(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(encoding="utf-8"), re.M)
     load = os.getloadavg()[0]
     return {
@@ -168,24 +166,15 @@ def ratio_text(f: Figure) -> str:
     return "n/a" if f.get("ratio") is None else f"{f['ratio']:.2f}"
 
 
-def met_text(f: Figure) -> str:
-    met = f.get("met")
-    return "n/a" if met is None else ("yes" if met else "**no**")
+def figure_cells(f: Figure) -> list[str]:
+    """Name, value, baseline (with what it is) and ratio: the cells every table of figures starts with."""
+    baseline = f"{number(f['baseline'], f['unit'])} ({f['baseline_name']})"
+    return [f["name"], number(f["value"], f["unit"]), baseline, ratio_text(f)]
 
 
 def figure_rows(figures: Sequence[Figure]) -> list[list[str]]:
-    return [
-        [
-            f["name"],
-            number(f["value"], f["unit"]),
-            f"{number(f['baseline'], f['unit'])} ({f['baseline_name']})",
-            ratio_text(f),
-            f"{f['target']} ({'met' if f['met'] else 'missed' if f['met'] is False else 'n/a'})"
-            if f["target"]
-            else "",
-        ]
-        for f in figures
-    ]
+    met = {True: "met", False: "missed", None: "n/a"}
+    return [[*figure_cells(f), f"{f['target']} ({met[f['met']]})" if f["target"] else ""] for f in figures]
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -211,7 +200,6 @@ def machine_line(machine: Mapping[str, Any]) -> str:
 
 
 def method(benchmark: str, settings: Mapping[str, Any]) -> list[str]:
-    """The benchmark's section of ``METHOD.md``, ``$name`` replaced by its settings."""
     text = METHOD.read_text(encoding="utf-8") if METHOD.exists() else ""
     found = re.search(rf"^## {re.escape(benchmark)}\n(.*?)(?=^## |\Z)", text, re.MULTILINE | re.DOTALL)
     values = {k: f"{v:g}" if isinstance(v, float) else str(v) for k, v in settings.items()}
@@ -232,7 +220,6 @@ def render_markdown(res: Result) -> str:
 
 
 def write(res: Result, out: Path) -> list[Path]:
-    """``<benchmark>.json`` and ``<benchmark>.md`` in ``out`` (created when missing)."""
     out.mkdir(parents=True, exist_ok=True)
     as_json, as_markdown = out / f"{res['benchmark']}.json", out / f"{res['benchmark']}.md"
     as_json.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -257,8 +244,8 @@ def load_results(directory: Path) -> list[Result]:
 
 
 def parser(benchmark: str, doc: str) -> argparse.ArgumentParser:
-    """The command line every benchmark shares: ``--quick`` and ``--out``."""
-    cli = argparse.ArgumentParser(prog=f"python -m bench.{benchmark}", description=doc.split("\n\n")[0])
+    prog = "python -m bench" + ("" if benchmark == "bench" else f".{benchmark}")  # bench: every benchmark
+    cli = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
     cli.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
     cli.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory (bench/results)")
     return cli

@@ -128,8 +128,6 @@ class BareSession:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One way to reach the engine: its sessions, and the process whose memory it costs (None: unknown)."""
-
     session: Callable[[], Session]
     pid: int | None
     metrics: DecoderServer | None = None  # our service: its partial-lag histogram per capacity step
@@ -240,7 +238,6 @@ def partial_lag(before: Mapping[float, float], after: Mapping[float, float]) -> 
 def capacity(
     path: Target, speech: bytes, bound: float, sizes: Sizes, warm: Callable[[int], None]
 ) -> dict[str, Any]:
-    """The capacity search on one path (each step's partial lag from our service's own /metrics)."""
 
     def probe(callers: int) -> dict[str, Any]:
         warm(callers)
@@ -284,7 +281,6 @@ def warmer(path: Target, warmup: bytes, already: int) -> Callable[[int], None]:
 
 
 def allocator(pid: int) -> str:
-    """Which malloc the process ``pid`` uses, from its environment."""
     raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     environ = dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
     if "jemalloc" in environ.get("LD_PRELOAD", ""):
@@ -300,7 +296,6 @@ def measure_engine(
     peers: Mapping[str, str],
     service_env: Mapping[str, str],
 ) -> dict[str, Any]:
-    """Bare engine, service and peers side by side, on the same callers and audio; overhead interleaved."""
     cores = len(os.sched_getaffinity(0))
     counts = sorted({cores, *(cores * k for k in sizes.overhead_cores), *args.callers})
     overhead_s = sizes.overhead_audio_s
@@ -444,7 +439,6 @@ def summarise_profile(raw: str, seconds: float, settings: str) -> dict[str, Any]
 
 
 def profile_service(py_spy: str, log_dir: Path, service_env: Mapping[str, str]) -> dict[str, Any]:
-    """Vosk behind the service with a Redis registry, 4 real-time callers over HTTP, 4 over the WebSocket."""
     callers, raw, seconds = 4, log_dir / "profile.txt", PROFILE_S
     speech = whole_chunks(korean_speech(seconds + 5), seconds + 5)
     redis = start_redis(log_dir / "redis")

@@ -35,7 +35,6 @@ def silence(seconds: float) -> bytes:
 
 
 def loop_to(pcm: bytes, seconds: float) -> bytes:
-    """``pcm`` repeated and cut to ``seconds`` (whole samples)."""
     size = int(seconds * RATE_HZ) * 2
     return (pcm * (size // len(pcm) + 1))[:size]
 
@@ -46,7 +45,6 @@ def whole_chunks(pcm: bytes, seconds: float) -> bytes:
 
 
 def espeak_korean(text: str, workdir: Path, speed: int = 140) -> bytes:
-    """``text`` spoken by espeak-ng's Korean voice."""
     if shutil.which("espeak-ng") is None:
         raise RuntimeError("espeak-ng is missing: install the Debian package espeak-ng")
     wav = workdir / f"ko-{hashlib.sha1(text.encode()).hexdigest()[:12]}-{speed}.wav"
@@ -55,20 +53,17 @@ def espeak_korean(text: str, workdir: Path, speed: int = 140) -> bytes:
 
 
 def korean_speech(seconds: float) -> bytes:
-    """espeak-ng Korean sentences separated by pauses, looped to ``seconds``."""
     with tempfile.TemporaryDirectory(prefix="bench-speech-") as tmp:
         spoken = b"".join(espeak_korean(text, Path(tmp)) + silence(PAUSE_S) for text in KOREAN_SENTENCES)
     return loop_to(spoken, seconds)
 
 
 def english_speech(seconds: float, files: Sequence[str] = LIBRIVOX) -> bytes:
-    """Files of ``data/`` separated by pauses, looped to ``seconds``."""
     spoken = b"".join(decode_file(DATA / name, RATE_HZ).pcm + silence(PAUSE_S) for name in files)
     return loop_to(spoken, seconds)
 
 
 def speech_for(engine: str, seconds: float) -> bytes:
-    """Korean for Vosk, LibriVox English for Whisper."""
     return korean_speech(seconds) if engine == "vosk" else english_speech(seconds)
 
 

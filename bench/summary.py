@@ -9,20 +9,14 @@ README shows what the last full run measured and nothing else.
 
 from __future__ import annotations
 
+import argparse
+import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.results import (
-    Result,
-    load_results,
-    load_text,
-    markdown_table,
-    met_text,
-    number,
-    parser,
-    ratio_text,
-)
+import bench.results
+from bench.results import Option, Result, figure_cells, load_results, load_text, markdown_table
 
 SUMMARY = "summary.md"
 START, END = "<!-- bench:summary -->", "<!-- /bench:summary -->"
@@ -34,15 +28,13 @@ class SummaryError(Exception):
 
 
 def targeted_rows(results: Sequence[Result]) -> list[list[str]]:
+    met = {True: "yes", False: "**no**", None: "n/a"}
     return [
         [
             res["benchmark"] + (" (quick)" if res["quick"] else ""),
-            f["name"],
-            number(f["value"], f["unit"]),
-            f"{number(f['baseline'], f['unit'])} ({f['baseline_name']})",
-            ratio_text(f),
+            *figure_cells(f),
             f["target"],
-            met_text(f),
+            met[f["met"]],
         ]
         for res in results
         for f in res["figures"]
@@ -51,7 +43,6 @@ def targeted_rows(results: Sequence[Result]) -> list[list[str]]:
 
 
 def machine_line(res: Result) -> str:
-    """Where and when a result was measured, with the load average."""
     machine, quick = res["machine"], " (quick)" if res["quick"] else ""
     load = load_text(machine.get("load_average_1min"))
     date = str(machine.get("date", ""))[:16].replace("T", " ")
@@ -76,10 +67,7 @@ def replace_block(text: str, block: str) -> str:
     return text[: start + len(START)] + "\n" + block + "\n" + text[end:]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    cli = parser("summary", __doc__)
-    cli.add_argument("--readme", type=Path, help="also update this file's bench:summary block")
-    args = cli.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     try:
         block = render(args.out)
         (args.out / SUMMARY).write_text(f"# Benchmark summary\n\n{block}\n", encoding="utf-8")
@@ -90,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(block)
     return 0
+
+
+OPTIONS: list[Option] = [("--readme", {"type": Path, "help": "also update this file's bench:summary block"})]
+main = functools.partial(bench.results.main, "summary", __doc__, OPTIONS, run)
 
 
 if __name__ == "__main__":
