@@ -195,9 +195,7 @@ COLUMNS: list[Column] = [
 
 
 def run(args: argparse.Namespace) -> Result:
-    base = QUICK_SIZES if args.quick else DEFAULT_SIZES
-    streams, sessions = args.streams or base.streams, args.sessions or base.sessions
-    sizes = Sizes(streams, sessions, base.short_s, args.long_s or base.long_s)
+    sizes = QUICK_SIZES if args.quick else DEFAULT_SIZES
     engines = (
         {args.engine: PROTOCOLS[args.engine]} if args.engine else QUICK_PROTOCOLS if args.quick else PROTOCOLS
     )
@@ -212,12 +210,7 @@ def run(args: argparse.Namespace) -> Result:
     return result("churn", "Session churn", args.quick, settings, figures_of(runs), details, tables)
 
 
-OPTIONS: list[Option] = [
-    ("--engine", {"choices": tuple(PROTOCOLS), "help": "measure only this engine"}),
-    ("--streams", {"type": int, "help": f"parallel streams ({DEFAULT_SIZES.streams})"}),
-    ("--sessions", {"type": int, "help": f"short sessions per stream ({DEFAULT_SIZES.sessions})"}),
-    ("--long-s", {"type": float, "help": f"long session length ({DEFAULT_SIZES.long_s:g} s)"}),
-]
+OPTIONS: list[Option] = [("--engine", {"choices": tuple(PROTOCOLS), "help": "measure only this engine"})]
 
 if __name__ == "__main__":
     sys.exit(main("churn", __doc__, OPTIONS, run))

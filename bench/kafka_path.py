@@ -341,9 +341,9 @@ def measure(size: Size, bootstrap: str | None, workdir: Path) -> tuple[dict[str,
         "rates_per_s": list(size.rates),
         "duration_s": size.duration_s,
         "backlog_events": size.backlog,
-        "partitions": PARTITIONS,
-        "consumer_batch_size": 32,
-        "consumer_batch_ms": 500,
+    }
+    settings |= {"partitions": PARTITIONS, "consumer_batch_size": 32, "consumer_batch_ms": 500}
+    settings |= {
         "broker": "Apache Kafka (started here)" if bootstrap is None else bootstrap,
         "model": model.name,
     }
@@ -411,22 +411,15 @@ def notes(details: Mapping[str, Any]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> Result:
-    base = QUICK if args.quick else FULL
-    rates = tuple(args.rates or base.rates)
-    size = Size(rates, args.duration_s or base.duration_s, base.backlog, base.drain_timeout_s)
     with tempfile.TemporaryDirectory(prefix="bench-kafka-") as tmp:
-        settings, details = measure(size, args.bootstrap, Path(tmp))
+        settings, details = measure(QUICK if args.quick else FULL, args.bootstrap, Path(tmp))
     title = "Kafka path: final → enriched"
     return result(
         "kafka_path", title, args.quick, settings, figures_of(details), details, notes=notes(details)
     )
 
 
-OPTIONS: list[Option] = [
-    ("--bootstrap", {"help": "use this Kafka instead of starting a broker here"}),
-    ("--rates", {"type": float, "nargs": "+", "help": "finals per second (default 20 100)"}),
-    ("--duration-s", {"type": float, "help": "seconds of production per rate"}),
-]
+OPTIONS: list[Option] = [("--bootstrap", {"help": "use this Kafka instead of starting a broker here"})]
 
 if __name__ == "__main__":
     sys.exit(main("kafka_path", __doc__, OPTIONS, run))

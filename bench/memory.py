@@ -325,12 +325,6 @@ def figures_of(servers: Sequence[Mapping[str, Any]], bare: Sequence[Mapping[str,
 
 def run(args: argparse.Namespace) -> Result | int:
     sizes = QUICK_SIZES if args.quick else DEFAULT_SIZES
-    sizes = dataclasses.replace(
-        sizes,
-        churn=args.churn or sizes.churn,
-        recognizers=args.recognizers or sizes.recognizers,
-        bare_audio_s=args.bare_audio_s or sizes.bare_audio_s,
-    )
     if args.bare:
         print(json.dumps(measure_bare(args.bare, sizes.recognizers, sizes.bare_audio_s), ensure_ascii=False))
         return 0
@@ -348,16 +342,9 @@ def run(args: argparse.Namespace) -> Result | int:
             measure_server("whisper", True, sizes.whisper_churn, sizes.whisper_live, sizes, env, args.quick)
         )
     bare = []
-    for variant in () if args.no_bare else sizes.variants:
+    for variant in sizes.variants:  # each in a fresh process, the same sizes (``--quick`` passed on)
         logger.info("measuring bare engine variant=%s", variant)
-        argv = [
-            "--bare",
-            variant,
-            "--recognizers",
-            str(sizes.recognizers),
-            "--bare-audio-s",
-            str(sizes.bare_audio_s),
-        ]
+        argv = ["--bare", variant, *(["--quick"] if args.quick else [])]
         bare.append(run_json("bench.memory", *argv, env=BARE_VARIANTS[variant][1]))
     for other in bare[1:]:  # compared with the default variant
         other["agreement_wer"] = agreement(bare[0], other)
@@ -371,26 +358,16 @@ def run(args: argparse.Namespace) -> Result | int:
             [(b, default) for b in bare],
         ),
     ]
-    settings = {
-        "churn_audio_s": CHURN_AUDIO_S,
-        "live_audio_s": LIVE_AUDIO_S,
-        "bare_audio_s": sizes.bare_audio_s,
-        "idle_ttl_s": sizes.idle_ttl_s,
-        "return_target": RETURN_TARGET,
-        "curve_points": CURVE_POINTS,
-        "service_env": env or "none",
-    }
+    settings: dict[str, Any] = {"churn_audio_s": CHURN_AUDIO_S, "live_audio_s": LIVE_AUDIO_S}
+    settings |= {"bare_audio_s": sizes.bare_audio_s, "idle_ttl_s": sizes.idle_ttl_s}
+    settings |= {"return_target": RETURN_TARGET, "curve_points": CURVE_POINTS, "service_env": env or "none"}
     return result("memory", "Memory", args.quick, settings, figures_of(servers, bare), details, tables)
 
 
 OPTIONS: list[Option] = [
     ("--engine", {"choices": ("vosk", "whisper"), "help": "served decoder: only this engine"}),
     ("--bare", {"choices": tuple(BARE_VARIANTS), "help": "measure one bare variant here; print JSON"}),
-    ("--recognizers", {"type": int, "help": "bare engine: recognizers held at once"}),
-    ("--bare-audio-s", {"type": float, "help": "bare engine: seconds of speech per recognizer"}),
-    ("--churn", {"type": int, "help": f"served Vosk: sessions of churn ({DEFAULT_SIZES.churn})"}),
     SERVICE_ENV,
-    ("--no-bare", {"action": "store_true", "help": "skip the bare-engine variants"}),
 ]
 
 if __name__ == "__main__":

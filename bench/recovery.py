@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import logging
 import socket
 import statistics
@@ -25,7 +24,7 @@ from typing import Any
 
 import jiwer
 
-from bench.results import Figure, Option, Result, figure, main, result
+from bench.results import Figure, Result, figure, main, result
 from bench.speech import espeak_korean, silence
 from decoder_api.config import load_settings
 from decoder_api.engines.base import RecognizerOptions
@@ -358,9 +357,7 @@ def notes(details: Mapping[str, Any]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> Result:
-    base = QUICK if args.quick else FULL
-    ttl_s = args.heartbeat_ttl_s or base.heartbeat_ttl_s
-    size = dataclasses.replace(base, repetitions=args.repetitions or base.repetitions, heartbeat_ttl_s=ttl_s)
+    size = QUICK if args.quick else FULL
     with tempfile.TemporaryDirectory(prefix="bench-recovery-") as tmp:
         details = measure(size, Path(tmp))
     details["summary"] = summary(details["repetitions"])
@@ -371,10 +368,5 @@ def run(args: argparse.Namespace) -> Result:
     return result("recovery", title, args.quick, settings, figures, details, notes=notes(details))
 
 
-OPTIONS: list[Option] = [
-    ("--repetitions", {"type": int, "help": "owner kills (default 3)"}),
-    ("--heartbeat-ttl-s", {"type": float, "help": "registry heartbeat TTL (default: the service's)"}),
-]
-
 if __name__ == "__main__":
-    sys.exit(main("recovery", __doc__, OPTIONS, run))
+    sys.exit(main("recovery", __doc__, [], run))

@@ -297,7 +297,7 @@ def measure_engine(
     service_env: Mapping[str, str],
 ) -> dict[str, Any]:
     cores = len(os.sched_getaffinity(0))
-    counts = sorted({cores, *(cores * k for k in sizes.overhead_cores), *args.callers})
+    counts = sorted({cores, *(cores * k for k in sizes.overhead_cores)})
     overhead_s = sizes.overhead_audio_s
     speech = spec.speech(max(overhead_s, sizes.capacity_audio_s))
     warmup = whole_chunks(speech, sizes.warmup_audio_s)
@@ -506,14 +506,9 @@ def lag_cell(lag: Mapping[str, Any] | None) -> str:
     return f"{lag['published']}: {p50} / {p95}"
 
 
-CAPACITY_HEADER = [
-    "Path",
-    "Callers",
-    "Ratio to bound",
-    "Ratio to bare capacity",
-    "At that N: latency p50 / p95 (ms)",
-]
-CAPACITY_HEADER += ["First chunk p50 / max (ms)", "Peak RSS (MiB)"]
+CAPACITY_HEADER = ["Path", "Callers", "Ratio to bound", "Ratio to bare capacity"]
+CAPACITY_HEADER += ["At that N: latency p50 / p95 (ms)", "First chunk p50 / max (ms)", "Peak RSS (MiB)"]
+VERDICTS = {True: "pass", False: "fail", "latency": "", "keeping_up": " (no latency limit)"}
 # One row per step of a search: (path, step).
 STEP_COLUMNS: list[Column] = [
     ("Path", lambda r: label_of(r[0])),
@@ -525,13 +520,7 @@ STEP_COLUMNS: list[Column] = [
     ("Behind", lambda r: f"{r[1]['behind']} (max lag {r[1]['max_end_lag_s']:.2f} s)"),
     ("Errors", lambda r: str(r[1]["errors"])),
     ("Background partials: count, lag p50 / p95 (s)", lambda r: lag_cell(r[1].get("partial_lag"))),
-    (
-        "Verdict",
-        lambda r: (
-            ("pass" if r[1]["passed"] else "fail")
-            + (" (no latency limit)" if r[1]["search"] == "keeping_up" else "")
-        ),
-    ),
+    ("Verdict", lambda r: VERDICTS[r[1]["passed"]] + VERDICTS[r[1]["search"]]),
 ]
 
 
@@ -546,11 +535,11 @@ def engine_tables(res: Mapping[str, Any]) -> list[Any]:
             found["ratio_to_bare_engine"],
             found["peak_rss_mib"],
         )
+        more = "" if keeping_up is None else f" ({keeping_up} keep up with no latency limit)"
         rows.append(
             [
                 label_of(key),
-                str(found["callers"])
-                + ("" if keeping_up is None else f" ({keeping_up} keep up with no latency limit)"),
+                str(found["callers"]) + more,
                 verdict(found["ratio"], CAPACITY_TARGET),
                 "" if to_bare is None else f"{to_bare:.2f}",
                 f"{at['callers']}: {at['latency_p50_ms']:.0f} / {at['latency_p95_ms']:.0f}",
@@ -659,9 +648,9 @@ def report(details: Mapping[str, Any], quick: bool, settings: Mapping[str, Any])
 
 def run(args: argparse.Namespace) -> Result:
     peers, service_env = parse_peers(args.peer_url), env_items(args.service_env)
-    py_spy = None if args.no_profile or args.quick else (args.py_spy or shutil.which("py-spy"))
+    py_spy = None if args.no_profile or args.quick else shutil.which("py-spy")
     if py_spy is None and not (args.quick or args.no_profile):
-        logger.warning("py-spy not found: no profile (pip install py-spy, or --py-spy PATH)")
+        logger.warning("py-spy not found: no profile (pip install py-spy)")
     names = [args.engine] if args.engine else ["vosk"] if args.quick else list(ENGINES)
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
         engines = {}
@@ -670,28 +659,17 @@ def run(args: argparse.Namespace) -> Result:
             engine_peers = peers if name == "vosk" else {}
             engines[name] = measure_engine(ENGINES[name], sizes, Path(tmp), args, engine_peers, service_env)
         profile = profile_service(py_spy, Path(tmp), service_env) if py_spy else None
-    settings = {
-        "chunk_ms": CHUNK_MS,
-        "p95_limit_ms": P95_LIMIT_MS,
-        "behind_s": BEHIND_S,
-        "overhead_target": OVERHEAD_TARGET,
-        "capacity_target": CAPACITY_TARGET,
-        "peers": peers,
-        "service_env": service_env,
-    }
+    settings: dict[str, Any] = {"chunk_ms": CHUNK_MS, "p95_limit_ms": P95_LIMIT_MS, "behind_s": BEHIND_S}
+    settings |= {"overhead_target": OVERHEAD_TARGET, "capacity_target": CAPACITY_TARGET}
+    settings |= {"peers": peers, "service_env": service_env}
     return report({"engines": engines, "profile": profile}, args.quick, settings)
 
 
 OPTIONS: list[Option] = [
     ("--engine", {"choices": tuple(ENGINES), "help": "measure only this engine"}),
-    ("--callers", {"type": int, "nargs": "*", "default": [], "help": "overhead: more numbers of callers"}),
     ("--http-capacity", {"action": "store_true", "help": "capacity over HTTP v1 too (+~1.5 min)"}),
-    (
-        "--peer-url",
-        {"action": "append", "default": [], "metavar": "[LABEL=]URL", "help": "a Vosk-protocol peer"},
-    ),
+    ("--peer-url", {"action": "append", "default": [], "metavar": "[LABEL=]URL", "help": "a Vosk peer"}),
     SERVICE_ENV,
-    ("--py-spy", {"help": "py-spy executable for the profile (default: py-spy on the PATH)"}),
     ("--no-profile", {"action": "store_true", "help": "skip the profile"}),
 ]
 
