@@ -135,13 +135,12 @@ def result(
     details: Mapping[str, Any],
     tables: Sequence[Table] = (),
     notes: Sequence[str] = (),
-    machine: Mapping[str, Any] | None = None,
 ) -> Result:
     return Result(
         benchmark=benchmark,
         title=title,
         quick=quick,
-        machine=dict(machine or machine_info()),
+        machine=machine_info(),
         settings=dict(settings),
         figures=list(figures),
         tables=list(tables),

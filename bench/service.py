@@ -289,13 +289,9 @@ def allocator(pid: int) -> str:
 
 
 def measure_engine(
-    spec: EngineSpec,
-    sizes: Sizes,
-    log_dir: Path,
-    args: argparse.Namespace,
-    peers: Mapping[str, str],
-    service_env: Mapping[str, str],
+    spec: EngineSpec, sizes: Sizes, log_dir: Path, args: argparse.Namespace, peers: Mapping[str, str]
 ) -> dict[str, Any]:
+    service_env = env_items(args.service_env)
     cores = len(os.sched_getaffinity(0))
     counts = sorted({cores, *(cores * k for k in sizes.overhead_cores)})
     overhead_s = sizes.overhead_audio_s
@@ -477,10 +473,6 @@ CAPACITY_LABELS = {
 }
 
 
-def label_of(key: str) -> str:
-    return CAPACITY_LABELS.get(key, key)
-
-
 def verdict(ratio: float, target: float) -> str:
     return f"{ratio:.2f} ({'meets' if ratio >= target else 'below'} {target:.2f})"
 
@@ -511,7 +503,7 @@ CAPACITY_HEADER += ["At that N: latency p50 / p95 (ms)", "First chunk p50 / max 
 VERDICTS = {True: "pass", False: "fail", "latency": "", "keeping_up": " (no latency limit)"}
 # One row per step of a search: (path, step).
 STEP_COLUMNS: list[Column] = [
-    ("Path", lambda r: label_of(r[0])),
+    ("Path", lambda r: CAPACITY_LABELS.get(r[0], r[0])),
     ("Callers", lambda r: str(r[1]["callers"])),
     (
         "Latency p50 / p95 / max (ms)",
@@ -538,7 +530,7 @@ def engine_tables(res: Mapping[str, Any]) -> list[Any]:
         more = "" if keeping_up is None else f" ({keeping_up} keep up with no latency limit)"
         rows.append(
             [
-                label_of(key),
+                CAPACITY_LABELS.get(key, key),
                 str(found["callers"]) + more,
                 verdict(found["ratio"], CAPACITY_TARGET),
                 "" if to_bare is None else f"{to_bare:.2f}",
@@ -590,7 +582,7 @@ def headline_figures(engines: Mapping[str, Mapping[str, Any]]) -> list[Figure]:
         busiest = max(res["overhead"], key=lambda row: row["callers"])
         for key, found in res["capacity"].items():
             targeted = key.startswith("service_")
-            title, callers = f"{name}: capacity, {label_of(key)}", float(found["callers"])
+            title, callers = f"{name}: capacity, {CAPACITY_LABELS.get(key, key)}", float(found["callers"])
             if targeted and busiest["callers"] > res["bound"]["cores"]:
                 # The bound takes each stream's cost with one stream per core; with many streams at once
                 # each costs more: the bare engine's throughput then is the real-time callers it carries.
@@ -657,7 +649,7 @@ def run(args: argparse.Namespace) -> Result:
         for name in names:
             sizes = QUICK_SIZES if args.quick else SIZES[name]
             engine_peers = peers if name == "vosk" else {}
-            engines[name] = measure_engine(ENGINES[name], sizes, Path(tmp), args, engine_peers, service_env)
+            engines[name] = measure_engine(ENGINES[name], sizes, Path(tmp), args, engine_peers)
         profile = profile_service(py_spy, Path(tmp), service_env) if py_spy else None
     settings: dict[str, Any] = {"chunk_ms": CHUNK_MS, "p95_limit_ms": P95_LIMIT_MS, "behind_s": BEHIND_S}
     settings |= {"overhead_target": OVERHEAD_TARGET, "capacity_target": CAPACITY_TARGET}
