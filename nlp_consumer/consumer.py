@@ -1,31 +1,23 @@
-"""The poll → enrich → summarise → produce and commit in one transaction loop.
+"""The poll → enrich → produce → commit loop.
 
-Each batch (up to ``batch_size`` messages or ``batch_ms``) is one Kafka transaction of a
-transactional producer: its enriched events, dead letters and call summaries are produced, the
-consumed offsets are sent to the transaction (``send_offsets_to_transaction``, with the group's
-metadata, so a member that lost its partitions is fenced) and the transaction is committed. Either
-all of that is visible to ``read_committed`` readers and the offsets move, or none of it and they
-do not. Any failure aborts the transaction, forgets what was read since the last commit and reads
-it again from the committed offsets after a back-off (a broker outage delays events, loses none).
+Delivery is at least once:
 
-Calls: a final is held in memory (``OpenCalls``) until the call's ``call.ended.v1`` event, which
-follows its last final on the same partition; then one ``call.summary.v1`` event is produced
-(``summary.py``). The offset committed for a partition never passes the first message of a call
-still open on it, so a restarted consumer (or the partition's next owner) reads the call's finals
-again. Each commit also stores, as the offset's metadata, ``done=<offset>``: how far the partition
-was really handled. Messages below that mark are read again only to rebuild the open calls: their
-enriched events, dead letters and summaries are already committed, so they are not produced again.
-Together: a read_committed reader sees every enriched event and every summary exactly once.
+* auto-commit is off; a batch (up to ``batch_size`` messages or ``batch_ms``) is enriched, its
+  enriched events and dead letters are produced, the producer is flushed, and only when every
+  one of them is acknowledged are the batch's offsets committed (synchronously);
+* if a delivery fails the consumer seeks back to the start of the batch and handles it again
+  after a back-off, so a broker outage delays events but loses none;
+* a process that dies between produce and commit (SIGKILL, OOM, node loss) leaves the batch
+  uncommitted: the next owner of the partition enriches it again. Duplicates carry the input's
+  ``event_id``; downstream consumers drop an ``event_id`` they have already seen;
+* poison messages (not JSON, not transcript.v1, failing enrichment) go to the dead-letter topic
+  once and are committed with their batch: never retried forever;
+* ``call.ended.v1`` events (the end of a call, on the same topic after its last final) are not
+  transcripts: they are skipped and committed with their batch, neither enriched nor dead-lettered.
 
-* poison messages (not JSON, not transcript.v1 or call.ended.v1, failing enrichment) go to the
-  dead-letter topic in the batch's transaction: never retried forever;
-* ``transaction.id``: ``NLP_TRANSACTIONAL_ID`` (default unique per process). A killed process's
-  open transaction is aborted when a producer with the same id starts, else by the broker after
-  ``NLP_TRANSACTION_TIMEOUT_S``; until then the partition's next owner waits for its offsets.
-
-Order: one input partition is handled by one consumer at a time, in order, and the producer keeps
-the order of what it sends per output partition; every topic is keyed by ``session_id``, so one
-call's enriched events come out in the order of its transcripts, and before its summary.
+Order: one input partition is handled by one consumer at a time, in order, and the idempotent
+producer keeps the order of what it sends per output partition; both topics are keyed by
+``session_id``, so one call's enriched events come out in the order of its transcripts.
 Scaling: start more consumers with the same ``NLP_GROUP_ID`` (up to the input partition count).
 """
 
@@ -34,98 +26,77 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Message,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from contract.events import CallEndedEvent, CallSummaryEvent, InvalidEvent, is_call_ended
-from nlp_consumer.calls import OpenCalls, Partition
+from contract.events import is_call_ended
 from nlp_consumer.config import ConsumerSettings
 from nlp_consumer.enrich import Enricher
 from nlp_consumer.errors import KafkaClientError, NlpError
 from nlp_consumer.events import DeadLetter, InvalidTranscript, encode, enriched_headers, parse_transcript
 from nlp_consumer.metrics import ConsumerMetrics
-from nlp_consumer.summary import CallSummarizer, HeardTurn
 
 logger = logging.getLogger(__name__)
 librdkafka_logger = logging.getLogger("nlp_consumer.librdkafka")
 
 MIN_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
+CLOSE_TIMEOUT_S = 10.0
 CHECK_STEP_S = 0.25  # the start-up metadata request is retried this often, looking for a refusal
-COMMITTED_TIMEOUT_S = 10.0
-RECENT_SUMMARIES = 10_000  # session ids remembered to skip a redelivered call.ended
-EXPIRY_STEP_S = 1.0  # how often idle calls are looked for
-ASSIGN_GRACE_S = 30.0  # beyond the transaction timeout, for the broker to abort a dead member's
-DONE_PREFIX = "done="  # offset metadata: how far the partition was handled
 FATAL_CODES = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.TOPIC_AUTHORIZATION_FAILED})
+# The broker no longer accepts the producer's id/epoch (e.g. it lost its producer state): only a
+# new producer (a new producer id) can deliver again.
+PRODUCER_REJECTED = frozenset({KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
 
 
-class TransactionFailed(NlpError):
-    code = "transaction_failed"
+class DeliveryFailed(NlpError):
+    code = "delivery_failed"
+
+
+@dataclass
+class _Deliveries:
+    """Delivery reports of one batch."""
+
+    failed: list[str] = field(default_factory=list)
+    producer_rejected: bool = False
+
+    def __call__(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            self.failed.append(f"{message.topic()}: {error.str()}")
+            self.producer_rejected |= error.code() in PRODUCER_REJECTED
 
 
 @dataclass(frozen=True, slots=True)
 class Batch:
     messages: Sequence[Message]
 
-    def next_offsets(self) -> dict[Partition, int]:
-        """Per partition, the offset after the batch's last message."""
-        last: dict[Partition, int] = {}
+    def next_offsets(self) -> list[TopicPartition]:
+        """Per partition, the offset after the batch's last message (what to commit)."""
+        last: dict[tuple[str, int], int] = {}
         for m in self.messages:
             key = (m.topic() or "", m.partition() or 0)
             last[key] = max(last.get(key, -1), m.offset() or 0)
-        return {key: offset + 1 for key, offset in sorted(last.items())}
+        return [TopicPartition(t, p, o + 1) for (t, p), o in sorted(last.items())]
 
-
-@dataclass
-class _Output:
-    """What one batch produces, and whether each message is read again only to rebuild calls."""
-
-    enriched: list[dict[str, Any]] = field(default_factory=list)
-    dead: list[DeadLetter] = field(default_factory=list)
-    summaries: list[CallSummaryEvent] = field(default_factory=list)
-    abandoned: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class _Item:
-    message: Message
-    replay: bool  # below the partition's done mark: already produced, read to rebuild open calls
-    transcript: dict[str, Any] | None = None
-    ended: CallEndedEvent | None = None
+    def first_offsets(self) -> list[TopicPartition]:
+        first: dict[tuple[str, int], int] = {}
+        for m in self.messages:
+            key = (m.topic() or "", m.partition() or 0)
+            first.setdefault(key, m.offset() or 0)
+        return [TopicPartition(t, p, o) for (t, p), o in sorted(first.items())]
 
 
 class EnrichmentConsumer:
     """One member of the consumer group; ``run`` until ``stop`` is set."""
 
-    def __init__(
-        self,
-        settings: ConsumerSettings,
-        enricher: Enricher,
-        metrics: ConsumerMetrics,
-        summarizer: CallSummarizer,
-    ) -> None:
+    def __init__(self, settings: ConsumerSettings, enricher: Enricher, metrics: ConsumerMetrics) -> None:
         self.settings = settings
         self.enricher = enricher
         self.metrics = metrics
-        self.summarizer = summarizer
-        self.calls = OpenCalls(settings.max_open_calls, settings.call_idle_s)
-        self._next_expiry_s = 0.0
-        self._done: dict[Partition, int] = {}  # below it: handled and committed before
-        self._summarised: OrderedDict[str, None] = OrderedDict()  # recent calls, oldest first
         self._backoff_s = MIN_BACKOFF_S
         self._fatal: KafkaError | None = None
         client_id = f"nlp-consumer-{settings.group_id}"
@@ -141,40 +112,30 @@ class EnrichmentConsumer:
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
                 "session.timeout.ms": settings.session_timeout_ms,
                 "statistics.interval.ms": 5000,
                 "stats_cb": metrics.on_stats,
             },
         )
-        transaction_ms = int(settings.transaction_timeout_s * 1000)
         self._producer_config = common | {
-            "transactional.id": settings.transactional_id,
-            "transaction.timeout.ms": transaction_ms,
             "acks": "all",
             "enable.idempotence": True,
             "linger.ms": 5,
-            "message.timeout.ms": min(int(settings.delivery_timeout_s * 1000), transaction_ms),
+            "message.timeout.ms": int(settings.delivery_timeout_s * 1000),
             "partitioner": "murmur2_random",  # the Java client's: same key, same partition
         }
-        self._producer: Any = None  # created, and its transactions initialised, when first needed
+        self._producer = _create(Producer, self._producer_config)
 
     def run(self, stop: threading.Event) -> None:
         """Consume and enrich until ``stop``; the batch in hand is finished and committed first."""
         settings = self.settings
-        try:  # first: a producer with the same transactional id aborts what a dead one left open
-            self._transactional_producer()
-        except KafkaException as exc:
-            raise KafkaClientError(f"cannot start a Kafka transaction: {_describe_error(exc)}") from None
         self._consumer.subscribe([settings.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         logger.info(
-            "consuming topic=%s group=%s output=%s dlq=%s summaries=%s transactional_id=%s",
+            "consuming topic=%s group=%s output=%s dlq=%s",
             settings.input_topic,
             settings.group_id,
             settings.output_topic,
             settings.dlq_topic,
-            settings.summary_topic,
-            settings.transactional_id,
         )
         try:
             while not stop.is_set() and self._fatal is None:
@@ -182,9 +143,6 @@ class EnrichmentConsumer:
                 batch = Batch([m for m in messages if self._usable(m)])
                 if batch.messages:
                     self.handle(batch, stop)
-                if time.monotonic() >= self._next_expiry_s:
-                    self._next_expiry_s = time.monotonic() + EXPIRY_STEP_S
-                    self.release_idle_calls()
         finally:
             self.close()
         if self._fatal is not None:
@@ -221,168 +179,56 @@ class EnrichmentConsumer:
             logger.warning("input_topic_missing topic=%s (waiting for it)", self.settings.input_topic)
 
     def handle(self, batch: Batch, stop: threading.Event) -> None:
-        """Enrich and summarise one batch and commit it in one transaction; on a failure, abort and
-        read again from the committed offsets after a back-off."""
+        """Enrich, produce, flush and commit one batch; on a failed delivery rewind to its start."""
         started = time.monotonic()
         try:
-            output = self._prepare(batch)
-            self._commit(self._offsets(batch), output)
-        except TransactionFailed as exc:
+            enriched, dead = self._produce(batch)
+        except DeliveryFailed as exc:
             self.metrics.errors.labels("delivery").inc()
-            logger.warning("transaction_failed error=%s retry_in_s=%.1f", exc.message, self._backoff_s)
-            self._abort()
-            self._restart_from_committed()
+            logger.warning("delivery_failed error=%s retry_in_s=%.1f", exc.message, self._backoff_s)
+            self._rewind(batch)
             stop.wait(self._backoff_s)
             self._backoff_s = min(self._backoff_s * 2, MAX_BACKOFF_S)
             return
         self._backoff_s = MIN_BACKOFF_S
-        for summary in output.summaries:  # committed: a redelivered call.ended is skipped
-            self._summarised[summary.session_id] = None
-        while len(self._summarised) > RECENT_SUMMARIES:
-            self._summarised.popitem(last=False)
-        self.metrics.handled(len(output.enriched), len(output.dead), len(output.summaries))
-        self.metrics.errors.labels("call_abandoned").inc(output.abandoned)
-        self.metrics.open_calls.set(len(self.calls))
+        self._commit(batch)
+        self.metrics.handled(enriched, dead)
         self.metrics.batch_size.observe(len(batch.messages))
         self.metrics.batch_seconds.observe(time.monotonic() - started)
-        for summary in output.summaries:
-            logger.info("call_summarised session_id=%s finals=%d", summary.session_id, summary.finals)
-        logger.debug(
-            "batch events=%d enriched=%d dead_lettered=%d summaries=%d",
-            len(batch.messages),
-            len(output.enriched),
-            len(output.dead),
-            len(output.summaries),
-        )
-
-    def release_idle_calls(self) -> None:
-        """Abandon the calls idle for ``call_idle_s`` and commit their partitions past them."""
-        held = len(self.calls)
-        partitions = self.calls.expire()
-        offsets = [
-            TopicPartition(
-                t,
-                p,
-                self.calls.resume_offset((t, p), self._done[(t, p)]),
-                f"{DONE_PREFIX}{self._done[(t, p)]}",
-            )
-            for t, p in sorted(partitions)
-            if (t, p) in self._done
-        ]
-        if not offsets:
-            return
-        self.metrics.errors.labels("call_abandoned").inc(held - len(self.calls))
-        self.metrics.open_calls.set(len(self.calls))
-        try:
-            self._commit(offsets, _Output())
-        except TransactionFailed as exc:
-            logger.warning("transaction_failed error=%s", exc.message)
-            self._abort()
-            self._restart_from_committed()
+        logger.debug("batch events=%d enriched=%d dead_lettered=%d", len(batch.messages), enriched, dead)
 
     def close(self) -> None:
+        remaining = self._producer.flush(CLOSE_TIMEOUT_S)
+        if remaining:
+            logger.warning("close_undelivered messages=%d", remaining)
         self._consumer.close()
         logger.info("consumer_closed group=%s", self.settings.group_id)
 
     # --- one batch ----------------------------------------------------------------------------
 
-    def _prepare(self, batch: Batch) -> _Output:
-        """Read, enrich and summarise the batch in order (open calls updated as it goes)."""
-        output = _Output()
-        items: list[_Item] = []
+    def _produce(self, batch: Batch) -> tuple[int, int]:
+        good: list[tuple[Message, dict[str, Any]]] = []
+        dead: list[DeadLetter] = []
         for message in batch.messages:
-            replay = (message.offset() or 0) < self._done.get(_partition(message), -1)
+            if is_call_ended(message.value(), _header_items(message)):
+                continue  # the end of a call, not a transcript to enrich
             try:
-                if is_call_ended(message.value(), _header_items(message)):
-                    items.append(
-                        _Item(message, replay, ended=CallEndedEvent.from_json(message.value() or b""))
-                    )
-                else:
-                    items.append(_Item(message, replay, transcript=parse_transcript(message.value())))
-            except (InvalidTranscript, InvalidEvent) as exc:
-                if not replay:
-                    output.dead.append(_dead_letter(message, exc.message, exc.code))
-        good = [(item.message, item.transcript) for item in items if item.transcript is not None]
-        enriched = dict(zip((id(m) for m, _ in good), self._enrich(good, output.dead, items), strict=True))
-        for item in items:
-            session_id = None
-            if item.transcript is not None and enriched.get(id(item.message)):
-                document = enriched[id(item.message)]
-                session_id = str(document["session_id"])
-                output.abandoned += self.calls.add(
-                    _partition(item.message),
-                    item.message.offset() or 0,
-                    session_id,
-                    str(document["user_id"]),
-                    HeardTurn.from_enriched(document),
-                )
-                if not item.replay:
-                    output.enriched.append(document)
-            elif item.ended is not None:
-                turns = self.calls.pop(item.ended.session_id)
-                if not item.replay and self._first_end(item.ended, turns is not None):
-                    output.summaries.append(self.summarizer.summarize(turns, item.ended))
-        return output
-
-    def _first_end(self, ended: CallEndedEvent, heard: bool) -> bool:
-        """Whether to summarise: not a redelivered call.ended (the decoder delivers at least once:
-        a second one finds no finals held, or its call among the recently summarised), nor the end
-        of a call whose finals were all abandoned."""
-        if ended.session_id in self._summarised or (not heard and ended.finals > 0):
-            logger.info("call_ended_skipped session_id=%s (a redelivery, or no final held)", ended.session_id)
-            return False
-        return True
-
-    def _enrich(
-        self, good: list[tuple[Message, dict[str, Any]]], dead: list[DeadLetter], items: list[_Item]
-    ) -> list[dict[str, Any]]:
-        """Enriched documents in input order; an event the model fails on becomes a dead letter
-        (its place in the result is taken by nothing: callers match by message)."""
-        started = time.monotonic()
+                good.append((message, parse_transcript(message.value())))
+            except InvalidTranscript as exc:
+                dead.append(_dead_letter(message, exc.message, exc.code))
+        enriched = self._enrich(good, dead)
+        deliveries = _Deliveries()
         try:
-            enriched = self.enricher.enrich([d for _, d in good])
-        except Exception:
-            logger.exception("enrich_batch_failed events=%d (retrying one by one)", len(good))
-            replayed = {id(item.message) for item in items if item.replay}
-            enriched = []
-            for message, document in good:
-                try:
-                    enriched += self.enricher.enrich([document])
-                except Exception as exc:
-                    self.metrics.errors.labels("enrich").inc()
-                    logger.exception("enrich_failed event_id=%s", document.get("event_id"))
-                    if id(message) not in replayed:
-                        dead.append(
-                            _dead_letter(message, f"enrichment failed: {type(exc).__name__}: {exc}", "enrich")
-                        )
-                    enriched.append({})  # keeps the places of the others; skipped below
-        self.metrics.enrich_seconds.observe(time.monotonic() - started)
-        return enriched
-
-    def _offsets(self, batch: Batch) -> list[TopicPartition]:
-        """Per partition of the batch: where to resume (never past an open call's first message),
-        with the done mark (the offset after the batch) as metadata."""
-        return [
-            TopicPartition(
-                topic, partition, self.calls.resume_offset((topic, partition), done), f"{DONE_PREFIX}{done}"
-            )
-            for (topic, partition), done in batch.next_offsets().items()
-        ]
-
-    def _commit(self, offsets: list[TopicPartition], output: _Output) -> None:
-        """Produce a batch's output and commit it with its offsets, in one transaction."""
-        try:
-            producer = self._transactional_producer()
-            producer.begin_transaction()
-            for document in output.enriched:
-                producer.produce(
+            for document in enriched:
+                self._producer.produce(
                     self.settings.output_topic,
                     key=str(document["session_id"]).encode("utf-8"),
                     value=encode(document),
                     headers=enriched_headers(),
+                    on_delivery=deliveries,
                 )
-                producer.poll(0)
-            for letter in output.dead:
+                self._producer.poll(0)
+            for letter in dead:
                 logger.warning(
                     "dead_letter topic=%s partition=%d offset=%d error=%s",
                     letter.topic,
@@ -390,85 +236,63 @@ class EnrichmentConsumer:
                     letter.offset,
                     letter.error,
                 )
-                producer.produce(
+                self._producer.produce(
                     self.settings.dlq_topic,
                     key=letter.key,
                     value=letter.value,
                     headers=letter.dlq_headers(self.settings.group_id),
+                    on_delivery=deliveries,
                 )
-            for summary in output.summaries:
-                producer.produce(
-                    self.settings.summary_topic,
-                    key=summary.key,
-                    value=summary.to_json(),
-                    headers=list(summary.headers),
-                )
-            producer.send_offsets_to_transaction(
-                offsets, self._consumer.consumer_group_metadata(), self.settings.transaction_timeout_s
-            )
-            self._commit_transaction(producer)
-        except KafkaException as exc:
-            raise TransactionFailed(_describe_error(exc)) from None
-        except (BufferError, InvalidEvent) as exc:
-            raise TransactionFailed(f"produce: {exc}") from None
-        for position in offsets:
-            done = _done_mark(position.metadata)
-            if done is not None:
-                key = (position.topic, position.partition)
-                self._done[key] = max(self._done.get(key, -1), done)
+        except (KafkaException, BufferError) as exc:
+            self._producer.flush(self.settings.delivery_timeout_s)
+            raise DeliveryFailed(f"produce: {exc}") from None
+        remaining = self._producer.flush(self.settings.delivery_timeout_s + 5)
+        if remaining or deliveries.failed:
+            what = deliveries.failed[0] if deliveries.failed else f"{remaining} not acknowledged"
+            if deliveries.producer_rejected:
+                logger.warning("producer_rejected error=%s; creating a new producer", what)
+                self._producer.purge()
+                self._producer = _create(Producer, self._producer_config)
+            raise DeliveryFailed(what)
+        return len(enriched), len(dead)
 
-    def _commit_transaction(self, producer: Any) -> None:
-        producer.commit_transaction(self.settings.delivery_timeout_s + self.settings.transaction_timeout_s)
-
-    def _transactional_producer(self) -> Any:
-        if self._producer is None:
-            producer = _create(Producer, self._producer_config)
-            producer.init_transactions(self.settings.transaction_timeout_s + COMMITTED_TIMEOUT_S)
-            self._producer = producer
-        return self._producer
-
-    def _abort(self) -> None:
-        """Abort the open transaction; a producer that cannot (fenced, fatal) is replaced."""
-        if self._producer is None:
-            return
+    def _enrich(
+        self, good: list[tuple[Message, dict[str, Any]]], dead: list[DeadLetter]
+    ) -> list[dict[str, Any]]:
+        """Enriched documents in input order; an event the model fails on becomes a dead letter."""
+        started = time.monotonic()
         try:
-            self._producer.abort_transaction(self.settings.transaction_timeout_s)
-        except KafkaException as exc:
-            logger.warning("abort_failed error=%s; a new producer will take over", _describe_error(exc))
-            self._producer = None
+            enriched = self.enricher.enrich([d for _, d in good])
+        except Exception:
+            logger.exception("enrich_batch_failed events=%d (retrying one by one)", len(good))
+            enriched = []
+            for message, document in good:
+                try:
+                    enriched += self.enricher.enrich([document])
+                except Exception as exc:
+                    self.metrics.errors.labels("enrich").inc()
+                    logger.exception("enrich_failed event_id=%s", document.get("event_id"))
+                    dead.append(
+                        _dead_letter(message, f"enrichment failed: {type(exc).__name__}: {exc}", "enrich")
+                    )
+        self.metrics.enrich_seconds.observe(time.monotonic() - started)
+        return enriched
 
-    def _restart_from_committed(self) -> None:
-        """Forget what was read since the last commit and read every assigned partition again from
-        its committed offset (open calls are rebuilt from there)."""
-        self.calls.clear()
-        self._done.clear()
+    def _commit(self, batch: Batch) -> None:
+        offsets = batch.next_offsets()
         try:
-            assigned = self._consumer.assignment()
-            for position in self._committed(assigned):
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # e.g. the partitions moved to another member during the batch: it handles them again
+            self.metrics.errors.labels("commit").inc()
+            logger.warning("commit_failed offsets=%s error=%s", _describe(offsets), exc.args[0])
+
+    def _rewind(self, batch: Batch) -> None:
+        for position in batch.first_offsets():
+            try:
                 self._consumer.seek(position)
-        except (KafkaException, TransactionFailed) as exc:
-            # the next owner, or the next assignment, starts from the commit
-            logger.info("rewind_skipped error=%s", exc)
-
-    def _committed(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
-        """The committed offsets of ``partitions`` (the beginning where none is), their done marks
-        remembered."""
-        if not partitions:
-            return []
-        try:
-            committed = self._consumer.committed(partitions, timeout=COMMITTED_TIMEOUT_S)
-        except KafkaException as exc:
-            raise TransactionFailed(f"committed offsets: {_describe_error(exc)}") from None
-        positions = []
-        for tp in committed:
-            key = (tp.topic, tp.partition)
-            done = _done_mark(tp.metadata)
-            if done is not None:
-                self._done[key] = done
-            positions.append(
-                TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
-            )
-        return positions
+            except KafkaException as exc:  # no longer assigned: its next owner starts from the commit
+                logger.info("rewind_skipped partition=%s error=%s", _describe([position]), exc.args[0])
 
     # --- callbacks ----------------------------------------------------------------------------
 
@@ -489,48 +313,14 @@ class EnrichmentConsumer:
             logger.warning("kafka_error code=%s error=%s", error.name(), error.str())
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Start each partition at its committed offset, remembering its done mark: the messages
-        below it are read again only to rebuild the calls still open there."""
-        # Offsets a dead member's open transaction holds are readable once it is aborted: at once
-        # when its producer restarted with the same transactional id, else at its timeout.
-        deadline = time.monotonic() + self.settings.transaction_timeout_s + ASSIGN_GRACE_S
-        while True:
-            try:
-                positions = self._committed(partitions)
-                break
-            except TransactionFailed as exc:
-                logger.warning("committed_unavailable error=%s", exc.message)
-                if time.monotonic() > deadline:
-                    raise KafkaClientError(f"cannot read the committed offsets: {exc.message}") from None
-        consumer.assign(positions)
         self.metrics.assigned.inc(len(partitions))
-        logger.info("partitions_assigned partitions=%s", _describe(positions))
+        logger.info("partitions_assigned partitions=%s", _describe(partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.assigned.dec(len(partitions))
-        gone = [(p.topic, p.partition) for p in partitions]
-        self.calls.drop_partitions(gone)
-        for key in gone:
-            self._done.pop(key, None)
-        self.metrics.open_calls.set(len(self.calls))
         for p in partitions:
             self.metrics.forget_partition(p.topic, p.partition)
         logger.info("partitions_revoked partitions=%s", _describe(partitions))
-
-
-def _partition(message: Message) -> Partition:
-    return (message.topic() or "", message.partition() or 0)
-
-
-def _done_mark(metadata: str | None) -> int | None:
-    if metadata and metadata.startswith(DONE_PREFIX) and metadata[len(DONE_PREFIX) :].isdigit():
-        return int(metadata[len(DONE_PREFIX) :])
-    return None
-
-
-def _describe_error(exc: KafkaException) -> str:
-    error = exc.args[0] if exc.args else None
-    return error.str() if isinstance(error, KafkaError) else str(exc)
 
 
 def _dead_letter(message: Message, error: str, code: str) -> DeadLetter:

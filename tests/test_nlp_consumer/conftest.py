@@ -143,8 +143,7 @@ class ConsumerRun:
 
 
 class ConsumerRunner:
-    """``runner(input, output, dlq, group, **env)``: an enrichment consumer process (``module``:
-    another entry point, e.g. one that crashes on purpose)."""
+    """``runner(input, output, dlq, group, **env)``: an enrichment consumer process."""
 
     def __init__(self, bootstrap: str, model: Path, log_dir: Path) -> None:
         self.bootstrap = bootstrap
@@ -153,13 +152,7 @@ class ConsumerRunner:
         self.runs: list[ConsumerRun] = []
 
     def __call__(
-        self,
-        input_topic: str,
-        output_topic: str,
-        dlq_topic: str,
-        group: str,
-        module: str = "nlp_consumer",
-        **env: str,
+        self, input_topic: str, output_topic: str, dlq_topic: str, group: str, **env: str
     ) -> ConsumerRun:
         port = free_port()
         settings = {
@@ -173,7 +166,7 @@ class ConsumerRunner:
             "NLP_TORCH_THREADS": "2",
         }
         log = self.log_dir / f"consumer-{uuid.uuid4().hex[:8]}.log"
-        run = ConsumerRun(ServiceProcess(module, settings | env, log).start(), port)
+        run = ConsumerRun(ServiceProcess("nlp_consumer", settings | env, log).start(), port)
         self.runs.append(run)
         return run
 

@@ -17,9 +17,6 @@ from tests.kafka import PARTITIONS, ConsumerFactory, TopicFactory, consume_until
 from tests.test_nlp_consumer.conftest import ConsumerRunner, Turn, produce, produce_events, transcript_event
 
 pytestmark = pytest.mark.timeout(1800)  # the first test of a fresh machine trains the model
-# These finals are published without a call.ended event (as the recorder publishes them): their
-# calls hold the commit back until they have been idle this long.
-NEVER_ENDED = {"NLP_CALL_IDLE_S": "1"}
 
 
 def call_events(turns: list[Turn], suffix: str) -> list[Any]:
@@ -52,7 +49,7 @@ def test_sample_calls_come_out_enriched_in_order_and_with_the_intended_sentiment
     group = f"nlp-{uuid.uuid4().hex}"
     events = call_events(manifest_turns, uuid.uuid4().hex[:6])
     produce_events(kafka_bootstrap, source, events)
-    run = consumer_runner(source, enriched, dlq, group, NLP_BATCH_SIZE="16", **NEVER_ENDED)
+    run = consumer_runner(source, enriched, dlq, group, NLP_BATCH_SIZE="16")
 
     messages = consume_until(consumer_factory(enriched), lambda got: len(got) >= len(events), timeout_s=300)
 
@@ -104,7 +101,7 @@ def test_poison_messages_go_to_the_dead_letter_topic_once(
         (good.key, good.to_json()),
     ]
     produce(kafka_bootstrap, source, records)
-    consumer_runner(source, enriched, dlq, group, **NEVER_ENDED)
+    consumer_runner(source, enriched, dlq, group)
 
     dead = consume_until(consumer_factory(dlq), lambda got: len(got) >= 4, timeout_s=300)
     out = consume_until(consumer_factory(enriched), lambda got: len(got) >= 1, timeout_s=60)
@@ -165,14 +162,14 @@ def test_a_consumer_killed_mid_batch_enriches_every_event_after_restart(
     events = [e for copy in range(3) for e in call_events(manifest_turns, f"{copy}-{uuid.uuid4().hex[:6]}")]
     produce_events(kafka_bootstrap, source, events)
     reader = consumer_factory(enriched)
-    first = consumer_runner(source, enriched, dlq, group, NLP_BATCH_SIZE="8", **NEVER_ENDED)
+    first = consumer_runner(source, enriched, dlq, group, NLP_BATCH_SIZE="8")
 
     seen = consume_until(reader, lambda got: len(got) >= 16, timeout_s=300)
     first.process.send(signal.SIGKILL)  # while it works on a later batch
     assert first.process.process is not None and first.process.process.wait(timeout=30) == -signal.SIGKILL
     assert len(seen) < len(events)
 
-    consumer_runner(source, enriched, dlq, group, NLP_BATCH_SIZE="8", **NEVER_ENDED)
+    consumer_runner(source, enriched, dlq, group, NLP_BATCH_SIZE="8")
     wanted = {e.event_id for e in events}
     seen += consume_until(
         reader,
@@ -181,8 +178,9 @@ def test_a_consumer_killed_mid_batch_enriches_every_event_after_restart(
     )
 
     ids = [json.loads(m.value() or b"")["event_id"] for m in seen]
-    assert set(ids) == wanted
-    assert len(ids) == len(set(ids))  # exactly once: the killed batch's transaction was aborted
+    assert set(ids) == wanted  # at least once, and exactly once after de-duplication by event_id
+    duplicates = len(ids) - len(set(ids))
+    assert duplicates <= 8 * PARTITIONS  # at most the uncommitted batch in flight
     labels: dict[str, set[str]] = defaultdict(set)
     for document in values(seen):
         labels[document["event_id"]].add(document["sentiment"]["label"])

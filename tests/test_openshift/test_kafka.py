@@ -21,20 +21,12 @@ NEEDS = {
         ("NLP_GROUP_ID", "group", "Read"),
         ("NLP_OUTPUT_TOPIC", "topic", "Write"),
         ("NLP_DLQ_TOPIC", "topic", "Write"),
-        ("NLP_SUMMARY_TOPIC", "topic", "Write"),
     },
-    "dashboard": {("DASHBOARD_TOPIC", "topic", "Read"), ("DASHBOARD_SUMMARY_TOPIC", "topic", "Read")},
+    "dashboard": {("DASHBOARD_TOPIC", "topic", "Read")},
 }
 # Every dashboard instance reads with a group of its own (``dashboard-<host>-<uuid>``), so it sees
 # every call; its user may read groups with this prefix and no others.
 DASHBOARD_GROUPS = ("group", "dashboard-", "Read")
-# The NLP consumer commits each batch in a transaction; its transactional ids (NLP_TRANSACTIONAL_ID,
-# by default nlp-consumer-<host>-<id>) share this prefix.
-NLP_TRANSACTIONS = {
-    ("transactionalId", "nlp-consumer-", "Describe"),
-    ("transactionalId", "nlp-consumer-", "Write"),
-}
-PREFIXED = {"dashboard": {DASHBOARD_GROUPS}, "nlp-consumer": NLP_TRANSACTIONS}
 
 
 def decoder_default(field: str) -> Any:
@@ -168,9 +160,10 @@ def test_acls_grant_what_each_client_does_and_no_more(strimzi: Manifests) -> Non
             if acl["resource"].get("patternType", "literal") != "literal"
             for op in acl["operations"]
         }
-        assert prefixed == PREFIXED.get(name, set()), name
+        assert prefixed == ({DASHBOARD_GROUPS} if name == "dashboard" else set()), name
         needed = {(kind, env[variable], operation) for variable, kind, operation in NEEDS[name]}
-        needed |= PREFIXED.get(name, set())
+        if name == "dashboard":
+            needed.add(DASHBOARD_GROUPS)
         described = {("topic", topic, "Describe") for kind, topic, _ in needed | granted if kind == "topic"}
         assert needed <= granted, name
         assert granted <= needed | described | EXTRA_GRANTS.get(name, set()), name
