@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -70,7 +71,9 @@ def served(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     process = ServiceProcess(
         "mlflow-serve",
         [*argv, "-h", "127.0.0.1", "-p", str(port)],
-        {"PYTHONPATH": ""},
+        # MLflow starts the server as `uvicorn` from PATH: the environment's scripts must be on it,
+        # as they are for a user who activated it.
+        {"PYTHONPATH": "", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
         tmp_path_factory.mktemp("mlflow-logs") / "serve.log",
         ready=http_ready(f"{url}/ping"),
     ).start(timeout_s=180)

@@ -24,6 +24,7 @@ import pytest
 from confluent_kafka import Consumer, Message
 from prometheus_client import CollectorRegistry
 
+from contract.events import is_call_ended
 from decoder_api.config import load_settings
 from decoder_api.delivery.publisher import TranscriptPublisher, build_publisher
 from devtools.processes import ROOT, DecoderServer, free_port
@@ -69,7 +70,12 @@ def nlp_env(kafka: Mapping[str, str], topics: list[str], model: Path, metrics_po
 
 
 def session_values(messages: list[Message], session_id: str) -> list[dict[str, Any]]:
-    return [json.loads(m.value() or b"") for m in messages if m.key() == session_id.encode()]
+    """The session's finals (its call.ended event left out)."""
+    return [
+        json.loads(m.value() or b"")
+        for m in messages
+        if m.key() == session_id.encode() and not is_call_ended(m.value())
+    ]
 
 
 def texts_by_source(values: list[dict[str, Any]]) -> dict[str, list[str]]:
