@@ -9,8 +9,7 @@ from pathlib import Path
 
 from devtools.evaluation import MANIFEST_COLUMNS, normalize
 from tests.conftest import ROOT
-
-REAL_SPEECH = ("librivox-0930.wav", "beckett.wav")
+from tests.test_decoder_api.test_cli import REAL_SPEECH, assert_one_line_error
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -22,15 +21,6 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=600,
         check=False,
     )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], needle: str) -> None:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: "), lines[0]
-    assert needle in lines[0], lines[0]
 
 
 def test_reports_wer_per_file_and_overall(tmp_path: Path, data_dir: Path) -> None:
