@@ -57,6 +57,7 @@ from devtools.processes import (
     free_port,
     listening_pid,
     process_tree,
+    start_decoder,
     start_redis,
     tree_rss_mib,
 )
@@ -131,6 +132,7 @@ class Target:
     session: Callable[[], Session]
     pid: int | None
     metrics: DecoderServer | None = None  # our service: its partial-lag histogram per capacity step
+    warmed: list[int] | None = None  # callers its pool (shared by our paths to it) holds warm; peers: None
 
 
 def parse_peers(values: Sequence[str]) -> dict[str, str]:
@@ -164,20 +166,15 @@ def paced(path: Target, speech: bytes, callers: int) -> dict[str, Any]:
     work = [[rotated(speech, n, callers)] for n in range(callers)]
     run = run_callers(work, path.session, paced=True, stagger_s=CHUNK_MS / 1000 / callers)
     latency = latency_summary([s for t in run.done for s in t.latencies_s] or [0.0])
-    first = latency_summary([t.first_reply_s for t in run.done] or [0.0])
-    return {
-        "callers": callers,
-        "audio_s_per_caller": len(speech) / 2 / RATE_HZ,
-        "latency_p50_ms": latency["p50_ms"],
-        "latency_p95_ms": latency["p95_ms"],
-        "latency_max_ms": latency["max_ms"],
-        "first_chunk_p50_ms": first["p50_ms"],  # from opening the call to the reply to its first chunk
-        "first_chunk_max_ms": first["max_ms"],
-        "behind": sum(1 for t in run.done if t.end_lag_s > BEHIND_S),
-        "max_end_lag_s": max((t.end_lag_s for t in run.done), default=0.0),
-        "errors": run.errors,
-        "client_cpu_s": run.client_cpu_s,
-    }
+    first = latency_summary([t.first_reply_s for t in run.done] or [0.0])  # opening -> first chunk's reply
+    return (
+        {"callers": callers, "audio_s_per_caller": len(speech) / 2 / RATE_HZ}
+        | {f"latency_{q}_ms": latency[f"{q}_ms"] for q in ("p50", "p95", "max")}
+        | {f"first_chunk_{q}_ms": first[f"{q}_ms"] for q in ("p50", "max")}
+        | {"behind": sum(1 for t in run.done if t.end_lag_s > BEHIND_S)}
+        | {"max_end_lag_s": max((t.end_lag_s for t in run.done), default=0.0)}
+        | {"errors": run.errors, "client_cpu_s": run.client_cpu_s}
+    )
 
 
 def passes(step: Mapping[str, Any], p95_limit_ms: float) -> bool:
@@ -185,17 +182,18 @@ def passes(step: Mapping[str, Any], p95_limit_ms: float) -> bool:
 
 
 def search_capacity(
-    probe: Callable[[int], dict[str, Any]], start: int, p95_limit_ms: float, max_steps: int
+    probe: Callable[[int], dict[str, Any]], start: int, p95_limit_ms: float, max_steps: int, search: str
 ) -> tuple[int, list[dict[str, Any]]]:
-    """The largest passing number of callers and every step: from ``start`` up by x1.5 (or down by
-    x0.6) until the verdict flips, then bisection, within ``max_steps`` probes; going down continues
-    past ``max_steps`` until a number passes or 1 failed, so 0 means not even one caller passed."""
+    """The largest passing number of callers and every step, tagged with ``search``: from ``start`` up by
+    x1.5 (or down by x0.6) until the verdict flips, then bisection, within ``max_steps`` probes; going
+    down continues past ``max_steps`` until a number passes or 1 failed, so 0: not even one passed."""
     steps: list[dict[str, Any]] = []
     passed, failed = 0, None
     n = max(1, start)
     while len(steps) < max_steps or (passed == 0 and failed is not None and failed > 1):
-        steps.append(probe(n))
-        if passes(steps[-1], p95_limit_ms):
+        step = probe(n)
+        steps.append(step | {"search": search, "passed": passes(step, p95_limit_ms)})
+        if steps[-1]["passed"]:
             passed = max(passed, n)
         else:
             failed = n if failed is None else min(failed, n)
@@ -235,12 +233,17 @@ def partial_lag(before: Mapping[float, float], after: Mapping[float, float]) -> 
     return {"published": round(published), "p50_s": p50, "p95_s": p95}
 
 
-def capacity(
-    path: Target, speech: bytes, bound: float, sizes: Sizes, warm: Callable[[int], None]
-) -> dict[str, Any]:
+def warm(path: Target, warmup: bytes, callers: int) -> None:
+    """A short unpaced round unless the pool holds a warm recognizer per caller already (a peer: never)."""
+    if path.warmed is not None and callers > path.warmed[0]:
+        run_callers([[warmup]] * callers, path.session)
+        path.warmed[0] = callers
+
+
+def capacity(path: Target, speech: bytes, bound: float, sizes: Sizes, warmup: bytes) -> dict[str, Any]:
 
     def probe(callers: int) -> dict[str, Any]:
-        warm(callers)
+        warm(path, warmup, callers)
         before = lag_buckets(path.metrics) if path.metrics else {}
         step = paced(path, speech, callers)
         step["partial_lag"] = partial_lag(before, lag_buckets(path.metrics)) if path.metrics else None
@@ -248,36 +251,21 @@ def capacity(
         return step
 
     start = min(MAX_CALLERS, max(1, int(bound * CAPACITY_TARGET)))
-    keeping_up: tuple[int, list[dict[str, Any]]] | None = None
+    keeping_up = None
     with RssSampler(path.pid) as rss:
-        callers, steps = search_capacity(probe, start, P95_LIMIT_MS, sizes.max_steps)
-        steps = [step | {"search": "latency", "passed": passes(step, P95_LIMIT_MS)} for step in steps]
+        callers, steps = search_capacity(probe, start, P95_LIMIT_MS, sizes.max_steps, "latency")
         if callers == 0 and sizes.keeping_up_steps:  # none within the latency limit: do any keep up?
             logger.info("  no caller within %.0f ms; searching without the latency limit", P95_LIMIT_MS)
-            keeping_up = search_capacity(probe, 1, math.inf, sizes.keeping_up_steps)
-            steps += [
-                step | {"search": "keeping_up", "passed": passes(step, math.inf)} for step in keeping_up[1]
-            ]
+            keeping_up, more = search_capacity(probe, 1, math.inf, sizes.keeping_up_steps, "keeping_up")
+            steps += more
     return {
         "callers": callers,  # p95 latency within the limit and nobody behind
         "ratio": callers / bound,
         "ratio_to_bare_engine": None,  # callers / the bare engine's capacity (same search, in-process)
-        "callers_keeping_up": keeping_up[0] if keeping_up else None,  # only searched when callers is 0
+        "callers_keeping_up": keeping_up,  # only searched when callers is 0
         "steps": steps,
         "peak_rss_mib": rss.peak_mib if path.pid else None,
     }
-
-
-def warmer(path: Target, warmup: bytes, already: int) -> Callable[[int], None]:
-    """Before a capacity step, a short unpaced round: the pool then holds a warm recognizer per caller."""
-    warmed = [already]
-
-    def warm(callers: int) -> None:
-        if callers > warmed[0]:
-            run_callers([[warmup]] * callers, path.session)
-            warmed[0] = callers
-
-    return warm
 
 
 def allocator(pid: int) -> str:
@@ -306,34 +294,29 @@ def measure_engine(
         engine = load_engine(load_settings(os.environ, {"engine": spec.name, "model": spec.model}))
         pool = RecognizerPool(engine, PoolSettings(max_idle=MAX_CALLERS, warm=0))
         service.wait_ready()
-        ws_url = f"{service.ws_url}/v1/stream"
+        ws_url, warmed = f"{service.ws_url}/v1/stream", [max(counts)]  # warm after the overhead rounds
         paths = {
-            "bare": Target(lambda: BareSession(pool), os.getpid()),
-            "http": Target(lambda: HttpSession(service.url), service.pid(), service),
-            "websocket": Target(lambda: VoskStream(ws_url, VOSK_CONFIG), service.pid(), service),
+            "bare": Target(lambda: BareSession(pool), os.getpid(), None, [max(counts)]),
+            "http": Target(lambda: HttpSession(service.url), service.pid(), service, warmed),
+            "websocket": Target(lambda: VoskStream(ws_url, VOSK_CONFIG), service.pid(), service, warmed),
         }
-        for label, url in peers.items():
-            paths[f"peer {label}"] = Target(
-                functools.partial(VoskStream, url, VOSK_CONFIG), listening_pid(url)
-            )
         service_allocator = allocator(process_tree(service.pid())[-1])
         idle = {"service": tree_rss_mib(service.pid())}  # and each peer found here: before any call
-        idle |= {
-            name[5:]: tree_rss_mib(p.pid) for name, p in paths.items() if name.startswith("peer ") and p.pid
-        }
+        for label, url in peers.items():
+            pid = listening_pid(url)
+            paths[f"peer {label}"] = Target(functools.partial(VoskStream, url, VOSK_CONFIG), pid)
+            idle |= {label: tree_rss_mib(pid)} if pid else {}
         best = overhead_rounds(spec.name, paths, counts, whole_chunks(speech, overhead_s), warmup, sizes)
         rtf = best["bare"][cores]["wall_s"] / overhead_s  # bare RTF with `cores` streams at once
         bound = {"cores": cores, "bare_rtf": rtf, "callers": cores / rtf}
         logger.info("%s: capacity searches (bound %.1f)", spec.name, bound["callers"])
-        bare_warm = warmer(paths["bare"], warmup, max(counts))
-        found = {"bare_engine": capacity(paths["bare"], capacity_speech, bound["callers"], sizes, bare_warm)}
+        found = {"bare_engine": capacity(paths["bare"], capacity_speech, bound["callers"], sizes, warmup)}
         pool.close()
         engine.close()
-        warm = warmer(paths["websocket"], warmup, max(counts))
-        for name in ("websocket", "http") if args.http_capacity else ("websocket",):
-            found[f"service_{name}"] = capacity(paths[name], capacity_speech, bound["callers"], sizes, warm)
-        for name in (n for n in paths if n.startswith("peer ")):
-            found[name] = capacity(paths[name], capacity_speech, bound["callers"], sizes, lambda n: None)
+        services = ["service_websocket", *(["service_http"] if args.http_capacity else [])]
+        for key in [*services, *(name for name in paths if name.startswith("peer "))]:
+            path = paths[key.removeprefix("service_")]
+            found[key] = capacity(path, capacity_speech, bound["callers"], sizes, warmup)
     for key, res in found.items():
         if key != "bare_engine" and found["bare_engine"]["callers"] > 0:
             res["ratio_to_bare_engine"] = res["callers"] / found["bare_engine"]["callers"]
@@ -366,7 +349,7 @@ def overhead_rounds(
         for n in counts:
             for name, path in paths.items():
                 logger.info("%s: overhead round %d, %s, %d callers", engine, round_ + 1, name, n)
-                if round_ == 0 and not name.startswith("peer "):
+                if round_ == 0 and path.warmed is not None:
                     run_callers([[warmup]] * n, path.session)
                 run = unpaced(path, speech, n)
                 if n not in best[name] or run["throughput"] > best[name][n]["throughput"]:
@@ -438,11 +421,9 @@ def profile_service(py_spy: str, log_dir: Path, service_env: Mapping[str, str]) 
     callers, raw, seconds = 4, log_dir / "profile.txt", PROFILE_S
     speech = whole_chunks(korean_speech(seconds + 5), seconds + 5)
     redis = start_redis(log_dir / "redis")
-    port = free_port()
-    settings = SERVICE_SETTINGS | {"engine": "vosk", "model": "ko"}
-    env = decoder_env(settings, {**service_env, "REDIS_URL": redis.url})
     try:
-        with DecoderServer(port, env, log_dir / f"decoder-{port}.log") as server:
+        env = {**service_env, "REDIS_URL": redis.url}
+        with start_decoder(log_dir, env, **SERVICE_SETTINGS, engine="vosk", model="ko") as server:
             http = Target(lambda: HttpSession(server.url), None)
             ws = Target(lambda: VoskStream(f"{server.ws_url}/v1/stream", VOSK_CONFIG), None)
             run_callers([[whole_chunks(speech, SIZES["vosk"].warmup_audio_s)]] * callers * 2, ws.session)
@@ -522,11 +503,8 @@ def engine_tables(res: Mapping[str, Any]) -> list[Any]:
     rows = [["bare-engine bound", f"{res['bound']['callers']:.1f}", "1.00", "", "", "", ""]]
     for key, found in res["capacity"].items():
         at = next((s for s in found["steps"] if s["callers"] == found["callers"]), found["steps"][0])
-        keeping_up, to_bare, rss = (
-            found["callers_keeping_up"],
-            found["ratio_to_bare_engine"],
-            found["peak_rss_mib"],
-        )
+        keeping_up, to_bare = found["callers_keeping_up"], found["ratio_to_bare_engine"]
+        rss = found["peak_rss_mib"]
         more = "" if keeping_up is None else f" ({keeping_up} keep up with no latency limit)"
         rows.append(
             [
@@ -555,19 +533,9 @@ def engine_tables(res: Mapping[str, Any]) -> list[Any]:
     ]
 
 
-def throughput_figure(
-    name: str, label: str, m: Mapping[str, Any], row: Mapping[str, Any], targeted: bool
-) -> Figure:
-    return figure(
-        f"{name}: throughput over {label}, {row['callers']} callers",
-        "audio s/s",
-        m["throughput"],
-        row["bare"]["throughput"],
-        "bare engine, same callers",
-        "higher",
-        f"ratio >= {OVERHEAD_TARGET:.2f}" if targeted else "",
-        m["ratio"] >= OVERHEAD_TARGET if targeted else None,
-    )
+def goal(target: float, ratio: float, targeted: bool) -> tuple[str, bool | None]:
+    """The target and whether ``ratio`` meets it, for the service's paths (the peers carry none)."""
+    return (f"ratio >= {target:.2f}", ratio >= target) if targeted else ("", None)
 
 
 def headline_figures(engines: Mapping[str, Mapping[str, Any]]) -> list[Figure]:
@@ -576,9 +544,12 @@ def headline_figures(engines: Mapping[str, Mapping[str, Any]]) -> list[Figure]:
     figures: list[Figure] = []
     for name, res in engines.items():
         for row in res["overhead"]:
-            figures.append(throughput_figure(name, "HTTP v1", row["http"], row, True))
-            figures.append(throughput_figure(name, "WebSocket", row["websocket"], row, True))
-            figures += [throughput_figure(name, f"peer {k}", m, row, False) for k, m in row["peers"].items()]
+            paths = [("HTTP v1", row["http"], True), ("WebSocket", row["websocket"], True)]
+            for label, m, targeted in paths + [(f"peer {k}", m, False) for k, m in row["peers"].items()]:
+                title = f"{name}: throughput over {label}, {row['callers']} callers"
+                bare, met = row["bare"]["throughput"], goal(OVERHEAD_TARGET, m["ratio"], targeted)
+                baseline = "bare engine, same callers"
+                figures.append(figure(title, "audio s/s", m["throughput"], bare, baseline, "higher", *met))
         busiest = max(res["overhead"], key=lambda row: row["callers"])
         for key, found in res["capacity"].items():
             targeted = key.startswith("service_")
@@ -591,12 +562,9 @@ def headline_figures(engines: Mapping[str, Mapping[str, Any]]) -> list[Figure]:
                 figures.append(
                     figure(f"{title}, against many streams", "callers", callers, bare, streams, "higher")
                 )
-            target = f"ratio >= {CAPACITY_TARGET:.2f}" if targeted else ""
-            met = found["ratio"] >= CAPACITY_TARGET if targeted else None
+            met = goal(CAPACITY_TARGET, found["ratio"], targeted)
             bound = res["bound"]["callers"]
-            figures.append(
-                figure(title, "callers", callers, bound, "cores ÷ bare RTF", "higher", target, met)
-            )
+            figures.append(figure(title, "callers", callers, bound, "cores ÷ bare RTF", "higher", *met))
     return figures
 
 
