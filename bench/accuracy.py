@@ -20,13 +20,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.kafka_path import sentiment_model
+from bench.kafka_path import sample_calls, sentiment_model
 from bench.results import ROOT, Better, Figure, Result, figure, main, result
-from devtools.evaluation import load_manifest
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = ROOT / "data" / "manifest.tsv"
 COMMITTED = ROOT / "bench" / "results" / "engines.json"
 GROUP_NAMES = {
     "overall": "all of data/",
@@ -114,11 +112,7 @@ def held_out_scores(block: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def call_turns() -> list[tuple[str, str]]:
-    return [
-        (e.transcript, e.sentiment)
-        for e in load_manifest(MANIFEST)
-        if e.turn is not None and e.path.stem.startswith("call") and e.sentiment
-    ]
+    return [(turn.transcript, turn.sentiment) for call in sample_calls() for turn in call if turn.sentiment]
 
 
 def turn_agreement(model: Path, turns: Sequence[tuple[str, str]]) -> dict[str, Any]:

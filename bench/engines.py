@@ -20,20 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.results import ROOT, Column, Option, Result, figure, main, result, run_json, table
+from bench.results import Column, Option, Result, figure, main, result, run_json, table
 from decoder_api.audio import decode_file
 from decoder_api.config import load_settings
 from decoder_api.engines import Engine, RecognizerOptions, load_engine
 from decoder_api.sessions.transcripts import stream_pcm
-from devtools.evaluation import load_manifest, whole_files, word_error_rate
+from devtools.clients import CHUNK_MS, RATE_HZ
+from devtools.evaluation import DEFAULT_MANIFEST, load_manifest, whole_files, word_error_rate
 from devtools.processes import status_mib
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = ROOT / "data" / "manifest.tsv"
 ENGINES = {"whisper": {"engine": "whisper", "model": "tiny.en"}, "vosk": {"engine": "vosk", "model": "ko"}}
-CHUNK_MS = 200
-RATE_HZ = 16000
 AUDIO_LANGUAGE = "en"
 QUICK_FILES = 2
 QUICK_ENGINES = ("whisper",)  # the engine that has a WER on data/
@@ -62,7 +60,7 @@ class Clip:
 
 def load_clips(quick: bool) -> list[Clip]:
     """Every whole file of the manifest, or only the ``QUICK_FILES`` shortest ones."""
-    entries = whole_files(load_manifest(MANIFEST), AUDIO_LANGUAGE)
+    entries = whole_files(load_manifest(DEFAULT_MANIFEST), AUDIO_LANGUAGE)
     if quick:
         entries = sorted(entries, key=lambda e: e.seconds)[:QUICK_FILES]
     group = {e.path.name: next(g for g, p in GROUPS.items() if e.path.name.startswith(p)) for e in entries}

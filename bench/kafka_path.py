@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import itertools
 import json
 import logging
 import math
@@ -27,19 +28,18 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bench.results import ROOT, Figure, Option, Result, figure, main, percentile, result
+from bench.results import Figure, Option, Result, figure, main, percentile, result
 from contract.events import TranscriptEvent, rfc3339_utc
 from contract.kafka import KafkaClientSettings
 from decoder_api.delivery.publisher import KafkaConfig
 from devtools import devstack
-from devtools.evaluation import ManifestEntry, load_manifest
+from devtools.evaluation import DEFAULT_MANIFEST, ManifestEntry, load_manifest
 from devtools.processes import ServiceProcess, scrape_metrics
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = ROOT / "data" / "manifest.tsv"
 PARTITIONS = devstack.PARTITIONS
 FINAL_EVERY_S = 4.5  # a caller's finals come about this far apart (the sample calls' turns)
 READY_TIMEOUT_S = 180.0
@@ -60,38 +60,33 @@ QUICK = Size(rates=(20.0,), duration_s=1.0, backlog=40, drain_timeout_s=30.0)
 
 def sample_calls() -> list[list[ManifestEntry]]:
     calls: dict[str, list[ManifestEntry]] = {}
-    for entry in load_manifest(MANIFEST):
+    for entry in load_manifest(DEFAULT_MANIFEST):
         if entry.turn is not None and entry.path.stem.startswith("call"):
             calls.setdefault(entry.path.stem, []).append(entry)
     if not calls:
-        raise RuntimeError(f"{MANIFEST} has no call turns")
+        raise RuntimeError(f"{DEFAULT_MANIFEST} has no call turns")
     return list(calls.values())
 
 
-class CallMix:
-    """Finals of ``concurrent`` interleaved calls; a call that has said all its turns is replaced."""
+def call_finals(
+    calls: list[list[ManifestEntry]], rate_per_s: float, prefix: str
+) -> Iterator[TranscriptEvent]:
+    """Finals of as many interleaved calls as say ``rate_per_s`` finals a second together; a call that has
+    said all its turns is replaced by the next one."""
+    started = itertools.count()
 
-    def __init__(self, calls: list[list[ManifestEntry]], rate_per_s: float, prefix: str) -> None:
-        self._calls, self._prefix, self._started, self._next = calls, prefix, 0, 0
-        self._open = [self._new_call() for _ in range(max(1, math.ceil(rate_per_s * FINAL_EVERY_S)))]
+    def new_call() -> tuple[str, Iterator[tuple[int, ManifestEntry]]]:
+        return f"{prefix}{secrets.token_urlsafe(12)}", iter(enumerate(calls[next(started) % len(calls)]))
 
-    def _new_call(self) -> tuple[str, Iterator[tuple[int, ManifestEntry]]]:
-        script = self._calls[self._started % len(self._calls)]
-        self._started += 1
-        return f"{self._prefix}{secrets.token_urlsafe(12)}", iter(enumerate(script))
-
-    def next_event(self) -> TranscriptEvent:
-        slot = self._next % len(self._open)
-        self._next += 1
-        session_id, turns = self._open[slot]
-        step = next(turns, None)
-        if step is None:
-            self._open[slot] = self._new_call()
-            session_id, turns = self._open[slot]
+    in_progress = [new_call() for _ in range(max(1, math.ceil(rate_per_s * FINAL_EVERY_S)))]
+    for slot in itertools.cycle(range(len(in_progress))):
+        session_id, turns = in_progress[slot]
+        if (step := next(turns, None)) is None:
+            in_progress[slot] = session_id, turns = new_call()
             step = next(turns)
         utterance, turn = step
         start_ms = round(turn.start_s * 1000)
-        return TranscriptEvent(
+        yield TranscriptEvent(
             session_id=session_id,
             user_id=f"caller-{session_id[-6:]}",
             utterance=utterance,
@@ -115,14 +110,14 @@ class Sender:
         self.sent_at: dict[str, float] = {}  # event_id → perf_counter at produce()
         self.documents: dict[str, dict[str, Any]] = {}
 
-    def send(self, mix: CallMix, count: int, rate_per_s: float = math.inf) -> list[str]:
-        """``count`` events of ``mix``, ``rate_per_s`` a second on an absolute schedule; flushed."""
+    def send(self, finals: Iterator[TranscriptEvent], count: int, rate_per_s: float = math.inf) -> list[str]:
+        """``count`` events of ``finals``, ``rate_per_s`` a second on an absolute schedule; flushed."""
         assert self._producer is not None, "the sender is closed"
         ids, start = [], time.perf_counter()
         for i in range(count):
             if (delay := start + i / rate_per_s - time.perf_counter()) > 0:
                 time.sleep(delay)  # pacing, not waiting for a condition
-            event = mix.next_event()
+            event = next(finals)
             self.documents[event.event_id] = event.to_dict()
             self.sent_at[event.event_id] = time.perf_counter()
             self._producer.produce(
@@ -145,20 +140,16 @@ class Arrival:
 
 
 class Reader:
+    """A downstream consumer of the input and the output topic on a thread of its own: when each event
+    first arrived on each (duplicates are dropped)."""
+
     def __init__(self, bootstrap: str, input_topic: str, output_topic: str) -> None:
         self.input_topic, self.output_topic = input_topic, output_topic
         self.arrivals: dict[str, dict[str, Arrival]] = {input_topic: {}, output_topic: {}}  # topic → id →
         self._assigned, self._stop, self._lock = threading.Event(), threading.Event(), threading.Lock()
-        consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"bench-reader-{uuid.uuid4().hex}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 10,
-                "log_level": 0,
-            }
-        )
+        group = {"group.id": f"bench-reader-{uuid.uuid4().hex}", "auto.offset.reset": "earliest"}
+        settings = {"enable.auto.commit": False, "fetch.wait.max.ms": 10, "log_level": 0}
+        consumer = Consumer({"bootstrap.servers": bootstrap, **group, **settings})
 
         def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
             if {p.topic for p in partitions} >= {input_topic, output_topic}:
@@ -173,38 +164,23 @@ class Reader:
     def _run(self, consumer: Consumer) -> None:
         try:
             while not self._stop.is_set():
-                message = consumer.poll(0.1)
-                if message is not None and message.error() is None:
-                    self._record(message)
+                if (message := consumer.poll(0.1)) is not None and message.error() is None:
+                    now, document = time.perf_counter(), json.loads(message.value() or b"{}")
+                    with self._lock:
+                        arrival = Arrival(now, str(document.get("enriched_at", "")))
+                        self.arrivals[message.topic() or ""].setdefault(document["event_id"], arrival)
         finally:
             consumer.close()
 
-    def _record(self, message: Message) -> None:
-        now = time.perf_counter()
-        try:
-            document = json.loads(message.value() or b"")
-        except ValueError:
-            return
-        with self._lock:
-            seen = self.arrivals[message.topic() or ""]
-            if document["event_id"] not in seen:  # the first copy counts; duplicates are dropped
-                seen[document["event_id"]] = Arrival(now, str(document.get("enriched_at", "")))
-
-    def count(self, topic: str, ids: Sequence[str]) -> int:
-        with self._lock:
-            return sum(1 for i in ids if i in self.arrivals[topic])
-
-    def wait_for(self, topic: str, ids: Sequence[str], timeout_s: float) -> bool:
+    def arrived(self, topic: str, ids: Sequence[str], timeout_s: float) -> dict[str, Arrival]:
+        """The arrivals on ``topic`` (a copy) once all of ``ids`` are among them or ``timeout_s`` passed."""
         deadline = time.monotonic() + timeout_s
-        while self.count(topic, ids) < len(ids):
-            if time.monotonic() > deadline:
-                return False
+        while True:
+            with self._lock:
+                seen = dict(self.arrivals[topic])
+            if all(i in seen for i in ids) or time.monotonic() > deadline:
+                return seen
             time.sleep(0.05)  # poll interval
-        return True
-
-    def snapshot(self, topic: str) -> dict[str, Arrival]:
-        with self._lock:
-            return dict(self.arrivals[topic])
 
     def stop(self) -> None:
         self._stop.set()
@@ -277,11 +253,10 @@ def paced_run(
 ) -> dict[str, Any]:
     """Finals at ``rate_per_s`` for the run's duration: produce → enriched, and the broker hop alone."""
     logger.info("producing rate_per_s=%g duration_s=%g", rate_per_s, size.duration_s)
-    mix = CallMix(calls, rate_per_s, prefix=f"r{rate_per_s:g}-")
-    ids = sender.send(mix, round(rate_per_s * size.duration_s), rate_per_s)
-    reader.wait_for(reader.output_topic, ids, size.drain_timeout_s)
-    waited, sent = time.perf_counter(), sender.sent_at
-    enriched, hop = reader.snapshot(reader.output_topic), reader.snapshot(reader.input_topic)
+    finals = call_finals(calls, rate_per_s, prefix=f"r{rate_per_s:g}-")
+    ids = sender.send(finals, round(rate_per_s * size.duration_s), rate_per_s)
+    enriched = reader.arrived(reader.output_topic, ids, size.drain_timeout_s)
+    waited, sent, hop = time.perf_counter(), sender.sent_at, reader.arrived(reader.input_topic, (), 0)
     # undelivered events count with the time waited (a lower bound)
     enriched_ms = [((enriched[i].at if i in enriched else waited) - sent[i]) * 1000 for i in ids]
     hop_ms = [(hop[i].at - sent[i]) * 1000 for i in ids if i in hop]
@@ -324,15 +299,16 @@ def measure(size: Size, bootstrap: str | None, workdir: Path) -> tuple[dict[str,
             "nlp_consumer", ["-m", "nlp_consumer"], env, workdir / "nlp_consumer.log", ready
         )
         cleanup.callback(consumer.stop)
-        backlog = sender.send(CallMix(calls, 20, prefix="backlog-"), size.backlog)
+        backlog = sender.send(call_finals(calls, 20, prefix="backlog-"), size.backlog)
         logger.info("backlog events=%d; starting nlp_consumer", size.backlog)
         started = time.perf_counter()
         consumer.start(READY_TIMEOUT_S)
         ready_s = time.perf_counter() - started
-        if not reader.wait_for(enriched, backlog, max(READY_TIMEOUT_S, size.backlog)):
-            raise TimeoutError(f"only {reader.count(enriched, backlog)} of the backlog came out enriched")
-        batches = consumer_batches(reader.snapshot(enriched), backlog)
-        through = consumer_throughput(reader.snapshot(enriched), batches)
+        arrivals = reader.arrived(enriched, backlog, max(READY_TIMEOUT_S, size.backlog))
+        if (came := sum(1 for i in backlog if i in arrivals)) < len(backlog):
+            raise TimeoutError(f"only {came} of the backlog came out enriched")
+        batches = consumer_batches(arrivals, backlog)
+        through = consumer_throughput(arrivals, batches)
         runs = [paced_run(sender, reader, rate, size, calls) for rate in size.rates]
         samples = consumer_metrics(port)
     logger.info("consumer stopped; running the bare pipeline on the same batches")
