@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import logging
 import socket
+import socketserver
 import statistics
 import sys
 import tempfile
@@ -99,72 +100,54 @@ def words_lost(expected: Sequence[str], got: Sequence[str]) -> int:
     return int(output.deletions + output.substitutions)
 
 
-class Route:
-    """A TCP front door: each new connection goes to the first backend that accepts it, so a client
-    stays on the instance that owns its call while it lives (as with the Route's sticky cookie)."""
+class Route(socketserver.ThreadingTCPServer):
+    """A TCP front door: each new connection goes to the first of ``backends`` (ports) that accepts it, so
+    a client stays on the instance that owns its call while it lives (as with the Route's sticky cookie)."""
 
-    def __init__(self, backends: list[int]) -> None:
-        self.backends = backends  # ports, in order of preference
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, name="route", daemon=True).start()
+    daemon_threads = True
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:  # closed
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), socketserver.BaseRequestHandler)
+        self.backends: list[int] = []
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        threading.Thread(target=self.serve_forever, args=(0.1,), name="route", daemon=True).start()
 
-    def _serve(self, client: socket.socket) -> None:
+    def finish_request(self, request: Any, client_address: Any) -> None:
         for port in list(self.backends):
-            try:
+            with contextlib.suppress(OSError):
                 upstream = socket.create_connection(("127.0.0.1", port), timeout=2)
-            except OSError:
-                continue
-            upstream.settimeout(None)
-            threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
-            pump(client, upstream)
-            return
-        client.close()
+                upstream.settimeout(None)
+                threading.Thread(target=pump, args=(upstream, request), daemon=True).start()
+                pump(request, upstream)
+                return
 
     def stop(self) -> None:
-        self._listener.close()
+        self.shutdown()
+        self.server_close()
 
 
 def pump(source: socket.socket, sink: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         while data := source.recv(65536):
             sink.sendall(data)
-    except OSError:
-        pass
-    finally:
-        for end in (source, sink):
-            with contextlib.suppress(OSError):
-                end.shutdown(socket.SHUT_RDWR)
-            end.close()
-
-
-@dataclass(frozen=True)
-class Retry:
-    at: float  # perf_counter when the client decided to retry
-    delay_s: float
-    reason: str
+    for end in (source, sink):
+        with contextlib.suppress(OSError):
+            end.shutdown(socket.SHUT_RDWR)
+        end.close()
 
 
 class RetryLog(logging.Handler):
-    """The recorder client's retries, from its ``recorder.retry`` log lines."""
+    """The recorder client's retries, from its ``recorder.retry`` log lines: (perf_counter, delay, reason)."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
-        self.retries: list[Retry] = []
+        self.retries: list[tuple[float, float, str]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         args = record.args if isinstance(record.args, tuple) else ()
         delay = float(str(args[2])) if len(args) > 2 else 0.0
         reason = str(args[3]) if len(args) > 3 else record.getMessage()
-        self.retries.append(Retry(time.perf_counter(), delay, reason))
+        self.retries.append((time.perf_counter(), delay, reason))
 
 
 @dataclass
@@ -180,7 +163,7 @@ class CallOutcome:
     finals: list[str]
     replies: list[Reply]
     killed_at: float | None
-    retries: list[Retry]
+    retries: list[tuple[float, float, str]]  # (perf_counter, delay s, reason)
 
 
 def stream_call(
@@ -249,7 +232,7 @@ def recovery_of(outcome: CallOutcome, expected: list[str], kill_at_s: float) -> 
         "back_on_schedule_s": (late[-1].done - killed) if late else 0.0,
         "client_retries": len(outcome.retries),
         "retries": [
-            {"after_kill_s": r.at - killed, "delay_s": r.delay_s, "reason": r.reason} for r in outcome.retries
+            {"after_kill_s": at - killed, "delay_s": s, "reason": why} for at, s, why in outcome.retries
         ],
         "words_lost": words_lost(expected, outcome.finals),
         "transcript_identical": outcome.finals == expected,
@@ -270,7 +253,7 @@ def measure(size: Size, workdir: Path) -> dict[str, Any]:
         decoders.append(DecoderServer(free_port(), env, workdir / f"decoder-{len(decoders)}.log", name))
         return decoders[-1].launch()
 
-    route = Route([])
+    route = Route()
     try:
         live = [new_decoder(), new_decoder()]
         expected = uninterrupted(call.pcm)  # while the decoders load their model
