@@ -196,14 +196,11 @@ COLUMNS: list[Column] = [
 
 def run(args: argparse.Namespace) -> Result:
     sizes = QUICK_SIZES if args.quick else DEFAULT_SIZES
-    engines = (
-        {args.engine: PROTOCOLS[args.engine]} if args.engine else QUICK_PROTOCOLS if args.quick else PROTOCOLS
-    )
-    runs = [
-        run
-        for engine, protocols in engines.items()
-        for run in measure_engine(engine, protocols, sizes, args.quick)
-    ]
+    engines = QUICK_PROTOCOLS if args.quick else PROTOCOLS
+    engines = {args.engine: PROTOCOLS[args.engine]} if args.engine else engines
+    runs: list[dict[str, Any]] = []
+    for engine, protocols in engines.items():
+        runs += measure_engine(engine, protocols, sizes, args.quick)
     settings = {"chunk_ms": CHUNK_MS, **asdict(sizes), "no_recycle_s": NO_RECYCLE_S}
     details = {"sizes": asdict(sizes), "runs": runs}
     tables = [column_table("Every run", COLUMNS, runs)]

@@ -330,17 +330,13 @@ def run(args: argparse.Namespace) -> Result | int:
         return 0
     env = env_items(args.service_env)
     engines = [args.engine] if args.engine else ["vosk"] if args.quick else ["vosk", "whisper"]
-    servers = []
-    if "vosk" in engines:
-        servers.append(measure_server("vosk", True, sizes.churn, sizes.live, sizes, env, args.quick))
-        if sizes.churn_pool_off:
-            servers.append(
-                measure_server("vosk", False, sizes.churn_pool_off, sizes.live, sizes, env, args.quick)
-            )
-    if "whisper" in engines:
-        servers.append(
-            measure_server("whisper", True, sizes.whisper_churn, sizes.whisper_live, sizes, env, args.quick)
-        )
+    runs = [("vosk", True, sizes.churn, sizes.live), ("vosk", False, sizes.churn_pool_off, sizes.live)]
+    runs.append(("whisper", True, sizes.whisper_churn, sizes.whisper_live))
+    servers = [
+        measure_server(engine, pool, churn_count, live, sizes, env, args.quick)
+        for engine, pool, churn_count, live in runs
+        if engine in engines and churn_count  # no churn: not measured
+    ]
     bare = []
     for variant in sizes.variants:  # each in a fresh process, the same sizes (``--quick`` passed on)
         logger.info("measuring bare engine variant=%s", variant)
