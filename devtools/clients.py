@@ -77,8 +77,8 @@ class HttpSession:
     """A call over the native API on one keep-alive ``http.client`` connection (the lightest client
     the standard library has, so a client sharing the machine costs little CPU).
 
-    ``options`` is the body of ``POST /v1/sessions``; ``finals`` collects the finals of every reply.
-    ``delete`` also deletes the session after its end.
+    ``options`` is the body of ``POST /v1/sessions``; ``finals`` collects the finals of every reply,
+    ``partials`` each chunk's partial. ``delete`` also deletes the session after its end.
     """
 
     def __init__(
@@ -96,6 +96,7 @@ class HttpSession:
         self.timeout_s, self.delete = timeout_s, delete
         self.session_id, self.token, self.seq = "", "", 0
         self.finals: list[dict[str, Any]] = []
+        self.partials: list[str] = []
         self._conn: http.client.HTTPConnection | None = None
 
     @property
@@ -114,7 +115,9 @@ class HttpSession:
     def send(self, pcm: bytes) -> dict[str, Any]:
         headers = {"Content-Type": "application/octet-stream", "X-Chunk-Seq": str(self.seq)}
         self.seq += 1
-        return self._collect(self.request("POST", f"{self.path}/audio", pcm, headers))
+        reply = self._collect(self.request("POST", f"{self.path}/audio", pcm, headers))
+        self.partials.append(reply["partial"])
+        return reply
 
     def end(self) -> dict[str, Any]:
         reply = self._collect(self.request("POST", f"{self.path}/end"))

@@ -16,55 +16,26 @@ from decoder_api.audio import chunk_bytes, iter_chunks
 from decoder_api.engines.base import RecognizerOptions
 from decoder_api.engines.vosk import VoskEngine
 from decoder_api.sessions.transcripts import stream_pcm
+from devtools.clients import HttpSession, split_chunks, stream_audio
 from devtools.processes import DecoderServer, start_decoder
 from tests.conftest import RATE_HZ, SpokenCall
 
 PCM = {"Content-Type": "application/octet-stream"}
 
 
-class Client:
-    """A native-API client written from the documented contract."""
+def opened(base: str, api_key: str | None = None, **options: Any) -> HttpSession:
+    """A session of the native API opened with ``options`` (the server's defaults for the others)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return HttpSession(base, options, headers).open()
 
-    def __init__(self, base: str, api_key: str | None = None) -> None:
-        self.base = base
-        self.http = requests.Session()
-        if api_key:
-            self.http.headers["Authorization"] = f"Bearer {api_key}"
 
-    def open(self, **options: Any) -> tuple[str, str]:
-        response = self.http.post(f"{self.base}/v1/sessions", json=options, timeout=30)
-        assert response.status_code == 201, response.text
-        return response.json()["session_id"], response.json()["token"]
-
-    def feed(self, sid: str, token: str, pcm: bytes) -> dict[str, Any]:
-        response = self.http.post(
-            f"{self.base}/v1/sessions/{sid}/audio",
-            data=pcm,
-            headers={**PCM, "X-Session-Token": token},
-            timeout=60,
-        )
-        assert response.status_code == 200, response.text
-        return dict(response.json())
-
-    def end(self, sid: str, token: str) -> dict[str, Any]:
-        response = self.http.post(
-            f"{self.base}/v1/sessions/{sid}/end", headers={"X-Session-Token": token}, timeout=60
-        )
-        assert response.status_code == 200, response.text
-        return dict(response.json())
-
-    def stream(
-        self, pcm: bytes, chunk_ms: int = 200, **options: Any
-    ) -> tuple[list[dict[str, Any]], list[str]]:
-        sid, token = self.open(**options)
-        finals: list[dict[str, Any]] = []
-        partials: list[str] = []
-        for chunk in iter_chunks(pcm, chunk_bytes(RATE_HZ, chunk_ms)):
-            reply = self.feed(sid, token, chunk)
-            finals += reply["finals"]
-            partials.append(reply["partial"])
-        finals += self.end(sid, token)["finals"]
-        return finals, partials
+def stream(
+    base: str, pcm: bytes, chunk_ms: int = 200, **options: Any
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """``pcm`` through one session in ``chunk_ms`` chunks: the finals and each chunk's partial."""
+    session = HttpSession(base, options)
+    stream_audio(session, pcm, chunk_ms=chunk_ms)
+    return session.finals, session.partials
 
 
 def metric(base: str, name: str) -> float:
@@ -87,7 +58,7 @@ def offline(engine: VoskEngine, pcm: bytes, chunk_ms: int = 200) -> list[str]:
 def test_streaming_gives_evolving_partials_and_the_offline_finals(
     vosk_server: DecoderServer, vosk_engine: VoskEngine, korean_call: SpokenCall
 ) -> None:
-    finals, partials = Client(vosk_server.url).stream(korean_call.pcm, chunk_ms=200, words=True)
+    finals, partials = stream(vosk_server.url, korean_call.pcm, chunk_ms=200, words=True)
     assert [f["text"] for f in finals] == offline(vosk_engine, korean_call.pcm)
     assert [f["utterance"] for f in finals] == list(range(len(finals)))
     assert all(f["words"] and f["start_ms"] < f["end_ms"] for f in finals)
@@ -98,7 +69,7 @@ def test_streaming_gives_evolving_partials_and_the_offline_finals(
 def test_chunk_sizes(
     vosk_server: DecoderServer, vosk_engine: VoskEngine, korean_call: SpokenCall, chunk_ms: int
 ) -> None:
-    finals, _ = Client(vosk_server.url).stream(korean_call.pcm, chunk_ms=chunk_ms)
+    finals, _ = stream(vosk_server.url, korean_call.pcm, chunk_ms=chunk_ms)
     assert [f["text"] for f in finals] == offline(vosk_engine, korean_call.pcm, chunk_ms)
 
 
@@ -116,10 +87,9 @@ def test_twenty_concurrent_sessions_each_get_their_own_transcript(
     assert len(set(map(tuple, by_turn))) == len(turns)  # the turns are told apart
     calls = [turns[i % len(turns)] for i in range(20)]
     expected = [by_turn[i % len(turns)] for i in range(20)]
-    client = Client(vosk_server.url)
 
     def run(pcm: bytes) -> list[str]:
-        return [f["text"] for f in client.stream(pcm, chunk_ms=200)[0]]
+        return [f["text"] for f in stream(vosk_server.url, pcm, chunk_ms=200)[0]]
 
     with ThreadPoolExecutor(max_workers=20) as pool:
         got = list(pool.map(run, calls))
@@ -127,25 +97,18 @@ def test_twenty_concurrent_sessions_each_get_their_own_transcript(
 
 
 def test_session_state_and_transcript(vosk_server: DecoderServer, korean_call: SpokenCall) -> None:
-    client = Client(vosk_server.url)
-    sid, token = client.open(user_id="agent-7", metadata={"queue": "billing"})
-    for chunk in iter_chunks(korean_call.pcm, chunk_bytes(RATE_HZ, 200)):
-        client.feed(sid, token, chunk)
-    state = client.http.get(f"{vosk_server.url}/v1/sessions/{sid}", headers={"X-Session-Token": token}).json()
+    session = opened(vosk_server.url, user_id="agent-7", metadata={"queue": "billing"})
+    for chunk in split_chunks(korean_call.pcm, 200):
+        session.send(chunk)
+    state = session.request("GET", session.path)
     assert state["state"] == "open"
     assert state["user_id"] == "agent-7"
     assert state["audio_ms"] == korean_call.duration_ms
-    ended = client.end(sid, token)
-    assert ended["transcript"] == " ".join(f["text"] for f in client_finals(client, sid, token))
-    gone = client.http.delete(f"{vosk_server.url}/v1/sessions/{sid}", headers={"X-Session-Token": token})
-    assert gone.status_code == 204
-    after = client.http.get(f"{vosk_server.url}/v1/sessions/{sid}", headers={"X-Session-Token": token})
-    assert after.status_code == 404
-
-
-def client_finals(client: Client, sid: str, token: str) -> list[dict[str, Any]]:
-    state = client.http.get(f"{client.base}/v1/sessions/{sid}", headers={"X-Session-Token": token}).json()
-    return list(state["finals"])
+    ended = session.end()
+    assert ended["transcript"] == " ".join(f["text"] for f in session.request("GET", session.path)["finals"])
+    session.request("DELETE", session.path, expected=204)
+    session.request("GET", session.path, expected=404)
+    session.close()
 
 
 def test_transcribe_a_whole_file(vosk_server: DecoderServer, vosk_engine: VoskEngine, tmp_path: Path) -> None:
@@ -223,10 +186,10 @@ def test_client_mistakes_are_documented_4xx(
 
 @pytest.fixture
 def open_session(vosk_server: DecoderServer) -> Iterator[tuple[str, str]]:
-    client = Client(vosk_server.url)
-    sid, token = client.open()
-    yield sid, token
-    client.http.delete(f"{vosk_server.url}/v1/sessions/{sid}", headers={"X-Session-Token": token})
+    session = opened(vosk_server.url)
+    yield session.session_id, session.token
+    requests.delete(f"{vosk_server.url}{session.path}", headers={"X-Session-Token": session.token})
+    session.close()
 
 
 @pytest.mark.parametrize(
@@ -261,11 +224,12 @@ def test_a_session_needs_its_token(vosk_server: DecoderServer, open_session: tup
     url = f"{vosk_server.url}/v1/sessions/{sid}"
     assert requests.get(url, timeout=10).status_code == 401
     assert requests.get(url, headers={"X-Session-Token": "x" * 43}, timeout=10).status_code == 403
-    other_sid, other_token = Client(vosk_server.url).open()
-    assert requests.get(url, headers={"X-Session-Token": other_token}, timeout=10).status_code == 403
+    other = opened(vosk_server.url)
+    assert requests.get(url, headers={"X-Session-Token": other.token}, timeout=10).status_code == 403
     assert requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 200
     assert requests.get(f"{url}?token={token}", timeout=10).status_code == 200
-    requests.delete(f"{vosk_server.url}/v1/sessions/{other_sid}", headers={"X-Session-Token": other_token})
+    other.request("DELETE", other.path, expected=204)
+    other.close()
 
 
 def test_audio_after_end_is_a_conflict(vosk_server: DecoderServer, open_session: tuple[str, str]) -> None:
@@ -311,23 +275,23 @@ def limited_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Decoder
 
 
 def test_capacity_limit_answers_503_with_retry_after(limited_server: DecoderServer) -> None:
-    client = Client(limited_server.url)
-    opened = [client.open() for _ in range(3)]
-    full = client.http.post(f"{limited_server.url}/v1/sessions", json={})
+    sessions = [opened(limited_server.url) for _ in range(3)]
+    full = requests.post(f"{limited_server.url}/v1/sessions", json={})
     assert full.status_code == 503
     assert full.json()["error"] == "capacity"
     assert int(full.headers["Retry-After"]) > 0
-    for sid, token in opened:
-        client.http.delete(f"{limited_server.url}/v1/sessions/{sid}", headers={"X-Session-Token": token})
-    assert client.http.post(f"{limited_server.url}/v1/sessions", json={}).status_code == 201
+    for session in sessions:
+        session.request("DELETE", session.path, expected=204)
+        session.close()
+    assert requests.post(f"{limited_server.url}/v1/sessions", json={}).status_code == 201
 
 
 def test_oversized_body_is_413(limited_server: DecoderServer) -> None:
-    sid, token = Client(limited_server.url).open()
+    session = opened(limited_server.url)
     response = requests.post(
-        f"{limited_server.url}/v1/sessions/{sid}/audio",
+        f"{limited_server.url}{session.path}/audio",
         data=b"\0" * 70000,
-        headers={**PCM, "X-Session-Token": token},
+        headers={**PCM, "X-Session-Token": session.token},
     )
     assert response.status_code == 413
     assert response.json()["error"] == "request_entity_too_large"
@@ -336,10 +300,9 @@ def test_oversized_body_is_413(limited_server: DecoderServer) -> None:
 def test_idle_sessions_expire_and_free_their_recognizer(
     limited_server: DecoderServer, korean_call: SpokenCall
 ) -> None:
-    client = Client(limited_server.url)
-    sid, token = client.open()
-    client.feed(sid, token, korean_call.pcm[:32000])
-    url = f"{limited_server.url}/v1/sessions/{sid}"
+    session = opened(limited_server.url)
+    session.send(korean_call.pcm[:32000])
+    url, token = f"{limited_server.url}{session.path}", session.token
     deadline = time.monotonic() + 30
     while (
         time.monotonic() < deadline
@@ -356,11 +319,10 @@ def test_idle_sessions_expire_and_free_their_recognizer(
 def test_memory_returns_to_baseline_after_many_short_sessions(
     vosk_server: DecoderServer, korean_call: SpokenCall
 ) -> None:
-    client = Client(vosk_server.url)
     speech = korean_call.pcm[: 2 * RATE_HZ * 2]
 
     def short_call() -> None:
-        client.stream(speech, chunk_ms=500)
+        stream(vosk_server.url, speech, chunk_ms=500)
 
     for _ in range(20):
         short_call()
@@ -395,21 +357,22 @@ def test_api_keys_guard_every_route_but_operations(keyed_server: DecoderServer) 
     )
     for path in ("/healthz", "/readyz", "/metrics"):
         assert requests.get(f"{base}{path}").status_code == 200
-    owner, other, from_file = Client(base, "env-key-1"), Client(base, "env-key-2"), Client(base, "file-key-1")
-    sid, token = owner.open()
-    assert owner.http.get(f"{base}/v1/sessions/{sid}").status_code == 200
-    assert other.http.get(f"{base}/v1/sessions/{sid}").status_code == 403
-    assert other.http.get(f"{base}/v1/sessions/{sid}", headers={"X-Session-Token": token}).status_code == 200
-    assert requests.get(f"{base}/v1/sessions/{sid}", headers={"X-Session-Token": token}).status_code == 401
-    from_file.open()
+    owner = opened(base, "env-key-1")
+    url, token = f"{base}{owner.path}", owner.token
+    assert requests.get(url, headers={"Authorization": "Bearer env-key-1"}).status_code == 200
+    assert requests.get(url, headers={"Authorization": "Bearer env-key-2"}).status_code == 403
+    other = {"Authorization": "Bearer env-key-2", "X-Session-Token": token}
+    assert requests.get(url, headers=other).status_code == 200
+    assert requests.get(url, headers={"X-Session-Token": token}).status_code == 401
+    opened(base, "file-key-1").close()
+    owner.close()
 
 
 def test_numbered_chunks_are_decoded_exactly_once(
     vosk_server: DecoderServer, korean_call: SpokenCall
 ) -> None:
-    client = Client(vosk_server.url)
-    sid, token = client.open()
-    url = f"{vosk_server.url}/v1/sessions/{sid}/audio"
+    session = opened(vosk_server.url)
+    url, token = f"{vosk_server.url}{session.path}/audio", session.token
     chunks = list(iter_chunks(korean_call.pcm[: RATE_HZ * 2 * 3], chunk_bytes(RATE_HZ, 200)))
 
     def send(seq: int) -> requests.Response:
@@ -424,7 +387,7 @@ def test_numbered_chunks_are_decoded_exactly_once(
     assert gap.json()["expected"] == 2
     for seq in range(2, len(chunks)):
         assert send(seq).status_code == 200
-    assert client.end(sid, token)["audio_ms"] == 3000
+    assert session.end()["audio_ms"] == 3000
     bad = requests.post(url, data=b"\0\0", headers={**PCM, "X-Session-Token": token, "X-Chunk-Seq": "-1"})
     assert bad.status_code in (400, 409)
 
