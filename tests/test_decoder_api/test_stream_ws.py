@@ -16,6 +16,7 @@ import websocket
 from websocket import ABNF
 
 from decoder_api.audio import chunk_bytes, iter_chunks
+from devtools.clients import HttpSession, VoskStream, stream_audio
 from devtools.processes import DecoderServer, start_decoder
 from tests.conftest import PAUSE_MS, RATE_HZ, SpokenCall
 
@@ -32,7 +33,10 @@ NORMAL, GOING_AWAY, INVALID_DATA, POLICY_VIOLATION, MESSAGE_TOO_BIG, TRY_AGAIN_L
 
 
 def connect(server: DecoderServer, query: str = "", **options: Any) -> websocket.WebSocket:
-    return websocket.create_connection(f"{server.ws_url}/v1/stream{query}", timeout=30, **options)
+    """A connection to ``/v1/stream`` (``devtools.clients.VoskStream`` with no config frame sent)."""
+    ws = VoskStream(f"{server.ws_url}/v1/stream{query}", timeout_s=30, **options).open().ws
+    assert ws is not None
+    return ws
 
 
 def reply(ws: websocket.WebSocket) -> dict[str, Any]:
@@ -114,19 +118,9 @@ def korean_stream(vosk_server: DecoderServer, korean_call: SpokenCall) -> Stream
 
 def native_finals(server: DecoderServer, pcm: bytes) -> list[dict[str, Any]]:
     """The same audio and chunking through the native HTTP API."""
-    http = requests.Session()
-    opened = http.post(f"{server.url}/v1/sessions", json={"sample_rate": RATE_HZ, "words": True}, timeout=30)
-    assert opened.status_code == 201, opened.text
-    sid, token = opened.json()["session_id"], opened.json()["token"]
-    headers = {"Content-Type": "application/octet-stream", "X-Session-Token": token}
-    finals: list[dict[str, Any]] = []
-    for chunk in iter_chunks(pcm, CHUNK):
-        finals += http.post(f"{server.url}/v1/sessions/{sid}/audio", data=chunk, headers=headers).json()[
-            "finals"
-        ]
-    finals += http.post(f"{server.url}/v1/sessions/{sid}/end", headers=headers).json()["finals"]
-    http.delete(f"{server.url}/v1/sessions/{sid}", headers=headers)
-    return finals
+    session = HttpSession(server.url, {"sample_rate": RATE_HZ, "words": True}, delete=True)
+    stream_audio(session, pcm, chunk_ms=CHUNK_MS)
+    return session.finals
 
 
 def test_one_reply_per_frame_with_evolving_partials_and_finals_at_the_pauses(
