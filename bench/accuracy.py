@@ -39,25 +39,22 @@ def engines_report(out: Path, quick: bool) -> tuple[dict[str, Any], str]:
     """``engines.json`` of ``out`` or the committed one; otherwise run ``bench.engines`` into ``out``."""
     for path in dict.fromkeys([out / "engines.json", COMMITTED]):
         if path.is_file():
-            report: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-            return report, str(path)
+            return json.loads(path.read_text(encoding="utf-8")), str(path)
     logger.info("no engines.json: running python -m bench.engines first")
     command = [sys.executable, "-m", "bench.engines", "--out", str(out), *(["--quick"] if quick else [])]
     subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    report = json.loads((out / "engines.json").read_text(encoding="utf-8"))
-    return report, str(out / "engines.json")
+    return engines_report(out, quick)  # out has one now
 
 
 def wer_table(report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     table = {}
     for name, measured in report["details"]["engines"].items():
-        on, off = measured["partials_on"]["wer"], measured["partials_off"]["wer"]
         table[name] = {
             "model": measured["model"],
             "model_language": measured["model_language"],
             "audio_s": {"overall": measured["audio_s"], **measured["groups"]},
-            "streaming": on,
-            "offline": off,
+            "streaming": measured["partials_on"]["wer"],
+            "offline": measured["partials_off"]["wer"],
         }
     return table
 
@@ -70,17 +67,14 @@ def percent_figure(
 
 
 def wer_figures(table: Mapping[str, Mapping[str, Any]]) -> list[Figure]:
-    return [
-        percent_figure(
-            f"WER {engine}, {GROUP_NAMES.get(group, group)}",
-            wer,
-            (row["offline"] or {}).get(group),
-            "same engine, finals only (offline)",
-            "lower",
-        )
-        for engine, row in table.items()
-        for group, wer in (row["streaming"] or {}).items()
-    ]
+    figures = []
+    for engine, row in table.items():
+        for group, wer in (row["streaming"] or {}).items():
+            name, offline = f"WER {engine}, {GROUP_NAMES.get(group, group)}", row["offline"] or {}
+            figures.append(
+                percent_figure(name, wer, offline.get(group), "same engine, finals only (offline)", "lower")
+            )
+    return figures
 
 
 def majority_rate(confusion: Mapping[str, Mapping[str, int]], labels: Sequence[str] = ()) -> float | None:
@@ -186,22 +180,17 @@ def sentiment_figures(s: Mapping[str, Any]) -> list[Figure]:
             figures.append(percent_figure(name, *three_way, "majority class"))
     turns = s["call_turns"]
     for variant, label in (("as_written", "as written"), ("asr_style", "ASR style")):
-        name = f"Sentiment agreement with the calls' intended labels ({label})"
-        figures.append(
-            percent_figure(name, turns[variant]["agreement"], turns["majority_rate"], "majority label")
-        )
+        name, agreement = f"Sentiment agreement with the calls' intended labels ({label})", turns[variant]
+        figures.append(percent_figure(name, agreement["agreement"], turns["majority_rate"], "majority label"))
     built = "finding it built (a second make install)"
-    return [
-        *figures,
-        figure("Sentiment model build time", "s", s["training_seconds"], s["cache_check_s"], built),
-    ]
+    build_s, check_s = s["training_seconds"], s["cache_check_s"]
+    figures.append(figure("Sentiment model build time", "s", build_s, check_s, built))
+    return figures
 
 
 def notes(details: Mapping[str, Any]) -> list[str]:
-    s, lines = (
-        details["sentiment"],
-        [f"- WER from `{details['engines_json']}` (measured {details['engines_date']})."],
-    )
+    s = details["sentiment"]
+    lines = [f"- WER from `{details['engines_json']}` (measured {details['engines_date']})."]
     lines += [
         f"- {engine} ({row['model']}): a {row['model_language']} model; `data/` is English: no WER here."
         for engine, row in details["wer"].items()

@@ -120,9 +120,7 @@ class Sender:
             event = next(finals)
             self.documents[event.event_id] = event.to_dict()
             self.sent_at[event.event_id] = time.perf_counter()
-            self._producer.produce(
-                self.topic, key=event.key, value=event.to_json(), headers=list(event.headers)
-            )
+            self._producer.produce(self.topic, event.to_json(), event.key, headers=list(event.headers))
             self._producer.poll(0)
             ids.append(event.event_id)
         if remaining := self._producer.flush(30):
@@ -261,17 +259,11 @@ def paced_run(
     enriched_ms = [((enriched[i].at if i in enriched else waited) - sent[i]) * 1000 for i in ids]
     hop_ms = [(hop[i].at - sent[i]) * 1000 for i in ids if i in hop]
     delivered = sum(1 for i in ids if i in enriched)
-    return {
-        "rate_per_s": rate_per_s,
-        "sent": len(ids),
-        "delivered": delivered,
-        "complete": delivered == len(ids),
-        "enriched_p50_ms": percentile(enriched_ms, 50),
-        "enriched_p99_ms": percentile(enriched_ms, 99),
-        "enriched_max_ms": max(enriched_ms),
-        "hop_p50_ms": percentile(hop_ms, 50),
-        "hop_p99_ms": percentile(hop_ms, 99),
-    }
+    run = {"rate_per_s": rate_per_s, "sent": len(ids), "delivered": delivered}
+    run["complete"] = delivered == len(ids)
+    run |= {f"enriched_p{q}_ms": percentile(enriched_ms, q) for q in (50, 99)}
+    run["enriched_max_ms"] = max(enriched_ms)
+    return run | {f"hop_p{q}_ms": percentile(hop_ms, q) for q in (50, 99)}
 
 
 def measure(size: Size, bootstrap: str | None, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -319,10 +311,8 @@ def measure(size: Size, bootstrap: str | None, workdir: Path) -> tuple[dict[str,
         "backlog_events": size.backlog,
     }
     settings |= {"partitions": PARTITIONS, "consumer_batch_size": 32, "consumer_batch_ms": 500}
-    settings |= {
-        "broker": "Apache Kafka (started here)" if bootstrap is None else bootstrap,
-        "model": model.name,
-    }
+    settings["broker"] = "Apache Kafka (started here)" if bootstrap is None else bootstrap
+    settings["model"] = model.name
     details = {
         "model_path": str(model),
         "model_source": model_source,
@@ -347,10 +337,8 @@ def consumer_summary(samples: Mapping[str, float]) -> dict[str, float | None]:
     if batch_s is None or enrich_s is None:
         return found | {"enrich_share": None, "mean_kafka_ms_per_batch": None}
     kafka_ms = (batch_s - enrich_s) / batches * 1000 if batches else None
-    return found | {
-        "enrich_share": enrich_s / batch_s if batch_s else None,
-        "mean_kafka_ms_per_batch": kafka_ms,
-    }
+    share = enrich_s / batch_s if batch_s else None
+    return found | {"enrich_share": share, "mean_kafka_ms_per_batch": kafka_ms}
 
 
 def figures_of(details: Mapping[str, Any]) -> list[Figure]:
@@ -364,9 +352,8 @@ def figures_of(details: Mapping[str, Any]) -> list[Figure]:
         bound = "" if run["complete"] else " (lower bound: not all delivered)"
         for q in ("p50", "p99"):
             name = f"Final → enriched {q} at {run['rate_per_s']:g}/s{bound}"
-            figures.append(
-                figure(name, "ms", run[f"enriched_{q}_ms"], run[f"hop_{q}_ms"], "broker hop alone")
-            )
+            value, hop = run[f"enriched_{q}_ms"], run[f"hop_{q}_ms"]
+            figures.append(figure(name, "ms", value, hop, "broker hop alone"))
     return figures
 
 
