@@ -93,25 +93,23 @@ def measure(
     wall_s, cpu_s = sum(run.wall_s for run, _ in parts), sum(cpu for _, cpu in parts)
     audio_s = sum(t.audio_s for t in timings)
     logger.info("measured %s cpu_s=%.1f", " ".join(f"{k}={v}" for k, v in where.items()), cpu_s)
-    return (
-        where
-        | {
-            "streams": streams,
-            "sessions": len(timings),
-            "session_audio_s": timings[0].audio_s,
-            "audio_s": audio_s,
-            "wall_s": wall_s,
-            "server_cpu_s": cpu_s,
-            "audio_s_per_cpu_s": audio_s / cpu_s if cpu_s > 0 else 0.0,
-            "stream_speed": audio_s / streams / wall_s,  # audio s per wall s of each stream (1.0: kept up)
-            "behind_s_mean": sum(t.wall_s - t.audio_s for t in done) / max(1, len(done)),
-            "reply": latency_summary([r for t in done for r in t.latencies_s]),  # every chunk: sent -> reply
-            "first_chunk": latency_summary([t.first_reply_s for t in done]),  # open -> first chunk's reply
-            "first_second": latency_summary([max(t.latencies_s[:FIRST_SECOND_CHUNKS]) for t in done]),
-            "errors": len(timings) - len(done),
-            "pool_stats": pool_stats(server),
-        }
-    )
+    return {
+        **where,
+        "streams": streams,
+        "sessions": len(timings),
+        "session_audio_s": timings[0].audio_s,
+        "audio_s": audio_s,
+        "wall_s": wall_s,
+        "server_cpu_s": cpu_s,
+        "audio_s_per_cpu_s": audio_s / cpu_s if cpu_s > 0 else 0.0,
+        "stream_speed": audio_s / streams / wall_s,  # audio s per wall s of each stream (1.0: kept up)
+        "behind_s_mean": sum(t.wall_s - t.audio_s for t in done) / max(1, len(done)),
+        "reply": latency_summary([r for t in done for r in t.latencies_s]),  # every chunk: sent -> reply
+        "first_chunk": latency_summary([t.first_reply_s for t in done]),  # open -> first chunk's reply
+        "first_second": latency_summary([max(t.latencies_s[:FIRST_SECOND_CHUNKS]) for t in done]),
+        "errors": len(timings) - len(done),
+        "pool_stats": pool_stats(server),
+    }
 
 
 def measure_engine(engine: str, protocols: Sequence[str], sizes: Sizes, quick: bool) -> list[dict[str, Any]]:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jiwer
+
 from bench.churn import POOL_OFF, QUICK_POOL, pool_stats, served
 from bench.results import (
     SERVICE_ENV,
@@ -158,20 +160,11 @@ def measure_bare(variant: str, count: int, audio_s: float) -> dict[str, Any]:
     }
 
 
-def word_edits(reference: list[str], hypothesis: list[str]) -> int:
-    row = list(range(len(hypothesis) + 1))
-    for i, ref in enumerate(reference, 1):
-        previous, row[0] = row[0], i
-        for j, hyp in enumerate(hypothesis, 1):
-            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (ref != hyp))
-    return row[-1]
-
-
 def agreement(default: Mapping[str, Any], other: Mapping[str, Any]) -> float | None:
     """Word edits of ``other``'s transcripts against the default variant's, per default word."""
     words = sum(len(t.split()) for t in default["transcripts"])
-    pairs = zip(default["transcripts"], other["transcripts"], strict=True)
-    return sum(word_edits(a.split(), b.split()) for a, b in pairs) / words if words else None
+    found = jiwer.process_words(default["transcripts"], other["transcripts"])  # each pair aligned alone
+    return (found.substitutions + found.deletions + found.insertions) / words if words else None
 
 
 def churn(server: DecoderServer, pieces: Sequence[bytes], parallel: int) -> float:
@@ -346,14 +339,9 @@ def run(args: argparse.Namespace) -> Result | int:
         other["agreement_wer"] = agreement(bare[0], other)
     details = {"sizes": dataclasses.asdict(sizes), "servers": servers, "bare": bare, "service_env": env}
     default = bare[0]["rss_per_recognizer_mib"] if bare else 0.0
-    tables = [
-        column_table("Served decoder", SERVER_COLUMNS, servers),
-        column_table(
-            f"Bare Vosk engine ({sizes.recognizers} recognizers in one process)",
-            BARE_COLUMNS,
-            [(b, default) for b in bare],
-        ),
-    ]
+    bare_title = f"Bare Vosk engine ({sizes.recognizers} recognizers in one process)"
+    tables = [column_table("Served decoder", SERVER_COLUMNS, servers)]
+    tables.append(column_table(bare_title, BARE_COLUMNS, [(b, default) for b in bare]))
     settings: dict[str, Any] = {"churn_audio_s": CHURN_AUDIO_S, "live_audio_s": LIVE_AUDIO_S}
     settings |= {"bare_audio_s": sizes.bare_audio_s, "idle_ttl_s": sizes.idle_ttl_s}
     settings |= {"return_target": RETURN_TARGET, "curve_points": CURVE_POINTS, "service_env": env or "none"}
