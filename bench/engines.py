@@ -163,8 +163,8 @@ def percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 100:.1f} %"
 
 
-def slashed(*keys: str) -> Callable[[Mapping[str, Any]], str]:
-    return lambda p: " / ".join(f"{p[k]:.1f}" for k in keys)
+def slashed(prefix: str, *quantiles: str) -> Callable[[Mapping[str, Any]], str]:
+    return lambda p: " / ".join(f"{p[f'{prefix}_{q}_ms']:.1f}" for q in quantiles)
 
 
 ENGINE_ROWS: list[Column] = [
@@ -179,16 +179,10 @@ ENGINE_ROWS: list[Column] = [
 PASS_ROWS: list[Column] = [
     ("RTF", lambda p: f"{p['rtf']:.3f}"),
     ("CPU s per audio s", lambda p: f"{p['cpu_s_per_audio_s']:.3f}"),
-    (
-        "First accept of a fresh recognizer (ms, median / max)",
-        slashed("first_accept_p50_ms", "first_accept_max_ms"),
-    ),
+    ("First accept of a fresh recognizer (ms, median / max)", slashed("first_accept", "p50", "max")),
     ("Accept mean, first second of audio (ms)", lambda p: f"{p['first_second_accept_mean_ms']:.1f}"),
     ("Accept mean after the first second (ms)", lambda p: f"{p['steady_accept_mean_ms']:.1f}"),
-    (
-        "Accept after the first second (ms, p50 / p95 / max)",
-        slashed(*(f"steady_accept_{q}_ms" for q in ("p50", "p95", "max"))),
-    ),
+    ("Accept after the first second (ms, p50 / p95 / max)", slashed("steady_accept", "p50", "p95", "max")),
     ("WER", lambda p: percent((p["wer"] or {}).get("overall"))),
 ]
 
@@ -214,22 +208,16 @@ def report(engines: Mapping[str, Mapping[str, Any]], quick: bool) -> Result:
             )
         else:
             seconds = {"overall": r["audio_s"], **r["groups"]}
-            rows = [
-                [g, f"{seconds[g]:.1f}", percent(on["wer"][g]), percent((off["wer"] or {}).get(g))]
-                for g in on["wer"]
-            ]
+            wer_on, wer_off = on["wer"], off["wer"] or {}
+            rows = [[g, f"{seconds[g]:.1f}", percent(wer_on[g]), percent(wer_off.get(g))] for g in wer_on]
             header = ["Group", "Audio (s)", *PASSES.values()]
             tables.append(table(f"Word error rate, {name} ({r['model']})", header, rows))
         notes.append(
             f"- {name} ({r['model']}) settings: " + ", ".join(f"{k}={v}" for k, v in r["settings"].items())
         )
     first = next(iter(engines.values()))
-    settings = {
-        "chunk_ms": CHUNK_MS,
-        "files": len(first["files"]),
-        "audio_s": round(first["audio_s"], 1),
-        "audio_mib": round(first["audio_s"] * 32000 / 2**20, 1),
-    }
+    settings = {"chunk_ms": CHUNK_MS, "files": len(first["files"]), "audio_s": round(first["audio_s"], 1)}
+    settings["audio_mib"] = round(first["audio_s"] * 32000 / 2**20, 1)
     title = "Engine baseline" + (f" ({QUICK_FILES} short files)" if quick else "")
     return result("engines", title, quick, settings, figures, {"engines": dict(engines)}, tables, notes)
 

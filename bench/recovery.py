@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jiwer
 
@@ -144,9 +144,7 @@ class RetryLog(logging.Handler):
         self.retries: list[tuple[float, float, str]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        args = record.args if isinstance(record.args, tuple) else ()
-        delay = float(str(args[2])) if len(args) > 2 else 0.0
-        reason = str(args[3]) if len(args) > 3 else record.getMessage()
+        _, _, delay, reason = cast(tuple[str, int, float, str], record.args)  # what, attempt, in_s, reason
         self.retries.append((time.perf_counter(), delay, reason))
 
 
@@ -316,10 +314,8 @@ def figures_of(details: Mapping[str, Any], ttl_s: float) -> list[Figure]:
     lost, plain_lost = s["words_lost_max"], float(plain["words_lost"])
     baseline = "uninterrupted call through the same pair"
     met = None if lost is None else lost == 0
-    return [
-        *figures,
-        figure("Words lost per call, max", "words", lost, plain_lost, baseline, "lower", "0", met),
-    ]
+    figures.append(figure("Words lost per call, max", "words", lost, plain_lost, baseline, "lower", "0", met))
+    return figures
 
 
 def notes(details: Mapping[str, Any]) -> list[str]:
