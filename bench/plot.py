@@ -46,10 +46,8 @@ def relative(f: Figure) -> tuple[float, float]:
 
 def label(f: Figure, which: str) -> str:
     if which == "value":
-        met = f.get("met")
-        return number(f["value"], f["unit"]) + (
-            "" if met is None else ("  ✓ " if met else "  ✗ ") + f["target"]
-        )
+        mark = {None: "", True: "  ✓ ", False: "  ✗ "}[f.get("met")]
+        return number(f["value"], f["unit"]) + (mark + f["target"] if mark else "")
     return f"{number(f.get('baseline'), f['unit'])}  ({f['baseline_name']})"
 
 

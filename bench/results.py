@@ -161,19 +161,11 @@ def number(value: float | None, unit: str = "") -> str:
     return f"{value:.{digits}f}" + (f" {unit}" if unit else "")
 
 
-def ratio_text(f: Figure) -> str:
-    return "n/a" if f.get("ratio") is None else f"{f['ratio']:.2f}"
-
-
 def figure_cells(f: Figure) -> list[str]:
     """Name, value, baseline (with what it is) and ratio: the cells every table of figures starts with."""
     baseline = f"{number(f['baseline'], f['unit'])} ({f['baseline_name']})"
-    return [f["name"], number(f["value"], f["unit"]), baseline, ratio_text(f)]
-
-
-def figure_rows(figures: Sequence[Figure]) -> list[list[str]]:
-    met = {True: "met", False: "missed", None: "n/a"}
-    return [[*figure_cells(f), f"{f['target']} ({met[f['met']]})" if f["target"] else ""] for f in figures]
+    ratio = "n/a" if f.get("ratio") is None else f"{f['ratio']:.2f}"
+    return [f["name"], number(f["value"], f["unit"]), baseline, ratio]
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -209,7 +201,11 @@ def render_markdown(res: Result) -> str:
     settings = ", ".join(f"{k}={v}" for k, v in res["settings"].items())
     lines = [f"# {res['title']}" + (" (quick)" if res["quick"] else ""), ""]
     lines += [f"Measured with `python -m bench.{res['benchmark']}`.", "", machine_line(res["machine"])]
-    lines += [f"- **Settings:** {settings}", "", *markdown_table(FIGURE_HEADER, figure_rows(res["figures"]))]
+    met = {True: "met", False: "missed", None: "n/a"}
+    rows = [
+        [*figure_cells(f), f"{f['target']} ({met[f['met']]})" if f["target"] else ""] for f in res["figures"]
+    ]
+    lines += [f"- **Settings:** {settings}", "", *markdown_table(FIGURE_HEADER, rows)]
     for t in res["tables"]:
         lines += ["", f"## {t['title']}", "", *markdown_table(t["header"], t["rows"])]
     notes = method(res["benchmark"], res["settings"]) + res["notes"]
@@ -242,14 +238,6 @@ def load_results(directory: Path) -> list[Result]:
     return found
 
 
-def parser(benchmark: str, doc: str) -> argparse.ArgumentParser:
-    prog = "python -m bench" + ("" if benchmark == "bench" else f".{benchmark}")  # bench: every benchmark
-    cli = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
-    cli.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
-    cli.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory (bench/results)")
-    return cli
-
-
 Option = tuple[str, dict[str, Any]]  # a flag and its ``add_argument`` keywords
 SERVICE_ENV: Option = ("--service-env", {"nargs": "*", "default": [], "metavar": "KEY=VALUE"})
 
@@ -269,11 +257,16 @@ def main(
     """Parse ``options`` beside ``--quick`` and ``--out``, measure, then write and show the result
     with the machine and its load before and after; ``measure`` returns an exit status instead of a
     result when it has nothing to publish."""
-    cli = parser(benchmark, doc)
+    prog = "python -m bench" + ("" if benchmark == "bench" else f".{benchmark}")  # bench: every benchmark
+    cli = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+    cli.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
+    cli.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory (bench/results)")
     for flag, keywords in options:
         cli.add_argument(flag, **keywords)
     args = cli.parse_args(argv)
-    start_logging()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    for name in ("bench", "__main__"):  # a benchmark runs as ``python -m bench.<name>``
+        logging.getLogger(name).setLevel(logging.INFO)
     load_before = os.getloadavg()[0]
     res = measure(args)
     if isinstance(res, int):
@@ -283,12 +276,6 @@ def main(
     print(paths[0].read_text(encoding="utf-8"))
     logger.info("wrote %s", ", ".join(map(str, paths)))
     return 0
-
-
-def start_logging() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    for name in ("bench", "__main__"):  # a benchmark runs as ``python -m bench.<name>``
-        logging.getLogger(name).setLevel(logging.INFO)
 
 
 def run_json(module: str, *argv: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
