@@ -144,13 +144,26 @@ def parse_peers(values: Sequence[str]) -> dict[str, str]:
     return peers
 
 
-def unpaced(path: Target, speech: bytes, callers: int) -> dict[str, Any]:
-    """Every caller streams its own rotation of ``speech`` as fast as the replies come; all start together."""
-    run = run_callers([[rotated(speech, n, callers)] for n in range(callers)], path.session)
+def call_round(path: Target, speech: bytes, callers: int, paced: bool = False) -> dict[str, Any]:
+    """``callers`` calls, each on its own rotation of ``speech``: unpaced, all start together and send as
+    fast as the replies come (throughput); paced, in real time, started over one chunk period (latency)."""
+    work = [[rotated(speech, n, callers)] for n in range(callers)]
+    run = run_callers(work, path.session, paced, stagger_s=CHUNK_MS / 1000 / callers if paced else 0.0)
+    latencies = [s for t in run.done for s in t.latencies_s]
+    if paced:
+        latency = latency_summary(latencies or [0.0])
+        first = latency_summary([t.first_reply_s for t in run.done] or [0.0])  # open -> its first reply
+        return (
+            {"callers": callers, "audio_s_per_caller": len(speech) / 2 / RATE_HZ}
+            | {f"latency_{q}_ms": latency[f"{q}_ms"] for q in ("p50", "p95", "max")}
+            | {f"first_chunk_{q}_ms": first[f"{q}_ms"] for q in ("p50", "max")}
+            | {"behind": sum(1 for t in run.done if t.end_lag_s > BEHIND_S)}
+            | {"max_end_lag_s": max((t.end_lag_s for t in run.done), default=0.0)}
+            | {"errors": run.errors, "client_cpu_s": run.client_cpu_s}
+        )
     if not run.done:
         raise RuntimeError(f"every call failed: {run.timings[0].error}")
     wall = max(t.wall_s for t in run.done)
-    latencies = [s for t in run.done for s in t.latencies_s]
     return {
         "throughput": sum(t.audio_s for t in run.done) / wall,  # audio seconds per wall second, all callers
         "wall_s": wall,
@@ -159,22 +172,6 @@ def unpaced(path: Target, speech: bytes, callers: int) -> dict[str, Any]:
         "errors": run.errors,
         "ratio": 1.0,  # over the bare engine with the same callers (set once both are measured)
     }
-
-
-def paced(path: Target, speech: bytes, callers: int) -> dict[str, Any]:
-    """``callers`` real-time calls started over one chunk period, each on its own rotation of ``speech``."""
-    work = [[rotated(speech, n, callers)] for n in range(callers)]
-    run = run_callers(work, path.session, paced=True, stagger_s=CHUNK_MS / 1000 / callers)
-    latency = latency_summary([s for t in run.done for s in t.latencies_s] or [0.0])
-    first = latency_summary([t.first_reply_s for t in run.done] or [0.0])  # opening -> first chunk's reply
-    return (
-        {"callers": callers, "audio_s_per_caller": len(speech) / 2 / RATE_HZ}
-        | {f"latency_{q}_ms": latency[f"{q}_ms"] for q in ("p50", "p95", "max")}
-        | {f"first_chunk_{q}_ms": first[f"{q}_ms"] for q in ("p50", "max")}
-        | {"behind": sum(1 for t in run.done if t.end_lag_s > BEHIND_S)}
-        | {"max_end_lag_s": max((t.end_lag_s for t in run.done), default=0.0)}
-        | {"errors": run.errors, "client_cpu_s": run.client_cpu_s}
-    )
 
 
 def passes(step: Mapping[str, Any], p95_limit_ms: float) -> bool:
@@ -245,7 +242,7 @@ def capacity(path: Target, speech: bytes, bound: float, sizes: Sizes, warmup: by
     def probe(callers: int) -> dict[str, Any]:
         warm(path, warmup, callers)
         before = lag_buckets(path.metrics) if path.metrics else {}
-        step = paced(path, speech, callers)
+        step = call_round(path, speech, callers, paced=True)
         step["partial_lag"] = partial_lag(before, lag_buckets(path.metrics)) if path.metrics else None
         logger.info("  %d callers: p95 %.0f ms, behind %d", callers, step["latency_p95_ms"], step["behind"])
         return step
@@ -351,7 +348,7 @@ def overhead_rounds(
                 logger.info("%s: overhead round %d, %s, %d callers", engine, round_ + 1, name, n)
                 if round_ == 0 and path.warmed is not None:
                     run_callers([[warmup]] * n, path.session)
-                run = unpaced(path, speech, n)
+                run = call_round(path, speech, n)
                 if n not in best[name] or run["throughput"] > best[name][n]["throughput"]:
                     best[name][n] = run
     for name in paths:  # the ratios of the best rounds
@@ -431,9 +428,9 @@ def profile_service(py_spy: str, log_dir: Path, service_env: Mapping[str, str]) 
             command += ["--duration", str(int(seconds)), "--output", str(raw), "--nonblocking"]
             recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             time.sleep(0.5)  # let py-spy attach before the load starts
-            over_http = threading.Thread(target=paced, args=(http, speech, callers))
+            over_http = threading.Thread(target=call_round, args=(http, speech, callers, True))
             over_http.start()
-            paced(ws, speech, callers)
+            call_round(ws, speech, callers, paced=True)
             over_http.join()
             _, errors = recorder.communicate(timeout=seconds + 60)
             if recorder.returncode != 0:
@@ -464,21 +461,20 @@ def overhead_rows(res: Mapping[str, Any]) -> list[list[str]]:
         named = [("bare engine", row["bare"]), ("HTTP v1", row["http"]), ("WebSocket", row["websocket"])]
         for label, m in named + [(f"peer {k}", v) for k, v in row["peers"].items()]:
             ratio = "1.00" if label == "bare engine" else verdict(m["ratio"], OVERHEAD_TARGET)
-            rows.append(
-                [str(row["callers"]), label, f"{m['throughput']:.2f}", f"{m['latency_mean_ms']:.1f}", ratio]
-            )
+            speed, latency = f"{m['throughput']:.2f}", f"{m['latency_mean_ms']:.1f}"
+            rows.append([str(row["callers"]), label, speed, latency, ratio])
     return rows
 
 
 def lag_cell(lag: Mapping[str, Any] | None) -> str:
     if not lag or not lag["published"]:
         return ""
-    p50, p95 = (
-        f"<= {v:g}" if v is not None else f"> {LAG_BUCKETS_S[-1]:g}" for v in (lag["p50_s"], lag["p95_s"])
-    )
+    beyond = f"> {LAG_BUCKETS_S[-1]:g}"
+    p50, p95 = (beyond if v is None else f"<= {v:g}" for v in (lag["p50_s"], lag["p95_s"]))
     return f"{lag['published']}: {p50} / {p95}"
 
 
+OVERHEAD_HEADER = ["Callers", "Path", "Audio s per wall s", "Mean chunk latency (ms)", "Ratio to bare"]
 CAPACITY_HEADER = ["Path", "Callers", "Ratio to bound", "Ratio to bare capacity"]
 CAPACITY_HEADER += ["At that N: latency p50 / p95 (ms)", "First chunk p50 / max (ms)", "Peak RSS (MiB)"]
 VERDICTS = {True: "pass", False: "fail", "latency": "", "keeping_up": " (no latency limit)"}
@@ -518,17 +514,11 @@ def engine_tables(res: Mapping[str, Any]) -> list[Any]:
             ]
         )
     steps = [(key, step) for key, f in res["capacity"].items() for step in f["steps"]]
+    fast = f"Overhead, {title}: {audio:g} s of audio per caller, as fast as possible"
+    real_time = f"Capacity, {title}: real-time callers, p95 latency <= {P95_LIMIT_MS:.0f} ms, nobody behind"
     return [
-        table(
-            f"Overhead, {title}: {audio:g} s of audio per caller, as fast as possible",
-            ["Callers", "Path", "Audio s per wall s", "Mean chunk latency (ms)", "Ratio to bare"],
-            overhead_rows(res),
-        ),
-        table(
-            f"Capacity, {title}: real-time callers, p95 latency <= {P95_LIMIT_MS:.0f} ms, nobody behind",
-            CAPACITY_HEADER,
-            rows,
-        ),
+        table(fast, OVERHEAD_HEADER, overhead_rows(res)),
+        table(real_time, CAPACITY_HEADER, rows),
         column_table(f"Every step of the capacity search, {res['engine']}", STEP_COLUMNS, steps),
     ]
 
@@ -597,10 +587,8 @@ def report(details: Mapping[str, Any], quick: bool, settings: Mapping[str, Any])
         tables += profile_tables(profile)
         notes.append(f"- Profile: {profile['settings']}; {profile['samples']} samples.")
     peers = settings["peers"]
-    found = ", ".join(f"{k} at `{v}`" for k, v in peers.items())
-    notes.append(
-        f"- Peers: {found}" if peers else "- No peer was given (`--peer-url`), so this run has no peer rows."
-    )
+    found, none = ", ".join(f"{k} at `{v}`" for k, v in peers.items()), "- No peer was given (`--peer-url`)"
+    notes.append(f"- Peers: {found}" if peers else f"{none}, so this run has no peer rows.")
     figures = headline_figures(details["engines"])
     title = "Service overhead and capacity per pod"
     return result("service", title, quick, settings, figures, details, tables, notes)
