@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import logging
 import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.results import Column, Option, Result, figure, main, result, run_json, table
+from bench.results import Column, Option, Result, figure, main, percent, result, run_json, table
 from decoder_api.audio import decode_file
 from decoder_api.config import load_settings
 from decoder_api.engines import Engine, RecognizerOptions, load_engine
@@ -72,20 +73,18 @@ def load_clips(quick: bool) -> list[Clip]:
 def decode(engine: Engine, clip: Clip, partials: bool) -> tuple[str, float, float, list[float]]:
     """One file through a fresh recognizer: (text, wall s, CPU s, ms of each ``accept`` + ``partial``)."""
     wall, cpu = time.perf_counter(), time.process_time()
-    accept_ms: list[float] = []
-    last = [time.perf_counter()]
+    ends = [time.perf_counter()]  # then the end of each chunk's ``accept`` + ``partial``
 
     def on_chunk(n_bytes: int, partial: str) -> None:
-        now = time.perf_counter()
-        accept_ms.append((now - last[0]) * 1000)
-        last[0] = now
+        ends.append(time.perf_counter())
 
     recognizer = engine.create(RecognizerOptions(sample_rate_hz=RATE_HZ, partials=partials))
     try:
         text = stream_pcm(recognizer, clip.pcm, CHUNK_MS, on_chunk=on_chunk).text
     finally:
         recognizer.close()
-    return text, time.perf_counter() - wall, time.process_time() - cpu, accept_ms
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return text, wall, cpu, [(end - start) * 1000 for start, end in itertools.pairwise(ends)]
 
 
 def measure_pass(engine: Engine, clips: list[Clip], partials: bool) -> dict[str, Any]:
@@ -159,10 +158,6 @@ def measure_engine(name: str, quick: bool) -> dict[str, Any]:
     }
 
 
-def percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{value * 100:.1f} %"
-
-
 def slashed(prefix: str, *quantiles: str) -> Callable[[Mapping[str, Any]], str]:
     return lambda p: " / ".join(f"{p[f'{prefix}_{q}_ms']:.1f}" for q in quantiles)
 
@@ -187,16 +182,12 @@ PASS_ROWS: list[Column] = [
 ]
 
 
-def summary_rows(engines: Sequence[Mapping[str, Any]]) -> list[list[str]]:
-    rows = [[label, *(cell(r) for r in engines)] for label, cell in ENGINE_ROWS]
-    for key, name in PASSES.items():
-        rows += [[f"{label}, {name}", *(cell(r[key]) for r in engines)] for label, cell in PASS_ROWS]
-    return rows
-
-
 def report(engines: Mapping[str, Mapping[str, Any]], quick: bool) -> Result:
     figures, notes = [], []
-    tables = [table("Engines", ["", *engines], summary_rows(list(engines.values())))]
+    rows = [[label, *(cell(r) for r in engines.values())] for label, cell in ENGINE_ROWS]
+    for key, name in PASSES.items():
+        rows += [[f"{label}, {name}", *(cell(r[key]) for r in engines.values())] for label, cell in PASS_ROWS]
+    tables = [table("Engines", ["", *engines], rows)]
     for name, r in engines.items():
         on, off = r["partials_on"], r["partials_off"]
         for key, label in (("rtf", "RTF"), ("cpu_s_per_audio_s", "CPU s per audio s")):

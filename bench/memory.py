@@ -27,7 +27,7 @@ from typing import Any
 
 import jiwer
 
-from bench.churn import POOL_OFF, QUICK_POOL, pool_stats, served
+from bench.churn import POOL_OFF, QUICK_POOL, pool_stats, run_part, served
 from bench.results import (
     SERVICE_ENV,
     Column,
@@ -38,11 +38,12 @@ from bench.results import (
     env_items,
     figure,
     main,
+    percent,
     result,
     run_json,
 )
 from bench.speech import korean_speech, slices, speech_for
-from devtools.clients import CHUNK_MS, RATE_HZ, VoskStream, run_callers, split_chunks
+from devtools.clients import CHUNK_MS, RATE_HZ, VoskStream, split_chunks
 from devtools.processes import DecoderServer, status_mib
 
 logger = logging.getLogger(__name__)
@@ -167,12 +168,6 @@ def agreement(default: Mapping[str, Any], other: Mapping[str, Any]) -> float | N
     return (found.substitutions + found.deletions + found.insertions) / words if words else None
 
 
-def churn(server: DecoderServer, pieces: Sequence[bytes], parallel: int) -> float:
-    """Every piece as one WebSocket session, ``parallel`` at a time, unpaced; the wall seconds."""
-    work = [pieces[i::parallel] for i in range(parallel)]
-    return run_callers(work, lambda: VoskStream(f"{server.ws_url}/v1/stream")).wall_s
-
-
 def hold_open(stream: VoskStream, pcm: bytes) -> None:
     stream.open()
     for chunk in split_chunks(pcm):
@@ -204,14 +199,15 @@ def measure_server(
     with served(engine, settings, env) as server:
         rss_loaded = server.rss_mib()
         for _ in range(2):
-            churn(server, short[:parallel], parallel)
+            run_part(server, "ws", short[:parallel], parallel, paced=False)
         rss_warm = settled_rss(server)
         rss_idle = idle_rss(server, ttl_s)
-        churn(server, short[:parallel], parallel)  # the pool warm again before the churn
+        # the pool warm again before the churn
+        run_part(server, "ws", short[:parallel], parallel, paced=False)
         logger.info("churn engine=%s pool=%s sessions=%d", engine, pool, churn_count)
         curve, wall_s, done = [], 0.0, 0  # (sessions so far, RSS MiB) at CURVE_POINTS checkpoints
         for bound in sorted({round(churn_count * i / CURVE_POINTS) for i in range(1, CURVE_POINTS + 1)}):
-            wall_s += churn(server, short[done:bound], parallel)
+            wall_s += run_part(server, "ws", short[done:bound], parallel, paced=False)[0].wall_s
             done = bound
             curve.append((done, settled_rss(server)))
         middle = max(1, len(curve) // 2)
@@ -285,10 +281,7 @@ BARE_COLUMNS: list[Column] = [
     ("Freed, held (MiB)", lambda r: f"{r[0]['rss_after_free_mib']:.0f}"),
     ("After a 2nd round (MiB)", lambda r: f"{r[0]['rss_after_second_round_mib']:.0f}"),
     ("After malloc_trim (MiB)", lambda r: f"{r[0]['rss_after_trim_mib']:.0f} ({r[0]['trim_ms']:.0f} ms)"),
-    (
-        "Word edits vs default",
-        lambda r: "n/a" if r[0]["agreement_wer"] is None else f"{r[0]['agreement_wer'] * 100:.1f} %",
-    ),
+    ("Word edits vs default", lambda r: percent(r[0]["agreement_wer"])),
 ]
 
 

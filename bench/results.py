@@ -161,6 +161,10 @@ def number(value: float | None, unit: str = "") -> str:
     return f"{value:.{digits}f}" + (f" {unit}" if unit else "")
 
 
+def percent(share: float | None) -> str:
+    return "n/a" if share is None else f"{share * 100:.1f} %"
+
+
 def figure_cells(f: Figure) -> list[str]:
     """Name, value, baseline (with what it is) and ratio: the cells every table of figures starts with."""
     baseline = f"{number(f['baseline'], f['unit'])} ({f['baseline_name']})"
@@ -282,11 +286,9 @@ def run_json(module: str, *argv: str, env: Mapping[str, str] | None = None) -> d
     """``python -m <module> <argv>`` in a fresh interpreter (this environment plus ``env``); the JSON
     object it printed on its last line of output."""
     command = [sys.executable, "-m", module, *argv]
-    done = subprocess.run(
-        command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, text=True, check=True
-    )
-    found: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return found
+    environ = {**os.environ, **(env or {})}
+    done = subprocess.run(command, cwd=ROOT, env=environ, stdout=subprocess.PIPE, text=True, check=True)
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def percentile(values: Sequence[float], q: float) -> float:
