@@ -18,18 +18,9 @@ from rich.console import Console
 
 from bench.results import DEFAULT_OUT, ROOT, Option, main
 
-# In order: the engine baseline first, the plot of everything last.
-BENCHMARKS = (
-    "engines",
-    "service",
-    "churn",
-    "memory",
-    "kafka_path",
-    "recovery",
-    "accuracy",
-    "plot",
-    "summary",
-)
+# In order: the engine baseline first, the plot and the summary of everything last.
+REPORTS = ("plot", "summary")
+BENCHMARKS = ("engines", "service", "churn", "memory", "kafka_path", "recovery", "accuracy", *REPORTS)
 README = ROOT / "README.md"
 
 

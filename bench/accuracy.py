@@ -120,20 +120,12 @@ def turn_agreement(model: Path, turns: Sequence[tuple[str, str]]) -> dict[str, A
     analyzer = SentimentAnalyzer(str(model), neutral_band=ModelSettings().neutral_band)
     intended = [label for _, label in turns]
     result: dict[str, Any] = {"turns": len(turns), "labels": dict(Counter(intended))}
-    for variant, texts in (
-        ("as_written", [text for text, _ in turns]),
-        ("asr_style", [asr_style(text) for text, _ in turns]),
-    ):
+    written = [text for text, _ in turns]
+    for variant, texts in (("as_written", written), ("asr_style", [asr_style(text) for text in written])):
         labels = [s.label for s in analyzer.analyze(texts)]
-        agree = sum(a == b for a, b in zip(labels, intended, strict=True))
-        result[variant] = {
-            "agreement": agree / len(turns),
-            "disagreements": [
-                {"text": t, "intended": b, "model": a}
-                for t, a, b in zip(texts, labels, intended, strict=True)
-                if a != b
-            ],
-        }
+        found = zip(texts, labels, intended, strict=True)
+        wrong = [{"text": t, "intended": b, "model": a} for t, a, b in found if a != b]
+        result[variant] = {"agreement": (len(turns) - len(wrong)) / len(turns), "disagreements": wrong}
     result["majority_rate"] = max(Counter(intended).values()) / len(turns)
     return result
 

@@ -376,10 +376,8 @@ def notes(details: Mapping[str, Any]) -> list[str]:
 def run(args: argparse.Namespace) -> Result:
     with tempfile.TemporaryDirectory(prefix="bench-kafka-") as tmp:
         settings, details = measure(QUICK if args.quick else FULL, args.bootstrap, Path(tmp))
-    title = "Kafka path: final → enriched"
-    return result(
-        "kafka_path", title, args.quick, settings, figures_of(details), details, notes=notes(details)
-    )
+    figures, title = figures_of(details), "Kafka path: final → enriched"
+    return result("kafka_path", title, args.quick, settings, figures, details, notes=notes(details))
 
 
 OPTIONS: list[Option] = [("--bootstrap", {"help": "use this Kafka instead of starting a broker here"})]

@@ -29,17 +29,13 @@ class SummaryError(Exception):
 
 def targeted_rows(results: Sequence[Result]) -> list[list[str]]:
     met = {True: "yes", False: "**no**", None: "n/a"}
-    return [
-        [
-            res["benchmark"] + (" (quick)" if res["quick"] else ""),
-            *figure_cells(f),
-            f["target"],
-            met[f["met"]],
+    rows = []
+    for res in results:
+        name = res["benchmark"] + (" (quick)" if res["quick"] else "")
+        rows += [
+            [name, *figure_cells(f), f["target"], met[f["met"]]] for f in res["figures"] if f.get("target")
         ]
-        for res in results
-        for f in res["figures"]
-        if f.get("target")
-    ]
+    return rows
 
 
 def machine_line(res: Result) -> str:
@@ -47,9 +43,8 @@ def machine_line(res: Result) -> str:
     load = load_text(machine.get("load_average_1min"))
     date = str(machine.get("date", ""))[:16].replace("T", " ")
     where = f"{machine.get('cpu', '?')}, {machine.get('usable_cores', '?')} usable cores"
-    return f"- `{res['benchmark']}`{quick}: {where}, Python {machine.get('python', '?')}, {date} UTC" + (
-        f", {load}" if load else ""
-    )
+    when = f"Python {machine.get('python', '?')}, {date} UTC" + (f", {load}" if load else "")
+    return f"- `{res['benchmark']}`{quick}: {where}, {when}"
 
 
 def render(directory: Path) -> str:
