@@ -174,10 +174,6 @@ def call_round(path: Target, speech: bytes, callers: int, paced: bool = False) -
     }
 
 
-def passes(step: Mapping[str, Any], p95_limit_ms: float) -> bool:
-    return step["errors"] == 0 and step["behind"] == 0 and step["latency_p95_ms"] <= p95_limit_ms
-
-
 def search_capacity(
     probe: Callable[[int], dict[str, Any]], start: int, p95_limit_ms: float, max_steps: int, search: str
 ) -> tuple[int, list[dict[str, Any]]]:
@@ -189,8 +185,9 @@ def search_capacity(
     n = max(1, start)
     while len(steps) < max_steps or (passed == 0 and failed is not None and failed > 1):
         step = probe(n)
-        steps.append(step | {"search": search, "passed": passes(step, p95_limit_ms)})
-        if steps[-1]["passed"]:
+        ok = step["errors"] == 0 and step["behind"] == 0 and step["latency_p95_ms"] <= p95_limit_ms
+        steps.append(step | {"search": search, "passed": ok})
+        if ok:
             passed = max(passed, n)
         else:
             failed = n if failed is None else min(failed, n)
@@ -209,11 +206,8 @@ def search_capacity(
 
 def lag_buckets(server: DecoderServer) -> dict[float, float]:
     """The service's cumulative partial-lag histogram: upper bound (s) -> partials published."""
-    buckets = {}
-    for name, value in server.metrics("decoder_partial_lag_seconds_bucket{").items():
-        bound = name.split('le="', 1)[1].split('"', 1)[0]
-        buckets[math.inf if bound == "+Inf" else float(bound)] = value
-    return buckets
+    samples = server.metrics("decoder_partial_lag_seconds_bucket{").items()
+    return {float(name.split('le="', 1)[1].split('"', 1)[0]): value for name, value in samples}  # +Inf: inf
 
 
 def partial_lag(before: Mapping[float, float], after: Mapping[float, float]) -> dict[str, Any]:
@@ -230,17 +224,12 @@ def partial_lag(before: Mapping[float, float], after: Mapping[float, float]) -> 
     return {"published": round(published), "p50_s": p50, "p95_s": p95}
 
 
-def warm(path: Target, warmup: bytes, callers: int) -> None:
-    """A short unpaced round unless the pool holds a warm recognizer per caller already (a peer: never)."""
-    if path.warmed is not None and callers > path.warmed[0]:
-        run_callers([[warmup]] * callers, path.session)
-        path.warmed[0] = callers
-
-
 def capacity(path: Target, speech: bytes, bound: float, sizes: Sizes, warmup: bytes) -> dict[str, Any]:
 
     def probe(callers: int) -> dict[str, Any]:
-        warm(path, warmup, callers)
+        if path.warmed is not None and callers > path.warmed[0]:  # a short round: a warm recognizer each
+            run_callers([[warmup]] * callers, path.session)
+            path.warmed[0] = callers
         before = lag_buckets(path.metrics) if path.metrics else {}
         step = call_round(path, speech, callers, paced=True)
         step["partial_lag"] = partial_lag(before, lag_buckets(path.metrics)) if path.metrics else None
@@ -274,9 +263,9 @@ def allocator(pid: int) -> str:
 
 
 def measure_engine(
-    spec: EngineSpec, sizes: Sizes, log_dir: Path, args: argparse.Namespace, peers: Mapping[str, str]
+    spec: EngineSpec, log_dir: Path, args: argparse.Namespace, peers: Mapping[str, str]
 ) -> dict[str, Any]:
-    service_env = env_items(args.service_env)
+    sizes, service_env = QUICK_SIZES if args.quick else SIZES[spec.name], env_items(args.service_env)
     cores = len(os.sched_getaffinity(0))
     counts = sorted({cores, *(cores * k for k in sizes.overhead_cores)})
     overhead_s = sizes.overhead_audio_s
@@ -548,10 +537,8 @@ def headline_figures(engines: Mapping[str, Mapping[str, Any]]) -> list[Figure]:
                 # The bound takes each stream's cost with one stream per core; with many streams at once
                 # each costs more: the bare engine's throughput then is the real-time callers it carries.
                 streams = f"bare engine's audio s/s with {busiest['callers']} streams at once"
-                bare = busiest["bare"]["throughput"]
-                figures.append(
-                    figure(f"{title}, against many streams", "callers", callers, bare, streams, "higher")
-                )
+                many, bare = f"{title}, against many streams", busiest["bare"]["throughput"]
+                figures.append(figure(many, "callers", callers, bare, streams, "higher"))
             met = goal(CAPACITY_TARGET, found["ratio"], targeted)
             bound = res["bound"]["callers"]
             figures.append(figure(title, "callers", callers, bound, "cores ÷ bare RTF", "higher", *met))
@@ -603,9 +590,7 @@ def run(args: argparse.Namespace) -> Result:
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
         engines = {}
         for name in names:
-            sizes = QUICK_SIZES if args.quick else SIZES[name]
-            engine_peers = peers if name == "vosk" else {}
-            engines[name] = measure_engine(ENGINES[name], sizes, Path(tmp), args, engine_peers)
+            engines[name] = measure_engine(ENGINES[name], Path(tmp), args, peers if name == "vosk" else {})
         profile = profile_service(py_spy, Path(tmp), service_env) if py_spy else None
     settings: dict[str, Any] = {"chunk_ms": CHUNK_MS, "p95_limit_ms": P95_LIMIT_MS, "behind_s": BEHIND_S}
     settings |= {"overhead_target": OVERHEAD_TARGET, "capacity_target": CAPACITY_TARGET}
