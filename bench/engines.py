@@ -203,9 +203,8 @@ def report(engines: Mapping[str, Mapping[str, Any]], quick: bool) -> Result:
             rows = [[g, f"{seconds[g]:.1f}", percent(wer_on[g]), percent(wer_off.get(g))] for g in wer_on]
             header = ["Group", "Audio (s)", *PASSES.values()]
             tables.append(table(f"Word error rate, {name} ({r['model']})", header, rows))
-        notes.append(
-            f"- {name} ({r['model']}) settings: " + ", ".join(f"{k}={v}" for k, v in r["settings"].items())
-        )
+        used = ", ".join(f"{k}={v}" for k, v in r["settings"].items())
+        notes.append(f"- {name} ({r['model']}) settings: {used}")
     first = next(iter(engines.values()))
     settings = {"chunk_ms": CHUNK_MS, "files": len(first["files"]), "audio_s": round(first["audio_s"], 1)}
     settings["audio_mib"] = round(first["audio_s"] * 32000 / 2**20, 1)

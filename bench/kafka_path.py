@@ -287,9 +287,8 @@ def measure(size: Size, bootstrap: str | None, workdir: Path) -> tuple[dict[str,
         env |= {"NLP_DLQ_TOPIC": dlq, "NLP_GROUP_ID": f"bench-nlp-{run_id}", "NLP_METRICS_PORT": str(port)}
         env |= {"SENTIMENT_MODEL": str(model), "NLP_LOG_LEVEL": "WARNING"}
         ready = lambda: consumer_metrics(port).get("nlp_assigned_partitions", 0) > 0  # noqa: E731
-        consumer = ServiceProcess(
-            "nlp_consumer", ["-m", "nlp_consumer"], env, workdir / "nlp_consumer.log", ready
-        )
+        log = workdir / "nlp_consumer.log"
+        consumer = ServiceProcess("nlp_consumer", ["-m", "nlp_consumer"], env, log, ready)
         cleanup.callback(consumer.stop)
         backlog = sender.send(call_finals(calls, 20, prefix="backlog-"), size.backlog)
         logger.info("backlog events=%d; starting nlp_consumer", size.backlog)
