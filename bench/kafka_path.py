@@ -163,8 +163,9 @@ class Reader:
         try:
             while not self._stop.is_set():
                 if (message := consumer.poll(0.1)) is not None and message.error() is None:
-                    now, document = time.perf_counter(), json.loads(message.value() or b"{}")
-                    with self._lock:
+                    now = time.perf_counter()
+                    with contextlib.suppress(ValueError), self._lock:  # not JSON: no event of this run
+                        document = json.loads(message.value() or b"")
                         arrival = Arrival(now, str(document.get("enriched_at", "")))
                         self.arrivals[message.topic() or ""].setdefault(document["event_id"], arrival)
         finally:
