@@ -23,6 +23,12 @@ When a session ends (normally, by idle expiry, by a failover flush or at shutdow
 on the same topic with the same key, hence on the same partition: consumers that read finals only
 skip it by its ``schema`` (field and header). Its ``event_id`` is ``<session_id>:ended``.
 
+When the NLP consumer reads a call's ``call.ended.v1`` event it publishes one ``call.summary.v1``
+event (``CallSummaryEvent``, ``schemas/call.summary.v1.json``) to its own topic
+(``calls.summary.v1``), keyed by ``session_id``, with ``event_id`` ``<session_id>:summary``: talk
+time, turns and sentiment per speaker, the share of silence, the most negative moment of each
+speaker, and an extractive summary (the call's own most central sentences, in call order).
+
 Partials (interim hypotheses) are a different type, ``PartialTranscriptEvent`` (schema
 ``transcript.partial.v1``, ``"partial": true``), and go only to their own topic
 ``transcripts.partial.v1``; they are best effort and never mixed into the finals topic.
@@ -50,6 +56,7 @@ SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 TRANSCRIPT_SCHEMA = "transcript.v1"
 PARTIAL_SCHEMA = "transcript.partial.v1"
 CALL_ENDED_SCHEMA = "call.ended.v1"
+CALL_SUMMARY_SCHEMA = "call.summary.v1"
 SCHEMA_VERSION_KEY = "x-schema-version"  # compatible revisions of a schema (minor versions)
 MAX_SPEAKER_CHARS = 32
 END_REASONS = ("normal", "idle", "max-duration", "failover-flush", "shutdown")
@@ -402,6 +409,229 @@ class CallEndedEvent:
 
     @classmethod
     def from_json(cls, data: bytes | str) -> CallEndedEvent:
+        return cls.from_dict(_loads(data))
+
+
+@dataclass(frozen=True, slots=True)
+class Mood:
+    """Mean polarity (-1 … +1) of a speaker's ``turns`` in a stretch of a call, and its label."""
+
+    label: str
+    polarity: float
+    turns: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "polarity": round(self.polarity, 4), "turns": self.turns}
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any] | None) -> Mood | None:
+        if document is None:
+            return None
+        return cls(document["label"], float(document["polarity"]), document["turns"])
+
+
+@dataclass(frozen=True, slots=True)
+class ExplainingWord:
+    """A word that moved a sentence's polarity by ``weight``; ``index`` in ``text.split()``."""
+
+    word: str
+    weight: float
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Moment:
+    """One turn of a call: the most negative one of a speaker, with the words that explain it."""
+
+    utterance: int
+    text: str
+    start_ms: int
+    end_ms: int
+    label: str
+    polarity: float
+    explanation: tuple[ExplainingWord, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "utterance": self.utterance,
+            "text": self.text,
+            "start_ms": self.start_ms,
+            "end_ms": self.end_ms,
+            "label": self.label,
+            "polarity": round(self.polarity, 4),
+            "explanation": [
+                {"word": w.word, "weight": round(w.weight, 4), "index": w.index} for w in self.explanation
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any] | None) -> Moment | None:
+        if document is None:
+            return None
+        words = tuple(
+            ExplainingWord(w["word"], float(w["weight"]), w["index"]) for w in document["explanation"]
+        )
+        fields = {k: v for k, v in document.items() if k != "explanation"}
+        return cls(**(fields | {"polarity": float(document["polarity"]), "explanation": words}))
+
+
+@dataclass(frozen=True, slots=True)
+class SpeakerSummary:
+    """One speaker of a call: turns, talk time and share, sentiment over the call and in its first
+    and last thirds (None: no turn there), and the most negative moment (None: no turn below 0)."""
+
+    speaker: str
+    channel: int | None
+    turns: int
+    talk_ms: int
+    talk_share: float
+    overall: Mood | None
+    first_third: Mood | None
+    last_third: Mood | None
+    most_negative: Moment | None
+
+    def to_dict(self) -> dict[str, Any]:
+        moods = {"overall": self.overall, "first_third": self.first_third, "last_third": self.last_third}
+        return {
+            "speaker": self.speaker,
+            "channel": self.channel,
+            "turns": self.turns,
+            "talk_ms": self.talk_ms,
+            "talk_share": round(self.talk_share, 4),
+            "sentiment": {name: None if mood is None else mood.to_dict() for name, mood in moods.items()},
+            "most_negative": None if self.most_negative is None else self.most_negative.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any]) -> SpeakerSummary:
+        sentiment = document["sentiment"]
+        return cls(
+            speaker=document["speaker"],
+            channel=document["channel"],
+            turns=document["turns"],
+            talk_ms=document["talk_ms"],
+            talk_share=float(document["talk_share"]),
+            overall=Mood.from_dict(sentiment["overall"]),
+            first_third=Mood.from_dict(sentiment["first_third"]),
+            last_third=Mood.from_dict(sentiment["last_third"]),
+            most_negative=Moment.from_dict(document["most_negative"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SummarySentence:
+    """A sentence of the call chosen for its extractive summary; ``centrality`` -1 … 1."""
+
+    utterance: int
+    speaker: str
+    text: str
+    start_ms: int
+    centrality: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "utterance": self.utterance,
+            "speaker": self.speaker,
+            "text": self.text,
+            "start_ms": self.start_ms,
+            "centrality": round(self.centrality, 4),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CallSummaryEvent:
+    """What a call was about, published once per call by the NLP consumer after its call.ended."""
+
+    session_id: str
+    user_id: str
+    reason: str
+    started_at: str
+    ended_at: str
+    duration_ms: int
+    silence_share: float
+    finals: int
+    finals_expected: int
+    speakers: tuple[SpeakerSummary, ...]
+    sentences: tuple[SummarySentence, ...]
+    summary_model: str
+    analyzer: Mapping[str, str]
+    produced_at: str
+
+    schema: ClassVar[str] = CALL_SUMMARY_SCHEMA
+    method: ClassVar[str] = "extractive"
+
+    @property
+    def event_id(self) -> str:
+        """One per call: ``<session_id>:summary``."""
+        return f"{self.session_id}:summary"
+
+    @property
+    def key(self) -> bytes:
+        return self.session_id.encode("utf-8")
+
+    @property
+    def headers(self) -> Headers:
+        return _headers(self.schema)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "event_id": self.event_id,
+            "session_id": self.session_id,
+            "user_id": self.user_id,
+            "reason": self.reason,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "duration_ms": self.duration_ms,
+            "silence_share": round(self.silence_share, 4),
+            "finals": self.finals,
+            "finals_expected": self.finals_expected,
+            "speakers": [s.to_dict() for s in self.speakers],
+            "summary": {
+                "method": self.method,
+                "model": self.summary_model,
+                "sentences": [s.to_dict() for s in self.sentences],
+            },
+            "analyzer": dict(self.analyzer),
+            "produced_at": self.produced_at,
+        }
+
+    def to_json(self) -> bytes:
+        document = self.to_dict()
+        validate(document, self.schema)
+        return _dumps(document)
+
+    @classmethod
+    def from_dict(cls, document: Any) -> CallSummaryEvent:
+        validate(document, CALL_SUMMARY_SCHEMA)
+        summary = document["summary"]
+        event = cls(
+            session_id=document["session_id"],
+            user_id=document["user_id"],
+            reason=document["reason"],
+            started_at=document["started_at"],
+            ended_at=document["ended_at"],
+            duration_ms=document["duration_ms"],
+            silence_share=float(document["silence_share"]),
+            finals=document["finals"],
+            finals_expected=document["finals_expected"],
+            speakers=tuple(SpeakerSummary.from_dict(s) for s in document["speakers"]),
+            sentences=tuple(
+                SummarySentence(
+                    s["utterance"], s["speaker"], s["text"], s["start_ms"], float(s["centrality"])
+                )
+                for s in summary["sentences"]
+            ),
+            summary_model=summary["model"],
+            analyzer=dict(document["analyzer"]),
+            produced_at=document["produced_at"],
+        )
+        if document["event_id"] != event.event_id:
+            raise InvalidEvent(f"{CALL_SUMMARY_SCHEMA} event_id: expected {event.event_id!r}")
+        return event
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> CallSummaryEvent:
         return cls.from_dict(_loads(data))
 
 

@@ -59,6 +59,7 @@ def run_consumer(env: Mapping[str, str], stop: threading.Event) -> None:
     from nlp_consumer.consumer import EnrichmentConsumer
     from nlp_consumer.enrich import load_enricher
     from nlp_consumer.metrics import ConsumerMetrics
+    from nlp_consumer.summary import CallSummarizer, load_embedder
 
     settings = load_consumer_settings(env)
     metrics = ConsumerMetrics()
@@ -67,7 +68,13 @@ def run_consumer(env: Mapping[str, str], stop: threading.Event) -> None:
     except OSError as exc:
         raise ConfigError(f"NLP_METRICS_PORT {settings.metrics_port}: {exc.strerror or exc}") from None
     enricher = load_enricher(settings.model)
-    consumer = EnrichmentConsumer(settings, enricher, metrics)
+    summarizer = CallSummarizer(
+        load_embedder(settings.summary_model),
+        enricher.analyzer.info.to_dict(),
+        neutral_band=settings.model.neutral_band,
+        max_sentences=settings.summary_sentences,
+    )
+    consumer = EnrichmentConsumer(settings, enricher, metrics, summarizer)
     consumer.check_broker()
     consumer.run(stop)
 

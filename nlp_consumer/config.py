@@ -25,6 +25,7 @@ T = TypeVar("T")
 INPUT_TOPIC = TRANSCRIPTS_TOPIC
 OUTPUT_TOPIC = "transcripts.enriched.v1"
 DLQ_TOPIC = "transcripts.dlq.v1"
+SUMMARY_TOPIC = "calls.summary.v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +53,18 @@ class ConsumerSettings:
     batch_ms: int = 500
     metrics_port: int = 9108  # 0: no metrics endpoint
     delivery_timeout_s: float = 60.0
+    summary_topic: str = SUMMARY_TOPIC
+    summary_sentences: int = 3  # sentences of a call's extractive summary
+    summary_model: str | None = None  # sentence embeddings; None: the bundled all-MiniLM-L6-v2
+    max_open_calls: int = 10_000  # calls held for their summary; the least recently active goes first
+    call_idle_s: float = 300.0  # a call without a final for this long is abandoned (no summary)
 
 
 @dataclass(frozen=True, slots=True)
 class DashboardSettings:
     kafka: KafkaClientSettings
     topic: str = OUTPUT_TOPIC
+    summary_topic: str = SUMMARY_TOPIC
     group_id: str = field(default_factory=lambda: f"dashboard-{socket.gethostname()}-{uuid.uuid4().hex[:12]}")
     host: str = "127.0.0.1"
     port: int = 8000
@@ -134,10 +141,17 @@ def load_consumer_settings(env: Mapping[str, str]) -> ConsumerSettings:
         batch_ms=read.number("NLP_BATCH_MS", defaults.batch_ms, int, 1, 600_000),
         metrics_port=read.number("NLP_METRICS_PORT", defaults.metrics_port, int, 0, 65535),
         delivery_timeout_s=read.number("NLP_DELIVERY_TIMEOUT_S", defaults.delivery_timeout_s, float, 1, 3600),
+        summary_topic=read.text("NLP_SUMMARY_TOPIC", SUMMARY_TOPIC) or SUMMARY_TOPIC,
+        summary_sentences=read.number("NLP_SUMMARY_SENTENCES", defaults.summary_sentences, int, 0, 10),
+        summary_model=read.text("NLP_SUMMARY_MODEL"),
+        max_open_calls=read.number("NLP_MAX_OPEN_CALLS", defaults.max_open_calls, int, 1, 1_000_000),
+        call_idle_s=read.number("NLP_CALL_IDLE_S", defaults.call_idle_s, float, 0.1, 86_400),
     )
-    topics = {settings.input_topic, settings.output_topic, settings.dlq_topic}
-    if len(topics) != 3:
-        raise ConfigError("NLP_INPUT_TOPIC, NLP_OUTPUT_TOPIC and NLP_DLQ_TOPIC must differ")
+    topics = {settings.input_topic, settings.output_topic, settings.dlq_topic, settings.summary_topic}
+    if len(topics) != 4:
+        raise ConfigError(
+            "NLP_INPUT_TOPIC, NLP_OUTPUT_TOPIC, NLP_DLQ_TOPIC and NLP_SUMMARY_TOPIC must differ"
+        )
     return settings
 
 
@@ -149,6 +163,9 @@ def load_dashboard_settings(env: Mapping[str, str]) -> DashboardSettings:
         defaults,
         kafka=load_kafka_settings(env),
         topic=topic,
+        summary_topic=read.text("DASHBOARD_SUMMARY_TOPIC")
+        or read.text("NLP_SUMMARY_TOPIC")
+        or defaults.summary_topic,
         group_id=read.text("DASHBOARD_GROUP_ID") or defaults.group_id,
         host=read.text("DASHBOARD_HOST", defaults.host) or defaults.host,
         port=read.number("DASHBOARD_PORT", defaults.port, int, 0, 65535),

@@ -21,13 +21,13 @@ class ConsumerMetrics:
         self.registry = registry or CollectorRegistry()
         self.events = Counter(
             "nlp_events",
-            "Input events handled, by outcome (enriched, dead_lettered)",
+            "Input events handled, by outcome (enriched, dead_lettered, summarised: calls)",
             ["outcome"],
             registry=self.registry,
         )
         self.errors = Counter(
             "nlp_errors",
-            "Failures by kind (kafka, delivery, commit, enrich)",
+            "Failures by kind (kafka, delivery, commit, enrich, call_abandoned)",
             ["kind"],
             registry=self.registry,
         )
@@ -63,12 +63,18 @@ class ConsumerMetrics:
         self.assigned = Gauge(
             "nlp_assigned_partitions", "Partitions assigned to this consumer", registry=self.registry
         )
+        self.open_calls = Gauge(
+            "nlp_open_calls",
+            "Calls whose finals are held for their summary (the committed offset stays at their first)",
+            registry=self.registry,
+        )
         self._window: deque[tuple[float, int]] = deque()
         self._lock = threading.Lock()
 
-    def handled(self, enriched: int, dead_lettered: int) -> None:
+    def handled(self, enriched: int, dead_lettered: int, summarised: int = 0) -> None:
         self.events.labels("enriched").inc(enriched)
         self.events.labels("dead_lettered").inc(dead_lettered)
+        self.events.labels("summarised").inc(summarised)
         now = time.monotonic()
         with self._lock:
             self._window.append((now, enriched + dead_lettered))

@@ -1,4 +1,5 @@
-"""``EnrichedFeed``: a background Kafka consumer that fills the ``CallBoard`` from the enriched topic.
+"""``EnrichedFeed``: a background Kafka consumer that fills the ``CallBoard`` from the enriched topic
+and the call summaries topic (``DASHBOARD_SUMMARY_TOPIC``).
 
 Each dashboard instance has its own consumer group (``dashboard-<host>-<uuid>``), so every
 instance sees every call; it commits nothing. On assignment it starts each partition at the
@@ -18,6 +19,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from contract.events import CallSummaryEvent, InvalidEvent
 from nlp_consumer.config import DashboardSettings
 from nlp_consumer.dashboard.state import CallBoard
 from nlp_consumer.errors import KafkaClientError, NlpError
@@ -60,9 +62,10 @@ class EnrichedFeed:
             ) from None
 
     def start(self) -> EnrichedFeed:
-        self._consumer.subscribe([self.settings.topic], on_assign=self._on_assign)
+        topics = [self.settings.topic, self.settings.summary_topic]
+        self._consumer.subscribe(topics, on_assign=self._on_assign)
         self._thread.start()
-        logger.info("dashboard_feed topic=%s group=%s", self.settings.topic, self.settings.group_id)
+        logger.info("dashboard_feed topics=%s group=%s", ",".join(topics), self.settings.group_id)
         return self
 
     def stop(self) -> None:
@@ -84,10 +87,14 @@ class EnrichedFeed:
             if error.code() != KafkaError._PARTITION_EOF:
                 self._on_error(error)
             return
+        summary = message.topic() == self.settings.summary_topic
         try:
             event: Any = json.loads(message.value() or b"")
-            validate_enriched(event)
-        except (ValueError, NlpError) as exc:
+            if summary:
+                CallSummaryEvent.from_dict(event)
+            else:
+                validate_enriched(event)
+        except (ValueError, NlpError, InvalidEvent) as exc:
             self.invalid += 1
             logger.warning("skipped_event offset=%s error=%s", message.offset(), exc)
             return
@@ -95,7 +102,10 @@ class EnrichedFeed:
         now = time.time()
         if produced_s < now - self.board.expire_s:
             return
-        self.board.add(event, seen_s=min(produced_s, now))
+        if summary:
+            self.board.add_summary(event, seen_s=min(produced_s, now))
+        else:
+            self.board.add(event, seen_s=min(produced_s, now))
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         since_ms = int((time.time() - self.board.expire_s) * 1000)

@@ -1,6 +1,8 @@
 """``CallBoard``: the bounded, thread-safe state behind the dashboard.
 
-Each call (``session_id``) keeps its last ``max_turns`` enriched turns; at most ``max_calls``
+Each call (``session_id``) keeps its last ``max_turns`` enriched turns (with the speaker and channel
+of a stereo call's turns) and, once the call ended, its ``call.summary.v1`` event (a summary read
+before any turn of its call waits, bounded, for the call to appear); at most ``max_calls``
 calls are kept (the least recently active is dropped first) and a call without a new turn for
 ``expire_s`` is removed. Every change bumps a global version; a client that last saw version
 ``v`` asks ``changes_since(v)`` and gets only the calls changed since then plus the ids removed
@@ -32,6 +34,8 @@ class Turn:
     keywords: tuple[str, ...]
     start_ms: int
     end_ms: int
+    speaker: str | None = None
+    channel: int | None = None
 
     @classmethod
     def from_event(cls, event: Mapping[str, Any]) -> Turn:
@@ -49,6 +53,8 @@ class Turn:
             keywords=tuple(str(k) for k in event["keywords"]),
             start_ms=int(event["start_ms"]),
             end_ms=int(event["end_ms"]),
+            speaker=event.get("speaker"),
+            channel=event.get("channel"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,6 +68,8 @@ class Turn:
             "keywords": list(self.keywords),
             "start_ms": self.start_ms,
             "end_ms": self.end_ms,
+            "speaker": self.speaker,
+            "channel": self.channel,
         }
 
 
@@ -70,8 +78,9 @@ class Call:
     session_id: str
     user_id: str
     turns: dict[int, Turn] = field(default_factory=dict)  # by utterance
-    last_seen_s: float = 0.0  # wall clock of the last new turn
+    last_seen_s: float = 0.0  # wall clock of the last new turn (or of the summary)
     version: int = 0
+    summary_event: dict[str, Any] | None = None  # call.summary.v1, once the call ended
 
     def latest(self) -> Turn:
         return self.turns[max(self.turns)]
@@ -87,10 +96,22 @@ class Call:
             "keywords": _call_keywords(ordered),
             "mean_polarity": round(sum(t.polarity for t in ordered) / len(ordered), 4),
             "last_seen_ms": int(self.last_seen_s * 1000),
+            "speakers": self.speakers(),
+            "ended": self.summary_event is not None,
         }
 
+    def speakers(self) -> list[str]:
+        """The speakers in channel order: the summary's when the call ended, else those heard."""
+        if self.summary_event is not None:
+            return [str(s["speaker"]) for s in self.summary_event["speakers"]]
+        heard = sorted({(t.channel if t.channel is not None else 99, t.speaker) for t in self.turns.values()})
+        return [speaker for _, speaker in heard if speaker]
+
     def detail(self) -> dict[str, Any]:
-        return self.summary() | {"transcript": [self.turns[u].to_dict() for u in sorted(self.turns)]}
+        return self.summary() | {
+            "transcript": [self.turns[u].to_dict() for u in sorted(self.turns)],
+            "call_summary": self.summary_event,
+        }
 
 
 class CallBoard:
@@ -103,6 +124,7 @@ class CallBoard:
         self._clock = clock
         self._calls: OrderedDict[str, Call] = OrderedDict()  # least recently active first
         self._removed: deque[tuple[int, str]] = deque(maxlen=TOMBSTONES)
+        self._early: OrderedDict[str, dict[str, Any]] = OrderedDict()  # summaries before their call
         self._version = 0
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -119,6 +141,7 @@ class CallBoard:
             call = self._calls.get(event["session_id"])
             if call is None:
                 call = Call(str(event["session_id"]), str(event.get("user_id", "")))
+                call.summary_event = self._early.pop(call.session_id, None)
                 self._calls[call.session_id] = call
             elif call.turns.get(turn.utterance) == turn:
                 return False
@@ -130,6 +153,27 @@ class CallBoard:
             self._bump(call)
             while len(self._calls) > self.max_calls:
                 self._drop(next(iter(self._calls)))
+            self._changed.notify_all()
+            return True
+
+    def add_summary(self, event: Mapping[str, Any], seen_s: float | None = None) -> bool:
+        """Attach a call's summary (a call.summary.v1 document); False when it was a duplicate.
+        A summary read before any turn of its call is kept until the call appears."""
+        now = self._clock() if seen_s is None else seen_s
+        session_id = str(event["session_id"])
+        with self._lock:
+            call = self._calls.get(session_id)
+            if call is None:
+                self._early[session_id] = dict(event)
+                while len(self._early) > self.max_calls:
+                    self._early.popitem(last=False)
+                return False
+            if call.summary_event == event:
+                return False
+            call.summary_event = dict(event)
+            call.last_seen_s = max(call.last_seen_s, now)
+            self._calls.move_to_end(session_id)
+            self._bump(call)
             self._changed.notify_all()
             return True
 

@@ -45,6 +45,7 @@ from tests.test_nlp_consumer.conftest import ConsumerRun, ConsumerRunner, metric
 TRANSCRIPTS = "transcripts.v1"
 ENRICHED = "transcripts.enriched.v1"
 DLQ = "transcripts.dlq.v1"
+SUMMARIES = "calls.summary.v1"
 PARTITIONS = 4
 GROUP = "nlp-chaos"
 CHUNK_MS = 200
@@ -140,7 +141,8 @@ def assigned_partitions(run: ConsumerRun) -> set[int]:
     """The input partitions ``run`` holds now, from its ``partitions_assigned`` /
     ``partitions_revoked`` log lines (its rebalance callbacks)."""
     held: set[int] = set()
-    for change, listed in ASSIGNMENT_LOG.findall(run.process.output()):
+    log = run.process.log.read_text(encoding="utf-8", errors="replace")
+    for change, listed in ASSIGNMENT_LOG.findall(log):
         partitions = {
             int(item.rsplit("/", 1)[1].split("@")[0])
             for item in listed.split(",")
@@ -239,7 +241,7 @@ class Pipeline:
 
         wait_for(decoders_ready, RECOVERY_TIMEOUT_S, "every decoder ready with an empty outbox", 0.5)
         for run in self.consumers:
-            assert run.process.alive(), run.process.output()[-3000:]
+            run.process.check_alive()
         wait_for(
             lambda: (
                 sum(metric(run.metrics_port, "nlp_assigned_partitions") or 0 for run in self.consumers)
@@ -269,7 +271,7 @@ def start_pipeline(
         ConsumerRunner(broker.bootstrap, model, workdir),
     )
     try:
-        devstack.create_topics(broker.bootstrap, [TRANSCRIPTS, ENRICHED, DLQ], PARTITIONS)
+        devstack.create_topics(broker.bootstrap, [TRANSCRIPTS, ENRICHED, DLQ, SUMMARIES], PARTITIONS)
         for name in decoders:
             pipeline.add_instance(name)
         for _ in range(consumers):
@@ -474,6 +476,23 @@ def assert_exactly_once(
     """``check_delivery`` on ``topic`` read from the beginning until every final of ``calls`` is there."""
     wanted = set(expected_finals(calls))
     return check_delivery(read_events(pipeline.broker.bootstrap, topic, wanted), calls)
+
+
+def check_summaries(pipeline: Pipeline, calls: Sequence[tuple[str, Script]]) -> int:
+    """Each call has one summary (``<session_id>:summary``; copies the same but for when they were
+    produced) counting every one of its finals. Returns how many raw copies were dropped."""
+    wanted = {f"{session_id}:summary" for session_id, _ in calls}
+    documents = [
+        d for d in read_events(pipeline.broker.bootstrap, SUMMARIES, wanted) if d["event_id"] in wanted
+    ]
+    copies: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for document in documents:
+        copies[document["event_id"]].append(document | {"produced_at": ""})
+    for session_id, script in calls:
+        first, *others = copies[f"{session_id}:summary"]
+        assert all(other == first for other in others), session_id
+        assert first["finals"] == first["finals_expected"] == len(script.finals), (session_id, first)
+    return len(documents) - len(wanted)
 
 
 def calls_of(callers: Sequence[Caller]) -> list[tuple[str, Script]]:

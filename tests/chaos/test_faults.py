@@ -45,6 +45,7 @@ from tests.chaos.harness import (
     calls_of,
     can_mount_tmpfs,
     check_delivery,
+    check_summaries,
     expected_finals,
     join_all,
     new_call_works,
@@ -208,8 +209,9 @@ def test_consumer_sigkilled_survivor_takes_over(
     (its session timeout, the default 10 s: the takeover time measured is the deployed one), the
     survivor is assigned its partitions and enriches what it had not committed (duplicates with
     the same ``event_id``) and the rest of the calls: after de-duplication every final of every
-    call is enriched once, in order. Only then does a replacement start, as the orchestrator
-    restarts the pod."""
+    call is enriched once, in order, and every call has one summary counting all its finals (the
+    survivor rebuilt the calls open on the partitions it took over). Only then does a replacement
+    start, as the orchestrator restarts the pod."""
     assert len(pipeline.consumers) == 2, "the fault needs a survivor"
     takeovers: list[Takeover] = []
     reports: list[dict[str, int]] = []
@@ -218,17 +220,22 @@ def test_consumer_sigkilled_survivor_takes_over(
         calls = calls_of(takeover.callers)
         documents = read_events(pipeline.broker.bootstrap, ENRICHED, set(expected_finals(calls)))
         reports.append(
-            check_delivery(documents, calls) | {"by_survivor": _enriched_after(takeover, documents)}
+            check_delivery(documents, calls)
+            | {
+                "by_survivor": _enriched_after(takeover, documents),
+                "summary_copies": check_summaries(pipeline, calls),
+            }
         )
         takeovers.append(takeover)
         pipeline.add_consumer().wait_assigned()  # the replacement joins the group
         pipeline.wait_recovered()
     logger.info(
-        "consumer_killed calls=%d finals=%d raw_duplicates_enriched=%d takeover_s=%s streaming_at_kill=%s "
-        "killed_partitions=%s enriched_by_survivor=%s",
+        "consumer_killed calls=%d finals=%d raw_duplicates_enriched=%d summary_copies=%d takeover_s=%s "
+        "streaming_at_kill=%s killed_partitions=%s enriched_by_survivor=%s",
         sum(len(t.callers) for t in takeovers),
         sum(r["events"] for r in reports),
         sum(r["duplicates"] for r in reports),
+        sum(r["summary_copies"] for r in reports),
         [round(t.takeover_s, 1) for t in takeovers],
         [t.streaming for t in takeovers],
         [sorted(t.partitions) for t in takeovers],

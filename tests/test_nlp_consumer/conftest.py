@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,7 +14,7 @@ from confluent_kafka import Producer
 
 from contract.events import TranscriptEvent, rfc3339_utc
 from devtools.evaluation import ManifestEntry
-from devtools.processes import ROOT, free_port
+from devtools.processes import ServiceProcess, free_port
 from nlp_consumer.config import ModelSettings
 from nlp_consumer.enrich import Enricher, load_enricher
 from tests.kafka import wait_for
@@ -78,48 +75,6 @@ def produce_events(bootstrap: str, topic: str, events: list[TranscriptEvent]) ->
     produce(bootstrap, topic, [(e.key, e.to_json()) for e in events])
 
 
-@dataclass
-class ServiceProcess:
-    """``python -m <module>`` with extra environment, logging to a file, in its own process group."""
-
-    module: str
-    env: Mapping[str, str]
-    log: Path
-    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-    def start(self) -> ServiceProcess:
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", self.module],
-                cwd=ROOT,
-                env={**os.environ, **self.env},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return self
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def send(self, sig: int) -> None:
-        assert self.process is not None
-        os.killpg(self.process.pid, sig)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.send(sig)
-        try:
-            return self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.send(signal.SIGKILL)
-            return self.process.wait()
-
-    def output(self) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace")
-
-
 def metric(port: int, name: str) -> float | None:
     try:
         text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
@@ -136,14 +91,15 @@ class ConsumerRun:
 
     def wait_assigned(self) -> None:
         def assigned() -> bool:
-            assert self.process.alive(), self.process.output()[-3000:]
+            self.process.check_alive()
             return (metric(self.metrics_port, "nlp_assigned_partitions") or 0) > 0
 
         wait_for(assigned, READY_TIMEOUT_S, "the consumer to join its group")
 
 
 class ConsumerRunner:
-    """``runner(input, output, dlq, group, **env)``: an enrichment consumer process."""
+    """``runner(input, output, dlq, group, **env)``: an enrichment consumer process (``module``:
+    another entry point, e.g. one that crashes on purpose)."""
 
     def __init__(self, bootstrap: str, model: Path, log_dir: Path) -> None:
         self.bootstrap = bootstrap
@@ -152,7 +108,13 @@ class ConsumerRunner:
         self.runs: list[ConsumerRun] = []
 
     def __call__(
-        self, input_topic: str, output_topic: str, dlq_topic: str, group: str, **env: str
+        self,
+        input_topic: str,
+        output_topic: str,
+        dlq_topic: str,
+        group: str,
+        module: str = "nlp_consumer",
+        **env: str,
     ) -> ConsumerRun:
         port = free_port()
         settings = {
@@ -166,13 +128,13 @@ class ConsumerRunner:
             "NLP_TORCH_THREADS": "2",
         }
         log = self.log_dir / f"consumer-{uuid.uuid4().hex[:8]}.log"
-        run = ConsumerRun(ServiceProcess("nlp_consumer", settings | env, log).start(), port)
+        run = ConsumerRun(ServiceProcess(module, ["-m", module], settings | env, log).start(), port)
         self.runs.append(run)
         return run
 
     def kill_all(self) -> None:
         for run in self.runs:
-            if run.process.alive():
+            if run.process.alive:
                 run.process.stop(signal.SIGKILL)
 
 
@@ -181,14 +143,3 @@ def consumer_runner(kafka_bootstrap: str, trained_model: Path, tmp_path: Path) -
     runner = ConsumerRunner(kafka_bootstrap, trained_model, tmp_path)
     yield runner
     runner.kill_all()
-
-
-def wait_http_ok(url: str, process: ServiceProcess, timeout_s: float = READY_TIMEOUT_S) -> None:
-    def ok() -> bool:
-        assert process.alive(), process.output()[-3000:]
-        try:
-            return requests.get(url, timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    wait_for(ok, timeout_s, url)

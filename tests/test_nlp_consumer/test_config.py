@@ -24,8 +24,10 @@ def test_defaults() -> None:
         "transcripts.dlq.v1",
     )
     assert settings.model.model is None and settings.model.neutral_band == 0.3
+    assert settings.summary_topic == "calls.summary.v1" and settings.summary_sentences == 3
     dashboard = load_dashboard_settings(BROKER)
     assert dashboard.port == 8000 and dashboard.topic == "transcripts.enriched.v1"
+    assert dashboard.summary_topic == "calls.summary.v1"
     assert (
         dashboard.group_id.startswith("dashboard-")
         and dashboard.group_id != load_dashboard_settings(BROKER).group_id

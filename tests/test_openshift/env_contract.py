@@ -73,6 +73,7 @@ CONTAINERS: dict[str, ContainerEnv] = {
                 "NLP_INPUT_TOPIC",
                 "NLP_OUTPUT_TOPIC",
                 "NLP_DLQ_TOPIC",
+                "NLP_SUMMARY_TOPIC",
                 "NLP_METRICS_PORT",
                 "SENTIMENT_MODEL",
                 *KAFKA_CLIENT,
@@ -82,7 +83,9 @@ CONTAINERS: dict[str, ContainerEnv] = {
     "dashboard": ContainerEnv(
         package="nlp_consumer",
         # No group id: each dashboard instance makes its own, so every instance sees every call.
-        reads=frozenset({"DASHBOARD_HOST", "DASHBOARD_PORT", "DASHBOARD_TOPIC", *KAFKA_CLIENT}),
+        reads=frozenset(
+            {"DASHBOARD_HOST", "DASHBOARD_PORT", "DASHBOARD_TOPIC", "DASHBOARD_SUMMARY_TOPIC", *KAFKA_CLIENT}
+        ),
         command_words=("--dashboard",),
     ),
     "simulator": ContainerEnv(
@@ -102,6 +105,8 @@ TOPICS = {
     "NLP_OUTPUT_TOPIC": "transcripts.enriched.v1",
     "DASHBOARD_TOPIC": "transcripts.enriched.v1",
     "NLP_DLQ_TOPIC": "transcripts.dlq.v1",
+    "NLP_SUMMARY_TOPIC": "calls.summary.v1",
+    "DASHBOARD_SUMMARY_TOPIC": "calls.summary.v1",
 }
 # Every topic the Strimzi overlays create: the above plus the decoder's partial results.
 ALL_TOPICS = frozenset({*TOPICS.values(), "transcripts.partial.v1"})

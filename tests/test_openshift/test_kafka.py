@@ -21,12 +21,14 @@ NEEDS = {
         ("NLP_GROUP_ID", "group", "Read"),
         ("NLP_OUTPUT_TOPIC", "topic", "Write"),
         ("NLP_DLQ_TOPIC", "topic", "Write"),
+        ("NLP_SUMMARY_TOPIC", "topic", "Write"),
     },
-    "dashboard": {("DASHBOARD_TOPIC", "topic", "Read")},
+    "dashboard": {("DASHBOARD_TOPIC", "topic", "Read"), ("DASHBOARD_SUMMARY_TOPIC", "topic", "Read")},
 }
 # Every dashboard instance reads with a group of its own (``dashboard-<host>-<uuid>``), so it sees
 # every call; its user may read groups with this prefix and no others.
 DASHBOARD_GROUPS = ("group", "dashboard-", "Read")
+PREFIXED = {"dashboard": {DASHBOARD_GROUPS}}
 
 
 def decoder_default(field: str) -> Any:
@@ -160,10 +162,9 @@ def test_acls_grant_what_each_client_does_and_no_more(strimzi: Manifests) -> Non
             if acl["resource"].get("patternType", "literal") != "literal"
             for op in acl["operations"]
         }
-        assert prefixed == ({DASHBOARD_GROUPS} if name == "dashboard" else set()), name
+        assert prefixed == PREFIXED.get(name, set()), name
         needed = {(kind, env[variable], operation) for variable, kind, operation in NEEDS[name]}
-        if name == "dashboard":
-            needed.add(DASHBOARD_GROUPS)
+        needed |= PREFIXED.get(name, set())
         described = {("topic", topic, "Describe") for kind, topic, _ in needed | granted if kind == "topic"}
         assert needed <= granted, name
         assert granted <= needed | described | EXTRA_GRANTS.get(name, set()), name

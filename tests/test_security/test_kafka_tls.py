@@ -27,12 +27,12 @@ from prometheus_client import CollectorRegistry
 from contract.events import is_call_ended
 from decoder_api.config import load_settings
 from decoder_api.delivery.publisher import TranscriptPublisher, build_publisher
-from devtools.processes import ROOT, DecoderServer, free_port
+from devtools.processes import ROOT, DecoderServer, ServiceProcess, free_port
 from nlp_consumer.config import load_consumer_settings
 from nlp_consumer.events import validate_enriched
 from tests.conftest import SpokenCall
 from tests.kafka import consume_until, decoder_env, launch_decoder, readyz, wait_for
-from tests.test_nlp_consumer.conftest import ConsumerRun, ServiceProcess
+from tests.test_nlp_consumer.conftest import ConsumerRun
 from tests.test_recorder.conftest import json_lines, recorder, write_wav
 from tests.test_security.tls import SaslKafka
 
@@ -56,12 +56,14 @@ def password_of(kafka: SaslKafka, login: Mapping[str, Any]) -> str:
 
 
 def nlp_env(kafka: Mapping[str, str], topics: list[str], model: Path, metrics_port: int) -> dict[str, str]:
-    """The NLP consumer's variables: ``topics`` are input, enriched output and dead letters."""
-    source, enriched, dead = topics
+    """The NLP consumer's variables: ``topics`` are input, enriched output, dead letters and call
+    summaries."""
+    source, enriched, dead, summaries = topics
     return dict(kafka) | {
         "NLP_INPUT_TOPIC": source,
         "NLP_OUTPUT_TOPIC": enriched,
         "NLP_DLQ_TOPIC": dead,
+        "NLP_SUMMARY_TOPIC": summaries,
         "NLP_GROUP_ID": f"sasl-{uuid.uuid4().hex}",
         "NLP_METRICS_PORT": str(metrics_port),
         "SENTIMENT_MODEL": str(model),
@@ -103,14 +105,14 @@ def test_a_call_goes_through_decoder_recorder_and_nlp_consumer_with_a_scram_logi
 ) -> None:
     """The recorder streams a call through the decoder; both publish its finals (``source``
     decoder and recorder) to the input topic, the NLP consumer enriches them, and a consumer
-    reads them back: five clients, every one logged in as the SCRAM user over TLS."""
-    topics = sasl_kafka.create_topics("sasl-in", "sasl-out", "sasl-dlq")
+    reads them back, with the call's summary: five clients, every one logged in as the SCRAM user
+    over TLS."""
+    topics = sasl_kafka.create_topics("sasl-in", "sasl-out", "sasl-dlq", "sasl-summary")
     login = sasl_kafka.env()
     decoder = launch_decoder(tmp_path, decoder_env(sasl_kafka.bootstrap, topics[0], tmp_path) | login)
     port = free_port()
-    consumer = ServiceProcess(
-        "nlp_consumer", nlp_env(login, topics, trained_model, port), tmp_path / "nlp.log"
-    )
+    env = nlp_env(login, topics, trained_model, port)
+    consumer = ServiceProcess("nlp_consumer", ["-m", "nlp_consumer"], env, tmp_path / "nlp.log")
     nlp = ConsumerRun(consumer.start(), port)
     try:
         wait_for(lambda: kafka_check(decoder) == "connected", 60, "the decoder's SASL_SSL login")
@@ -123,6 +125,7 @@ def test_a_call_goes_through_decoder_recorder_and_nlp_consumer_with_a_scram_logi
         session_id, texts = finals[0]["session_id"], [e["text"] for e in finals]
         published = consume_session(sasl_kafka.consumer(topics[0]), session_id, 2 * len(texts))
         enriched = consume_session(sasl_kafka.consumer(topics[1]), session_id, 2 * len(texts))
+        [summary] = consume_session(sasl_kafka.consumer(topics[3]), session_id, 1)
     finally:
         nlp.process.stop()
         decoder.stop()
@@ -130,7 +133,8 @@ def test_a_call_goes_through_decoder_recorder_and_nlp_consumer_with_a_scram_logi
     assert texts_by_source(enriched) == {"decoder": texts, "recorder": texts}
     for value in enriched:
         validate_enriched(value)
-    assert "Traceback" not in nlp.process.output()
+    assert (summary["event_id"], summary["finals"]) == (f"{session_id}:summary", len(texts))
+    assert "Traceback" not in nlp.process.log.read_text()
 
 
 def refusal_reason(decoder: DecoderServer) -> dict[str, Any] | None:
@@ -210,7 +214,7 @@ def test_a_refused_nlp_consumer_exits_with_one_line(
 ) -> None:
     """Logging warnings and errors only, the consumer's whole stderr is the one line; it names the
     refusal, which the start-up check sees at the first refused attempt."""
-    topics = sasl_kafka.create_topics("sasl-nlp-in", "sasl-nlp-out", "sasl-nlp-dlq")
+    topics = sasl_kafka.create_topics("sasl-nlp-in", "sasl-nlp-out", "sasl-nlp-dlq", "sasl-nlp-summary")
     login = wrong_login(sasl_kafka, refusal)
     env = nlp_env(sasl_kafka.env(**login), topics, trained_model, free_port())
     done = subprocess.run(

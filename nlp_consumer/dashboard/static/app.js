@@ -124,7 +124,8 @@ function fillRow(row, call) {
   row.classList.toggle("selected", call.id === selected);
   const meter = el("span", { class: "meter" }, meterBar(latest.polarity, latest.label));
   row.replaceChildren(
-    el("td", { class: "c-call" }, el("div", { class: "call-id" }, call.id), el("div", { class: "user" }, call.user || "—")),
+    el("td", { class: "c-call" }, el("div", { class: "call-id" }, call.id),
+      el("div", { class: "user" }, call.user || "—", call.ended ? el("span", { class: "ended" }, "ended") : "")),
     el("td", { class: "c-text" }, latest.text),
     el("td", { class: "c-sent" }, el("span", { class: `badge ${latest.label}` }, latest.label.toLowerCase()), meter),
     el("td", { class: "c-keys" }, ...call.keywords.slice(0, 4).map((k) => el("span", { class: "chip" }, k))),
@@ -186,6 +187,99 @@ function renderDetail(call) {
   $("detail-sub").textContent = `${call.user || "no user id"} · ${call.turns} turns · mean polarity ${mean}`;
   $("timeline").replaceChildren(timeline(call.transcript));
   $("transcript").replaceChildren(...call.transcript.map(turnItem));
+  renderCallView(call);
+}
+
+// --- a call with speakers: two lanes, the conversation, and the summary once it ended ----------
+
+function clock(ms) {
+  const s = Math.round(ms / 1000);
+  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+}
+
+function renderCallView(call) {
+  const speakers = call.speakers || [];
+  const stereo = speakers.length > 0 && call.transcript.some((t) => t.speaker);
+  $("call-view").hidden = !stereo;
+  $("transcript-section").hidden = stereo;
+  if (stereo) {
+    $("lanes").replaceChildren(lanes(call, speakers));
+    $("conversation").replaceChildren(...call.transcript.map((t) => bubble(t, speakers)));
+  }
+  const summary = call.call_summary;
+  $("summary-card").hidden = !summary;
+  if (summary) $("summary-card").replaceChildren(...summaryCard(summary));
+  else $("summary-card").replaceChildren();
+}
+
+function lanes(call, speakers) {
+  const W = 560, L = 78, R = 8, LANE = 30, GAP = 8, T = 4, B = 18;
+  const H = T + speakers.length * (LANE + GAP) + B;
+  const end = Math.max(1, call.call_summary ? call.call_summary.duration_ms : 0, ...call.transcript.map((t) => t.end_ms));
+  const x = (ms) => L + (ms / end) * (W - L - R);
+  const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "turns per speaker over time" });
+  speakers.forEach((speaker, i) => {
+    const y = T + i * (LANE + GAP);
+    chart.append(svg("rect", { class: `lane lane-${i % 2}`, x: L, y, width: W - L - R, height: LANE, rx: 4, "data-speaker": speaker }));
+    const label = svg("text", { class: "lane-label", x: L - 8, y: y + LANE / 2 + 4, "text-anchor": "end" });
+    label.textContent = speaker;
+    chart.append(label);
+  });
+  for (const turn of call.transcript) {
+    const lane = speakers.indexOf(turn.speaker);
+    if (lane < 0) continue;
+    const bar = svg("rect", {
+      class: `turn-bar ${turn.label}`, x: x(turn.start_ms), y: T + lane * (LANE + GAP) + 4,
+      width: Math.max(2, x(turn.end_ms) - x(turn.start_ms)), height: LANE - 8, rx: 3,
+      fill: COLORS[turn.label], "data-speaker": turn.speaker, "data-utterance": turn.utterance, "data-label": turn.label,
+    });
+    const tip = svg("title");
+    tip.textContent = `${turn.speaker} ${clock(turn.start_ms)} ${turn.label.toLowerCase()}: ${turn.text}`;
+    bar.append(tip);
+    chart.append(bar);
+  }
+  for (let i = 0; i <= 4; i += 1) {
+    const tick = svg("text", { x: L + (i * (W - L - R)) / 4, y: H - 4, "text-anchor": "middle" });
+    tick.textContent = clock((i * end) / 4);
+    chart.append(tick);
+  }
+  return chart;
+}
+
+function bubble(turn, speakers) {
+  const lane = Math.max(0, speakers.indexOf(turn.speaker));
+  return el("li", { class: `turn lane-${lane % 2}`, "data-speaker": turn.speaker || "", "data-utterance": turn.utterance, "data-label": turn.label },
+    el("div", { class: "who" }, el("b", {}, turn.speaker || "—"), ` ${clock(turn.start_ms)} `,
+      el("span", { class: `badge ${turn.label}` }, turn.label.toLowerCase())),
+    explained(turn));
+}
+
+function moodBadge(mood) {
+  if (!mood) return el("span", { class: "badge none" }, "—");
+  const sign = mood.polarity >= 0 ? "+" : "";
+  return el("span", { class: `badge ${mood.label}`, title: `mean polarity ${sign}${mood.polarity.toFixed(2)} over ${mood.turns} turns` },
+    `${mood.label.toLowerCase()} ${sign}${mood.polarity.toFixed(2)}`);
+}
+
+function summaryCard(summary) {
+  const head = el("div", { class: "summary-head" }, el("h3", {}, "Call summary"),
+    el("p", { class: "muted" }, `${clock(summary.duration_ms)} · silence ${Math.round(summary.silence_share * 100)} % · `
+      + `${summary.finals} of ${summary.finals_expected} finals · ended ${summary.reason}`));
+  const rows = summary.speakers.map((s) => el("tr", { "data-speaker": s.speaker },
+    el("td", {}, el("b", {}, s.speaker)), el("td", {}, s.turns), el("td", {}, `${clock(s.talk_ms)} (${Math.round(s.talk_share * 100)} %)`),
+    el("td", { class: "overall" }, moodBadge(s.sentiment.overall)),
+    el("td", {}, moodBadge(s.sentiment.first_third), " → ", moodBadge(s.sentiment.last_third))));
+  const table = el("table", { class: "speakers" },
+    el("thead", {}, el("tr", {}, ...["Speaker", "Turns", "Talk time", "Overall", "First → last third"].map((h) => el("th", {}, h)))),
+    el("tbody", {}, ...rows));
+  const moments = summary.speakers.filter((s) => s.most_negative).map((s) =>
+    el("div", { class: "moment", "data-speaker": s.speaker },
+      el("div", { class: "who" }, `Most negative · ${s.speaker} at ${clock(s.most_negative.start_ms)} `,
+        el("span", { class: `badge ${s.most_negative.label}` }, s.most_negative.polarity.toFixed(2))),
+      explained(s.most_negative)));
+  const extract = el("ol", { class: "extract" }, ...summary.summary.sentences.map((s) =>
+    el("li", { "data-utterance": s.utterance }, el("b", {}, `${s.speaker} ${clock(s.start_ms)}`), ` ${s.text}`)));
+  return [head, table, ...moments, el("h4", {}, "Extractive summary (the call's most central sentences)"), extract];
 }
 
 function timeline(turns) {
@@ -219,6 +313,14 @@ function timeline(turns) {
 }
 
 function turnItem(turn) {
+  const text = explained(turn);
+  const meta = el("div", { class: "meta" }, el("span", { class: `badge ${turn.label}` }, turn.label.toLowerCase()),
+    ` polarity ${turn.polarity.toFixed(2)}`, turn.keywords.length ? ` · ${turn.keywords.join(", ")}` : "");
+  return el("li", { "data-utterance": turn.utterance }, el("span", { class: "n" }, `#${turn.utterance}`), el("div", {}, text, meta));
+}
+
+// A turn's text with its explaining words highlighted (green pushes positive, red negative).
+function explained(turn) {
   const weights = new Map(turn.explanation.map((w) => [w.index, w.weight]));
   const text = el("div", { class: "text" });
   turn.text.trim().split(/\s+/).forEach((token, i) => {
@@ -231,9 +333,7 @@ function turnItem(turn) {
       title: `weight ${weight >= 0 ? "+" : ""}${weight.toFixed(2)}`,
     }, token));
   });
-  const meta = el("div", { class: "meta" }, el("span", { class: `badge ${turn.label}` }, turn.label.toLowerCase()),
-    ` polarity ${turn.polarity.toFixed(2)}`, turn.keywords.length ? ` · ${turn.keywords.join(", ")}` : "");
-  return el("li", { "data-utterance": turn.utterance }, el("span", { class: "n" }, `#${turn.utterance}`), el("div", {}, text, meta));
+  return text;
 }
 
 $("detail-close").addEventListener("click", closeDetail);
