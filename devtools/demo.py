@@ -3,8 +3,9 @@
 Starts the local broker and Redis, the decoder, the NLP consumer and the dashboard; streams a
 sample call through the recorder in real time (live transcript in the terminal); prints every
 final as it comes back from ``transcripts.enriched.v1`` with its sentiment and the words that
-explain it; prints the dashboard URL and a summary when the call has been enriched. With
-``--keep`` everything stays up (for a browser) until Ctrl-C.
+explain it; when the call has ended, prints the NLP consumer's call summary from
+``calls.summary.v1`` (talk time, sentiment and the extractive summary per speaker), the dashboard
+URL and a tally. With ``--keep`` everything stays up (for a browser) until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ from devtools.evaluation import load_manifest
 from devtools.processes import ROOT, DecoderServer, ServiceProcess, http_ready
 
 ENRICHED_TOPIC = "transcripts.enriched.v1"
+SUMMARY_TOPIC = "calls.summary.v1"
 READY_TIMEOUT_S = 300.0
 ENRICH_TIMEOUT_S = 120.0
+SUMMARY_TIMEOUT_S = 60.0
 COLOURS = {"POSITIVE": "green", "NEGATIVE": "red", "NEUTRAL": "grey62"}
 
 console = Console(highlight=False)
@@ -81,11 +84,13 @@ def expected_turns(call: Path) -> int:
 
 
 class EnrichedWatcher:
-    """Reads the enriched topic and prints this demo caller's finals as they arrive."""
+    """Reads the enriched and summary topics; prints this demo caller's finals as they arrive and
+    keeps its call's summary."""
 
     def __init__(self, bootstrap: str, user_id: str) -> None:
         self.user_id = user_id
         self.events: list[dict[str, Any]] = []
+        self.call_summary: dict[str, Any] | None = None
         self._seen: set[str] = set()
         self._stop = threading.Event()
         self._consumer = Consumer(
@@ -96,7 +101,7 @@ class EnrichedWatcher:
                 "enable.auto.commit": False,
             }
         )
-        self._consumer.subscribe([ENRICHED_TOPIC])
+        self._consumer.subscribe([ENRICHED_TOPIC, SUMMARY_TOPIC])
         self._thread = threading.Thread(target=self._run, name="enriched", daemon=True)
         self._thread.start()
 
@@ -111,12 +116,15 @@ class EnrichedWatcher:
             if message is None or message.error():
                 continue
             with contextlib.suppress(ValueError, TypeError):
-                self._handle(json.loads(message.value() or b""))
+                self._handle(message.topic() == SUMMARY_TOPIC, json.loads(message.value() or b""))
 
-    def _handle(self, event: dict[str, Any]) -> None:
+    def _handle(self, is_summary: bool, event: dict[str, Any]) -> None:
         if event.get("user_id") != self.user_id or event.get("event_id") in self._seen:
             return
         self._seen.add(str(event["event_id"]))
+        if is_summary:
+            self.call_summary = event
+            return
         self.events.append(event)
         print_enriched(event)
 
@@ -174,10 +182,41 @@ def wait_enriched(watcher: EnrichedWatcher, expected: int, pipeline: Pipeline) -
         time.sleep(0.2)
 
 
+def wait_summary(watcher: EnrichedWatcher, pipeline: Pipeline) -> None:
+    deadline = time.monotonic() + SUMMARY_TIMEOUT_S
+    while watcher.call_summary is None and time.monotonic() < deadline:
+        pipeline.check_alive()
+        time.sleep(0.2)
+
+
+def print_call_summary(event: dict[str, Any] | None) -> None:
+    console.rule("call summary (calls.summary.v1)")
+    if event is None:
+        console.print(f"no call summary within {SUMMARY_TIMEOUT_S:.0f} s")
+        return
+    console.print(
+        f"{event['duration_ms'] / 1000:.1f} s, {event['finals']} turns, {event['silence_share']:.0%} silence"
+    )
+    for speaker in event["speakers"]:
+        overall = speaker["sentiment"]["overall"] or {}
+        label = str(overall.get("label", "-"))
+        colour = COLOURS.get(label, "white")
+        console.print(
+            f"  {speaker['speaker']}: {speaker['turns']} turns, {speaker['talk_ms'] / 1000:.1f} s talking, "
+            f"[{colour}]{label.lower()} {overall.get('polarity', 0.0):+.2f}[/{colour}] overall"
+        )
+        moment = speaker.get("most_negative")
+        if moment:
+            console.print(f"    most negative: [red]{moment['text']}[/red]")
+    console.print("  extractive summary (the call's most central sentences):")
+    for sentence in event["summary"]["sentences"]:
+        console.print(f"    • {sentence['text']}")
+
+
 def summary(watcher: EnrichedWatcher, expected: int, started: float, dashboard_url: str) -> None:
     labels = [str(e.get("sentiment", {}).get("label", "?")) for e in watcher.events]
     counts = ", ".join(f"{labels.count(x)} {x.lower()}" for x in ("POSITIVE", "NEUTRAL", "NEGATIVE"))
-    console.rule("summary")
+    console.rule("tally")
     elapsed_s = time.monotonic() - started
     console.print(
         f"{len(watcher.events)} of {expected or '?'} turns enriched ({counts}) in {elapsed_s:.0f} s"
@@ -208,6 +247,8 @@ def run(call: Path, engine: str, keep: bool, workdir: Path) -> int:
             stream_call(decoder_url, call, watcher.user_id)
             console.rule("enriched finals (transcripts.enriched.v1)")
             wait_enriched(watcher, expected_turns(call), pipeline)
+            wait_summary(watcher, pipeline)
+            print_call_summary(watcher.call_summary)
             summary(watcher, expected_turns(call), started, dashboard_url)
             if keep:
                 console.print("everything keeps running; Ctrl-C stops it")
