@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from decoder_api.delivery.publisher import KafkaConfig
 from devtools import devstack
 from devtools.evaluation import DEFAULT_MANIFEST, ManifestEntry, load_manifest
 from devtools.processes import ServiceProcess, scrape_metrics
+from nlp_consumer.config import ConsumerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -310,7 +311,9 @@ def measure(size: Size, bootstrap: str | None, workdir: Path) -> tuple[dict[str,
         "duration_s": size.duration_s,
         "backlog_events": size.backlog,
     }
-    settings |= {"partitions": PARTITIONS, "consumer_batch_size": 32, "consumer_batch_ms": 500}
+    defaults = {f.name: f.default for f in fields(ConsumerSettings)}
+    settings |= {"partitions": PARTITIONS, "consumer_batch_size": defaults["batch_size"]}
+    settings["consumer_batch_ms"] = defaults["batch_ms"]
     settings["broker"] = "Apache Kafka (started here)" if bootstrap is None else bootstrap
     settings["model"] = model.name
     details = {

@@ -50,7 +50,7 @@ class ConsumerSettings:
     output_topic: str = OUTPUT_TOPIC
     dlq_topic: str = DLQ_TOPIC
     batch_size: int = 32
-    batch_ms: int = 500
+    batch_ms: int = 0  # after a batch's first event, how long to wait for more (0: take what is there)
     metrics_port: int = 9108  # 0: no metrics endpoint
     delivery_timeout_s: float = 60.0
     summary_topic: str = SUMMARY_TOPIC
@@ -138,7 +138,7 @@ def load_consumer_settings(env: Mapping[str, str]) -> ConsumerSettings:
         output_topic=read.text("NLP_OUTPUT_TOPIC", OUTPUT_TOPIC) or OUTPUT_TOPIC,
         dlq_topic=read.text("NLP_DLQ_TOPIC", DLQ_TOPIC) or DLQ_TOPIC,
         batch_size=read.number("NLP_BATCH_SIZE", defaults.batch_size, int, 1, 10_000),
-        batch_ms=read.number("NLP_BATCH_MS", defaults.batch_ms, int, 1, 600_000),
+        batch_ms=read.number("NLP_BATCH_MS", defaults.batch_ms, int, 0, 600_000),
         metrics_port=read.number("NLP_METRICS_PORT", defaults.metrics_port, int, 0, 65535),
         delivery_timeout_s=read.number("NLP_DELIVERY_TIMEOUT_S", defaults.delivery_timeout_s, float, 1, 3600),
         summary_topic=read.text("NLP_SUMMARY_TOPIC", SUMMARY_TOPIC) or SUMMARY_TOPIC,

@@ -2,9 +2,10 @@
 
 Delivery is at least once, and each call is summarised once:
 
-* auto-commit is off; a batch (up to ``batch_size`` messages or ``batch_ms``) is enriched, its
-  enriched events, dead letters and call summaries are produced, the producer is flushed, and only
-  when every one of them is acknowledged are the batch's offsets committed (synchronously);
+* auto-commit is off; a batch (its first message, then what else has arrived, up to
+  ``batch_size`` messages, waiting ``batch_ms`` for more) is enriched, its enriched events, dead
+  letters and call summaries are produced, the producer is flushed, and only when every one of
+  them is acknowledged are the batch's offsets committed (synchronously);
 * a failed delivery forgets what was read since the last commit and reads every assigned partition
   again from where this consumer last committed it, after a back-off: a broker outage delays
   events but loses none;
@@ -67,6 +68,7 @@ librdkafka_logger = logging.getLogger("nlp_consumer.librdkafka")
 
 MIN_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
+POLL_S = 0.5  # the longest wait for a first message (then stop and idle calls are looked at)
 CHECK_STEP_S = 0.25  # the start-up metadata request is retried this often, looking for a refusal
 COMMITTED_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 10.0
@@ -189,7 +191,7 @@ class EnrichmentConsumer:
         )
         try:
             while not stop.is_set() and self._fatal is None:
-                messages = self._consumer.consume(settings.batch_size, settings.batch_ms / 1000)
+                messages = self._next_batch()
                 batch = Batch([m for m in messages if self._usable(m)])
                 if batch.messages:
                     self.handle(batch, stop)
@@ -200,6 +202,14 @@ class EnrichmentConsumer:
             self.close()
         if self._fatal is not None:
             raise KafkaClientError(f"fatal Kafka error: {self._fatal.str()}", self._fatal.name())
+
+    def _next_batch(self) -> list[Message]:
+        """Wait for one message, then take whatever else is already fetched (or arrives within
+        ``batch_ms``), up to ``batch_size``: no event waits for a batch to fill."""
+        first = self._consumer.consume(1, POLL_S)
+        if not first or self.settings.batch_size == 1:
+            return list(first)
+        return [*first, *self._consumer.consume(self.settings.batch_size - 1, self.settings.batch_ms / 1000)]
 
     def check_broker(self, timeout_s: float = 15.0) -> None:
         """Fail with one line when the brokers cannot be reached, at once when they refused the
