@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +15,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from decoder_api.allocator import allocator_env
 from decoder_api.audio import DecodedAudio, decode_file
-from decoder_api.config import ConfigError, Settings, load_settings
+from decoder_api.config import Settings, load_settings
 from decoder_api.engines import Engine, RecognizerOptions, load_engine, native_rate_hz
 from decoder_api.engines.base import check_pcm
 from decoder_api.errors import DecoderError, EmptyAudio, UnsupportedAudio
@@ -104,53 +105,10 @@ def run_export_mlflow(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-JEMALLOC_LIBRARIES = (
-    Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),  # Debian/Ubuntu package libjemalloc2
-    Path("/usr/lib/aarch64-linux-gnu/libjemalloc.so.2"),
-    Path("/usr/lib64/libjemalloc.so.2"),  # RHEL/UBI package jemalloc
-    Path("/usr/lib/libjemalloc.so.2"),
-)
-# Freed pages go back to the system within about a second, from jemalloc's own thread.
-JEMALLOC_CONF = "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0"
-ALLOCATORS = ("glibc", "jemalloc", "auto")
-
-
-def allocator_env(
-    choice: str, env: Mapping[str, str], libraries: Sequence[Path] = JEMALLOC_LIBRARIES
-) -> dict[str, str]:
-    """The environment that gives the server process its memory allocator.
-
-    Kaldi allocates and frees small blocks from every decoding thread. glibc's malloc then either
-    contends on a few arenas (``MALLOC_ARENA_MAX=2``: half the throughput at 8 streams on 2 cores)
-    or keeps free memory in many. jemalloc does neither (see ``bench/results/service.md``):
-    ``jemalloc`` preloads it, ``auto`` preloads it when the library is installed. The default is
-    still glibc with two arenas, because a Vosk transcript decoded under jemalloc was seen to
-    differ by one word from the same audio decoded under glibc. The cause is floating-point
-    rounding that depends on where buffers lie, not an uninitialised read: under jemalloc word
-    confidences differ from glibc's in the fifth decimal, while ``MALLOC_PERTURB_`` and the arena
-    count change nothing; a search tie decided by such a digit flips a word. An ``LD_PRELOAD`` or
-    ``MALLOC_*`` already in the environment is left alone.
-    """
-    if choice not in ALLOCATORS:
-        raise ConfigError(f"DECODER_ALLOCATOR={choice!r}: expected one of {', '.join(ALLOCATORS)}")
-    extra: dict[str, str] = {}
-    library = next((path for path in libraries if path.is_file()), None)
-    if choice == "jemalloc" and library is None:
-        raise ConfigError(
-            "DECODER_ALLOCATOR=jemalloc: libjemalloc.so.2 is not installed "
-            "(Debian: apt-get install libjemalloc2)"
-        )
-    if choice != "glibc" and library is not None and "LD_PRELOAD" not in env:
-        extra["LD_PRELOAD"] = str(library)
-        extra["MALLOC_CONF"] = env.get("MALLOC_CONF", JEMALLOC_CONF)
-    # glibc reads this at process start, so gunicorn's raw_env would be too late for it.
-    extra["MALLOC_ARENA_MAX"] = env.get("MALLOC_ARENA_MAX", "2")
-    return extra
-
-
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Replace this process with gunicorn: one worker, gthread, settings passed as DECODER_* env,
-    with the memory allocator of ``allocator_env``."""
+    with the memory allocator of ``allocator_env`` (jemalloc unless ``DECODER_ALLOCATOR`` says
+    otherwise)."""
     from decoder_api.engines.models import resolve_model
     from decoder_api.sessions.registry import check_tls
 

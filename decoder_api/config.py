@@ -69,9 +69,9 @@ class Settings:
     port: int = 8080
     threads: int = 96  # > max_sessions: each WebSocket stream holds a thread for its life
     graceful_timeout_s: int = 30
-    allocator: str = (
-        "glibc"  # serve: glibc | jemalloc | auto (jemalloc when installed), see cli.allocator_env
-    )
+    # serve: glibc | jemalloc | auto; None: jemalloc, or glibc with a warning when it is not
+    # installed (see allocator.allocator_env)
+    allocator: str | None = None
     instance_id: str = dataclasses.field(default_factory=default_instance_id)
     # limits
     max_sessions: int = 64

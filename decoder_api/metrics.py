@@ -41,6 +41,11 @@ class DecoderMetrics:
             "decoder_partial_backlog", "Streams waiting for a background partial decode", registry=r
         )
         self.finals = Counter("decoder_finals", "Final utterances produced", registry=r)
+        self.allocator_mismatch_takeovers = Counter(
+            "decoder_allocator_mismatch_takeovers",
+            "Sessions taken over from an instance that runs another memory allocator",
+            registry=r,
+        )
         self.http_responses = Counter(
             "decoder_http_responses", "HTTP responses by status code", ["status"], registry=r
         )

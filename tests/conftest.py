@@ -18,6 +18,7 @@ from decoder_api.engines.vosk import VoskEngine
 from devtools.evaluation import ManifestEntry, load_manifest
 from devtools.processes import DecoderServer, start_decoder, start_redis
 from tests.kafka import Broker, ConsumerFactory, TopicFactory, start_broker
+from tests.reference import ReferenceEngine
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
@@ -87,6 +88,17 @@ def manifest() -> list[ManifestEntry]:
 @pytest.fixture(scope="session")
 def vosk_engine() -> Iterator[VoskEngine]:
     engine = VoskEngine(resolve_model("vosk", "ko", None))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def reference_engine() -> Iterator[ReferenceEngine]:
+    """The Korean Vosk model on the allocator ``serve`` gives the decoder by default (jemalloc when
+    installed), in a child process: what a served decode is compared with, to the letter. The
+    in-process ``vosk_engine`` runs on this process's glibc and suits in-process comparisons only
+    (see tests/reference.py)."""
+    engine = ReferenceEngine("ko")
     yield engine
     engine.close()
 

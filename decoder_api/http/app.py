@@ -12,6 +12,7 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from decoder_api.allocator import running_allocator
 from decoder_api.config import Settings, load_settings
 from decoder_api.delivery.publisher import TranscriptSink, build_publisher
 from decoder_api.engines import load_engine
@@ -72,7 +73,8 @@ def build_service(settings: Settings, background: bool) -> DecoderService:
         lock_timeout_s=settings.session_lock_timeout_s,
         max_per_key=settings.max_sessions_per_key,
     )
-    registry = build_registry(settings)
+    allocator = running_allocator()  # as loaded, whatever asked for it
+    registry = build_registry(settings, allocator)
     publisher = build_publisher(settings, metrics.registry)  # None: KAFKA_BOOTSTRAP_SERVERS not set
     sink = TranscriptSink(publisher, loader.get) if publisher else None
     store = SessionStore(
@@ -86,19 +88,30 @@ def build_service(settings: Settings, background: bool) -> DecoderService:
         on_partial=sink.partial if sink is not None and settings.kafka_partials else None,
         pin_partition=sink.pin if sink is not None else None,
         on_ended=sink.ended if sink is not None else None,
+        allocator=allocator,
     )
     keys = ApiKeys(read_keys(settings.api_keys, settings.api_keys_file))
     loader.start(background)
     registry.start(on_reconnect=store.resync)
     store.start_reaper(settings.reap_interval_s)
     limiter = RateLimiter(settings.session_rate_per_min)
+    logger.info("memory_allocator allocator=%s", allocator)
     return DecoderService(
-        settings, loader, store, keys, metrics, publisher=publisher, rate_limiter=limiter, model=model
+        settings,
+        loader,
+        store,
+        keys,
+        metrics,
+        publisher=publisher,
+        rate_limiter=limiter,
+        model=model,
+        allocator=allocator,
     )
 
 
-def build_registry(settings: Settings) -> Registry:
-    """Redis when ``REDIS_URL`` is set (sessions survive this instance), else local only."""
+def build_registry(settings: Settings, allocator: str = "") -> Registry:
+    """Redis when ``REDIS_URL`` is set (sessions survive this instance), else local only;
+    ``allocator``, the one this instance runs on, is recorded with its heartbeat and its calls."""
     if not settings.redis_url:
         return LocalRegistry()
     session_ttl_s = settings.session_idle_s * 3 + 60
@@ -108,6 +121,7 @@ def build_registry(settings: Settings) -> Registry:
         settings.registry_heartbeat_ttl_s,
         session_ttl_s,
         ssl_ca_certs=settings.redis_ssl_ca_certs,
+        allocator=allocator,
     )
 
 

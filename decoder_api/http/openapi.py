@@ -205,6 +205,11 @@ def schemas() -> dict[str, Schema]:
                     model={"type": "string", "description": "`loaded`, `loading` or why it failed"},
                     accepting_sessions={"type": "boolean"},
                 ),
+                allocator={
+                    "type": "string",
+                    "description": "The memory allocator this instance runs on, as loaded: `jemalloc` "
+                    "(the default), `glibc`, … Every instance of a deployment should run the same one",
+                },
                 error={"type": "string"},
                 message={"type": "string"},
             ),

@@ -1,9 +1,10 @@
 """The session registry: who owns each call, and enough of its state to continue it elsewhere.
 
-Per session it keeps the owner instance, the session's options, token hashes, the finals so
-far, the stream position, the finals topic partition the call is pinned to, and the **audio
-since the last final** as the list of chunks the owner decoded (trimmed at every final;
-bounded by the maximum utterance length). Each instance heartbeats its liveness with a TTL.
+Per session it keeps the owner instance and the memory allocator the owner runs on, the
+session's options, token hashes, the finals so far, the stream position, the finals topic
+partition the call is pinned to, and the **audio since the last final** as the list of chunks
+the owner decoded (trimmed at every final; bounded by the maximum utterance length). Each
+instance heartbeats its liveness (and its allocator) with a TTL.
 When a chunk for a session reaches an instance that does not own it and the owner's heartbeat
 has expired (or it is draining), that instance claims the session atomically and rebuilds the
 recognizer by replaying those chunks.
@@ -43,7 +44,7 @@ CLAIM_SCRIPT = """
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if owner == false then return 0 end
 if owner ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'owner', ARGV[2])
+redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'allocator', ARGV[3])
 return 1
 """
 
@@ -71,6 +72,7 @@ class SessionRecord:
     created_at: float = 0.0
     partition: int | None = None  # of the finals topic, pinned for the whole call (None: not yet)
     channel_restarts: tuple[int, ...] = ()  # stereo: the frame each channel is replayed from
+    allocator: str = ""  # the owner's memory allocator ("": recorded by a version that did not say)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +120,9 @@ class Registry(Protocol):
         """Seconds since the epoch on the registry's clock, the one every instance compares with."""
         ...
 
-    def claim(self, session_id: str, expected_owner: str) -> bool: ...
+    def claim(self, session_id: str, expected_owner: str) -> bool:
+        """Atomically take ownership from ``expected_owner`` (recording this instance's allocator)."""
+        ...
 
     def remove(self, session_id: str) -> None: ...
 
@@ -202,8 +206,10 @@ class RedisRegistry:
         session_ttl_s: float,
         timeout_s: float = 2.0,
         ssl_ca_certs: Path | None = None,
+        allocator: str = "",
     ) -> None:
         self.instance_id = instance_id
+        self.allocator = allocator  # this instance's, in its heartbeat and in the calls it claims
         self._client = redis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **tls_options(ssl_ca_certs)
         )
@@ -225,6 +231,7 @@ class RedisRegistry:
         key = _key(record.session_id)
         meta: dict[Any, Any] = {
             "owner": record.owner,
+            "allocator": record.allocator,
             "config": json.dumps(record.config),
             "token_hash": record.token_hash,
             "owner_key_hash": record.owner_key_hash or "",
@@ -305,9 +312,8 @@ class RedisRegistry:
 
     def claim(self, session_id: str, expected_owner: str) -> bool:
         """Atomically take ownership from ``expected_owner``; False if someone else was faster."""
-        return bool(
-            self._run(lambda: self._claim(keys=[_key(session_id)], args=[expected_owner, self.instance_id]))
-        )
+        args = [expected_owner, self.instance_id, self.allocator]
+        return bool(self._run(lambda: self._claim(keys=[_key(session_id)], args=args)))
 
     def remove(self, session_id: str) -> None:
         key = _key(session_id)
@@ -353,7 +359,7 @@ class RedisRegistry:
                 on_reconnect()
 
     def _heartbeat(self) -> None:
-        value = json.dumps({"draining": self._draining})
+        value = json.dumps({"draining": self._draining, "allocator": self.allocator})
         ttl_ms = int(self._heartbeat_ttl_s * 1000)
         with contextlib.suppress(RegistryUnavailable):
             self._run(lambda: self._client.set(f"{PREFIX}instance:{self.instance_id}", value, px=ttl_ms))
@@ -439,6 +445,7 @@ def _record(session_id: str, meta: dict[str, str], finals: list[bytes], tail: li
     return SessionRecord(
         session_id=session_id,
         owner=meta["owner"],
+        allocator=meta.get("allocator", ""),
         config=json.loads(meta["config"]),
         token_hash=meta["token_hash"],
         owner_key_hash=meta.get("owner_key_hash") or None,

@@ -3,7 +3,9 @@
 The ``SessionStore`` enforces the limits (count, idle time, duration), expires sessions from a
 reaper thread and closes everything on shutdown; nothing lives outside it, so memory does not
 grow with sessions that come and go. A session another instance owned is taken over from the
-registry (its audio tail replayed) only after the caller is authorized for it.
+registry (its audio tail replayed) only after the caller is authorized for it. A call taken over
+from an instance on another memory allocator is logged and counted: its replay, and the rest of
+the call, may then decode slightly differently from how the first owner would have.
 """
 
 from __future__ import annotations
@@ -73,8 +75,10 @@ class SessionStore:
         on_partial: PartialSink | None = None,
         pin_partition: PartitionPin | None = None,
         on_ended: EndedSink | None = None,
+        allocator: str = "",
     ) -> None:
         self._recognizers = recognizers
+        self.allocator = allocator  # the memory allocator this instance decodes on
         self._on_ended: EndedSink = on_ended or (lambda session, reason: None)
         self._pin_partition: PartitionPin = pin_partition or (lambda session_id: None)
         self._registry: Registry = registry or LocalRegistry()
@@ -299,6 +303,7 @@ class SessionStore:
         return StereoRecognizer(channels, config.layout.speakers)
 
     def _rebuild(self, record: SessionRecord) -> Session:
+        self._check_allocator(record)
         config = config_from_dict(record.config)
         recognizer = self._new_recognizer(config)
         session = self._new_session(
@@ -319,6 +324,19 @@ class SessionStore:
         )
         return session
 
+    def _check_allocator(self, record: SessionRecord) -> None:
+        """Warn about and count a takeover from an instance on another allocator (one that did not
+        record its allocator is not counted: nothing is known about it)."""
+        if record.allocator and self.allocator and record.allocator != self.allocator:
+            self._metrics.allocator_mismatch_takeovers.inc()
+            logger.warning(
+                "allocator_mismatch_takeover session_id=%s from=%s from_allocator=%s allocator=%s",
+                record.session_id,
+                record.owner,
+                record.allocator,
+                self.allocator,
+            )
+
     def _hand_over(self, session: Session) -> None:
         """Leave a session to the registry for another instance (draining shutdown)."""
         if not session.lock.acquire(timeout=self._limits.lock_timeout_s):
@@ -333,7 +351,7 @@ class SessionStore:
 
     def _save(self, session: Session) -> None:
         try:
-            self._registry.save(session.to_record(self.instance_id))
+            self._registry.save(session.to_record(self.instance_id, self.allocator))
             session.registry_dirty = False
         except RegistryUnavailable:
             session.registry_dirty = True

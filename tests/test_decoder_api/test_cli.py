@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from decoder_api.cli import JEMALLOC_CONF, allocator_env
+from decoder_api.allocator import JEMALLOC_CONF, allocator_env, running_allocator
 from decoder_api.config import ConfigError
 from devtools.evaluation import ManifestEntry, word_error_rate
 from devtools.processes import DecoderServer, free_port
 from tests.conftest import ROOT, SpokenCall
+from tests.reference import ReferenceEngine
 
 REAL_SPEECH = ("librivox-0930.wav", "beckett.wav")
 
@@ -157,12 +158,25 @@ def _env() -> dict[str, str]:
     return dict(os.environ)
 
 
-def test_serve_preloads_jemalloc_unless_told_otherwise(tmp_path: Path) -> None:
-    library = tmp_path / "libjemalloc.so.2"
+def test_serve_preloads_jemalloc_unless_told_otherwise(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """jemalloc by default; without the library the default falls back to glibc with a warning,
+    while an explicit ``jemalloc`` is a configuration error."""
+    library, missing = tmp_path / "libjemalloc.so.2", tmp_path / "missing.so"
     library.write_bytes(b"")
-    auto = allocator_env("auto", {}, [tmp_path / "missing.so", library])
-    assert auto == {"LD_PRELOAD": str(library), "MALLOC_CONF": JEMALLOC_CONF, "MALLOC_ARENA_MAX": "2"}
-    assert allocator_env("auto", {}, [tmp_path / "missing.so"]) == {"MALLOC_ARENA_MAX": "2"}
+    preloaded = {"LD_PRELOAD": str(library), "MALLOC_CONF": JEMALLOC_CONF, "MALLOC_ARENA_MAX": "2"}
+    assert allocator_env(None, {}, [missing, library]) == preloaded
+    assert allocator_env("auto", {}, [missing, library]) == preloaded
+    assert allocator_env("jemalloc", {}, [library]) == preloaded
+    assert not caplog.records
+    assert allocator_env("auto", {}, [missing]) == {"MALLOC_ARENA_MAX": "2"}
+    assert not caplog.records  # auto: glibc when missing, as asked
+    assert allocator_env(None, {}, [missing]) == {"MALLOC_ARENA_MAX": "2"}
+    [warning] = caplog.records
+    assert warning.levelname == "WARNING"
+    assert "allocator_fallback allocator=glibc" in warning.getMessage()
+    assert "DECODER_ALLOCATOR=glibc" in warning.getMessage()
     assert allocator_env("glibc", {"MALLOC_ARENA_MAX": "8"}, [library]) == {"MALLOC_ARENA_MAX": "8"}
     mine = allocator_env("jemalloc", {"LD_PRELOAD": "/opt/other.so"}, [library])
     assert "LD_PRELOAD" not in mine  # an operator's preload is left alone
@@ -179,16 +193,38 @@ def worker_maps(server: DecoderServer) -> str:
     return Path(f"/proc/{workers[0]}/maps").read_text()
 
 
+def test_running_allocator_is_read_from_the_memory_map(tmp_path: Path) -> None:
+    maps = tmp_path / "maps"
+    libc = "7f1c2a000000-7f1c2a028000 r--p 00000000 08:01 1835 /usr/lib/x86_64-linux-gnu/libc.so.6\n"
+    anonymous = "7ffd4c1e5000-7ffd4c206000 rw-p 00000000 00:00 0                          [stack]\n"
+    maps.write_text(libc + anonymous)
+    assert running_allocator(maps) == "glibc"
+    maps.write_text(libc + libc.replace("libc.so.6", "libjemalloc.so.2") + anonymous)
+    assert running_allocator(maps) == "jemalloc"
+    assert running_allocator(tmp_path / "no-such-maps") == "unknown"
+    assert running_allocator() == "glibc"  # this test process
+
+
 def test_serve_runs_on_the_allocator_it_is_given(vosk_server: DecoderServer, tmp_path: Path) -> None:
-    """glibc by default; ``DECODER_ALLOCATOR=jemalloc`` preloads the library ``make install`` installs."""
-    assert "libjemalloc.so.2" not in worker_maps(vosk_server)
-    env = {"DECODER_ENGINE": "vosk", "DECODER_MODEL": "ko", "DECODER_ALLOCATOR": "jemalloc"}
+    """jemalloc by default (``make install`` installs it), and ``/readyz`` says so as measured in
+    the worker; ``DECODER_ALLOCATOR=glibc`` keeps glibc's malloc."""
+    assert "libjemalloc.so.2" in worker_maps(vosk_server)
+    assert vosk_server.readyz()[1]["allocator"] == "jemalloc"
+    env = {"DECODER_ENGINE": "vosk", "DECODER_MODEL": "ko", "DECODER_ALLOCATOR": "glibc"}
     server = DecoderServer(free_port(), env, tmp_path / "decoder.log")
     server.start()
     try:
-        assert "libjemalloc.so.2" in worker_maps(server)
+        assert "libjemalloc.so.2" not in worker_maps(server)
+        assert server.readyz()[1]["allocator"] == "glibc"
     finally:
         server.stop()
+
+
+def test_served_and_reference_decodes_run_on_one_allocator(
+    vosk_server: DecoderServer, reference_engine: ReferenceEngine
+) -> None:
+    """What the tests compare served decodes with runs on the allocator the server runs on."""
+    assert reference_engine.allocator == vosk_server.readyz()[1]["allocator"] == "jemalloc"
 
 
 def test_an_unknown_allocator_is_one_line() -> None:

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from decoder_api.audio import chunk_bytes, iter_chunks
-from decoder_api.engines.base import RecognizerOptions
+from decoder_api.engines.base import Engine, RecognizerOptions
 from decoder_api.engines.vosk import VoskEngine
 from decoder_api.http.routes.compat import CompatStreams
 from decoder_api.metrics import DecoderMetrics
@@ -22,6 +22,7 @@ from decoder_api.sessions.session import SessionConfig, SessionLimits
 from decoder_api.sessions.store import SessionStore
 from devtools.processes import DecoderServer, start_decoder
 from tests.conftest import RATE_HZ, SpokenCall
+from tests.reference import ReferenceEngine
 
 CHUNK_MS = 200
 CHUNK = chunk_bytes(RATE_HZ, CHUNK_MS)
@@ -73,8 +74,9 @@ def record(server: DecoderServer, call: SpokenCall, stream_id: str) -> list[Piec
     return pieces
 
 
-def expected_answers(engine: VoskEngine, call: SpokenCall) -> list[tuple[str, float]]:
-    """The same recording through one in-process recognizer, flushed where the recorder finalises."""
+def expected_answers(engine: Engine, call: SpokenCall) -> list[tuple[str, float]]:
+    """The same recording through one recognizer of ``engine`` (the ``reference_engine``, on the
+    server's allocator), flushed where the recorder finalises."""
     recognizer = engine.create(RecognizerOptions(RATE_HZ, words=True))
     answers = []
     for chunk, finalize in zip(iter_chunks(call.pcm, CHUNK), finalize_points(call), strict=True):
@@ -136,10 +138,10 @@ def test_the_next_utterance_starts_fresh(recording: tuple[list[Piece], float]) -
 
 
 def test_answers_match_one_recognizer_flushed_at_the_same_points(
-    recording: tuple[list[Piece], float], vosk_engine: VoskEngine, korean_call: SpokenCall
+    recording: tuple[list[Piece], float], reference_engine: ReferenceEngine, korean_call: SpokenCall
 ) -> None:
     pieces, _ = recording
-    expected = expected_answers(vosk_engine, korean_call)
+    expected = expected_answers(reference_engine, korean_call)
     assert [p.hstr for p in pieces] == [hstr for hstr, _ in expected]
     # Texts are reproducible to the letter; Kaldi's word confidences only to a few hundredths
     # once the server's recognizers have decoded other streams before this one.

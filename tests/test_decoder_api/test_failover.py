@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import secrets
 import signal
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -14,9 +16,10 @@ import redis
 import requests
 
 from decoder_api.audio import chunk_bytes, iter_chunks
-from decoder_api.engines.base import RecognizerOptions
-from decoder_api.engines.vosk import VoskEngine
+from decoder_api.engines.base import Engine, RecognizerOptions
 from decoder_api.sessions.channels import StereoRecognizer
+from decoder_api.sessions.registry import RedisRegistry, SessionRecord
+from decoder_api.sessions.session import SessionConfig, config_to_dict, hash_secret
 from decoder_api.sessions.transcripts import stream_pcm
 from devtools.processes import DecoderServer, RedisServer, start_decoder, start_redis
 from tests.conftest import RATE_HZ, SpokenCall, split_turns
@@ -28,6 +31,7 @@ from tests.kafka import (
     produce_fence,
     session_messages,
 )
+from tests.reference import ReferenceEngine
 
 PCM = {"Content-Type": "application/octet-stream"}
 SPEAKERS = ("agent", "customer")
@@ -108,7 +112,9 @@ class Caller:
         raise TimeoutError(path)
 
 
-def uninterrupted(engine: VoskEngine, pcm: bytes) -> list[str]:
+def uninterrupted(engine: Engine, pcm: bytes) -> list[str]:
+    """The finals of ``pcm`` through one recognizer of ``engine``: for a served call, the
+    ``reference_engine`` (on the servers' allocator)."""
     return [
         f.text for f in stream_pcm(engine.create(RecognizerOptions(RATE_HZ, words=True)), pcm, 200).finals
     ]
@@ -121,7 +127,7 @@ def chunks_of(call: SpokenCall) -> list[bytes]:
 @pytest.mark.parametrize("cut_fraction", [0.3, 0.62])
 def test_takeover_after_sigkill_reproduces_the_call(
     pair: tuple[DecoderServer, DecoderServer],
-    vosk_engine: VoskEngine,
+    reference_engine: ReferenceEngine,
     korean_call: SpokenCall,
     cut_fraction: float,
 ) -> None:
@@ -136,7 +142,7 @@ def test_takeover_after_sigkill_reproduces_the_call(
     for seq, chunk in enumerate(chunks[cut:], start=cut):
         caller.send(seq, chunk)
     ended = caller.end()
-    expected = uninterrupted(vosk_engine, korean_call.pcm)
+    expected = uninterrupted(reference_engine, korean_call.pcm)
     assert [f["text"] for f in caller.finals] == expected
     assert [f["utterance"] for f in caller.finals] == list(range(len(expected)))
     assert ended["transcript"] == " ".join(expected)
@@ -146,14 +152,16 @@ def test_takeover_after_sigkill_reproduces_the_call(
 
 
 def test_takeover_of_a_stereo_call_reproduces_each_speaker_s_finals(
-    pair: tuple[DecoderServer, DecoderServer], vosk_engine: VoskEngine, korean_call: SpokenCall
+    pair: tuple[DecoderServer, DecoderServer], reference_engine: ReferenceEngine, korean_call: SpokenCall
 ) -> None:
     """Killed mid-call while one channel's utterance is open: each channel is replayed from its own
     restart point, so the takeover gives exactly the uninterrupted stereo decode."""
     owner, successor = pair
     stereo = split_turns(korean_call)
     options = RecognizerOptions(RATE_HZ, words=True)
-    reference = StereoRecognizer([vosk_engine.create(options), vosk_engine.create(options)], SPEAKERS)
+    reference = StereoRecognizer(
+        [reference_engine.create(options), reference_engine.create(options)], SPEAKERS
+    )
     chunks = list(iter_chunks(stereo, chunk_bytes(RATE_HZ, 200) * 2))  # 200 ms of stereo frames
     decoded = [f for chunk in chunks for f in reference.accept(chunk)] + reference.flush()
     expected = [(f.text, f.channel, f.speaker) for f in decoded]
@@ -172,7 +180,7 @@ def test_takeover_of_a_stereo_call_reproduces_each_speaker_s_finals(
 
 
 def test_draining_owner_hands_its_calls_over(
-    pair: tuple[DecoderServer, DecoderServer], vosk_engine: VoskEngine, korean_call: SpokenCall
+    pair: tuple[DecoderServer, DecoderServer], reference_engine: ReferenceEngine, korean_call: SpokenCall
 ) -> None:
     owner, successor = pair
     caller = Caller([owner.url, successor.url])
@@ -185,7 +193,7 @@ def test_draining_owner_hands_its_calls_over(
     for seq, chunk in enumerate(chunks[cut:], start=cut):
         caller.send(seq, chunk)
     caller.end()
-    assert [f["text"] for f in caller.finals] == uninterrupted(vosk_engine, korean_call.pcm)
+    assert [f["text"] for f in caller.finals] == uninterrupted(reference_engine, korean_call.pcm)
     assert caller.wrong_instance == 0
 
 
@@ -250,8 +258,54 @@ def test_a_wrong_token_never_moves_a_call_whose_owner_died(
     assert client.hget(key, "owner") == b"b"
 
 
+def abandoned_call(registry: RedisRegistry, allocator: str) -> tuple[str, str]:
+    """A call written into the registry as its owner, ``registry.instance_id``, left it: owned by an
+    instance without a heartbeat, on ``allocator``, nothing decoded yet. Its id and token."""
+    session_id, token = uuid.uuid4().hex, secrets.token_urlsafe(16)
+    config = config_to_dict(SessionConfig(words=True))
+    owner = registry.instance_id
+    registry.save(
+        SessionRecord(
+            session_id, owner, config, hash_secret(token), None, 0, 0, 0, 0, (), (), allocator=allocator
+        )
+    )
+    return session_id, token
+
+
+def test_a_takeover_from_an_instance_on_another_allocator_is_logged_and_counted(
+    tmp_path: Path, redis_server: RedisServer, korean_call: SpokenCall
+) -> None:
+    """Every instance of a deployment should run one allocator (decodes are reproducible under one,
+    not across them). A call whose dead owner recorded another allocator is still taken over, with
+    a warning naming both and ``decoder_allocator_mismatch_takeovers_total``; one from an owner on
+    the same allocator is not counted. The claim records the new owner's allocator."""
+    successor = instance(tmp_path, redis_server, "successor")
+    registry = RedisRegistry(redis_server.url, "gone", 5.0, 60.0)  # never started: no heartbeat
+    try:
+        mine = successor.readyz()[1]["allocator"]
+        other = "glibc" if mine != "glibc" else "jemalloc"
+        calls = {allocator: abandoned_call(registry, allocator) for allocator in (other, mine)}
+        for session_id, token in calls.values():
+            caller = Caller([successor.url])
+            caller.sid, caller.token = session_id, token
+            caller.send(0, chunks_of(korean_call)[0])
+        assert successor.metric("decoder_allocator_mismatch_takeovers_total") == 1
+        warnings = [line for line in successor.tail(100_000).splitlines() if "allocator_mismatch" in line]
+        assert len(warnings) == 1, warnings
+        assert (
+            f"session_id={calls[other][0]} from=gone from_allocator={other} allocator={mine}" in warnings[0]
+        )
+        for session_id, _ in calls.values():
+            record = registry.load(session_id)
+            assert record is not None
+            assert (record.owner, record.allocator) == ("successor", mine)
+    finally:
+        registry.close()
+        successor.stop()
+
+
 def test_redis_stopped_and_restarted_during_a_call(
-    tmp_path: Path, redis_server: RedisServer, vosk_engine: VoskEngine, korean_call: SpokenCall
+    tmp_path: Path, redis_server: RedisServer, reference_engine: ReferenceEngine, korean_call: SpokenCall
 ) -> None:
     owner = instance(tmp_path, redis_server, "solo")
     try:
@@ -275,7 +329,7 @@ def test_redis_stopped_and_restarted_during_a_call(
         assert int(client.hget(f"decoder:session:{caller.sid}", "next_seq") or 0) == len(chunks)
         assert requests.get(f"{owner.url}/readyz").json()["checks"]["registry"] == "ok"
         caller.end()
-        assert [f["text"] for f in caller.finals] == uninterrupted(vosk_engine, korean_call.pcm)
+        assert [f["text"] for f in caller.finals] == uninterrupted(reference_engine, korean_call.pcm)
     finally:
         owner.stop()
 
@@ -316,7 +370,7 @@ def test_takeover_publishes_every_final_once(
     kafka_bootstrap: str,
     topic_factory: TopicFactory,
     consumer_factory: ConsumerFactory,
-    vosk_engine: VoskEngine,
+    reference_engine: ReferenceEngine,
     korean_call: SpokenCall,
 ) -> None:
     topic = topic_factory("transcripts", 1)
@@ -338,7 +392,7 @@ def test_takeover_publishes_every_final_once(
         fence = produce_fence(kafka_bootstrap, topic, caller.sid.encode())
         messages = consume_until(consumer_factory(topic), lambda ms: any(m.value() == fence for m in ms))
         values = [event_value(m) for m in session_messages(messages, caller.sid) if m.value() != fence]
-        expected = uninterrupted(vosk_engine, korean_call.pcm)
+        expected = uninterrupted(reference_engine, korean_call.pcm)
         assert [v["text"] for v in values] == expected
         assert len({v["event_id"] for v in values}) == len(values)
     finally:

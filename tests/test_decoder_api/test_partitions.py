@@ -55,6 +55,7 @@ from tests.kafka import (
     session_messages,
     wait_for,
 )
+from tests.reference import ReferenceEngine
 from tests.test_decoder_api.test_failover import Caller, chunks_of, uninterrupted
 from tests.test_decoder_api.test_kafka_pipeline import CHUNK_BYTES, expected, received
 from tests.test_decoder_api.test_publisher import STUB_ENGINE, UNREACHABLE, finals_events
@@ -213,7 +214,7 @@ def test_a_takeover_keeps_publishing_to_the_first_owners_partition(
     kafka_bootstrap: str,
     topic_factory: TopicFactory,
     consumer_factory: ConsumerFactory,
-    vosk_engine: VoskEngine,
+    reference_engine: ReferenceEngine,
     korean_call: SpokenCall,
 ) -> None:
     topic = topic_factory("transcripts", BEFORE)
@@ -252,7 +253,7 @@ def test_a_takeover_keeps_publishing_to_the_first_owners_partition(
     for seq, chunk in enumerate(chunks[cut:], start=cut):
         caller.send(seq, chunk)
     caller.end()
-    texts = uninterrupted(vosk_engine, korean_call.pcm)
+    texts = uninterrupted(reference_engine, korean_call.pcm)
     messages = consume_until(
         consumer_factory(topic), lambda ms: len(session_messages(ms, caller.sid)) >= len(texts)
     )

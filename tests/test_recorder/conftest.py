@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from decoder_api.engines import RecognizerOptions
-from decoder_api.engines.vosk import VoskEngine
+from decoder_api.engines import Engine, RecognizerOptions
 from decoder_api.sessions.transcripts import stream_pcm
 from tests.conftest import RATE_HZ, SpokenCall
+from tests.reference import ReferenceEngine
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDER_ENV = (
@@ -80,8 +80,9 @@ def final_texts(events: list[dict[str, Any]], call: int | None = None) -> list[s
     return [e["text"] for e in events if e["type"] == "final" and call in (None, e["call"])]
 
 
-def offline_finals(engine: VoskEngine, pcm: bytes, chunk_ms: int = CHUNK_MS) -> list[str]:
-    """What the decoder's own recognizer makes of ``pcm`` fed in ``chunk_ms`` chunks."""
+def offline_finals(engine: Engine, pcm: bytes, chunk_ms: int = CHUNK_MS) -> list[str]:
+    """What the decoder's own recognizer makes of ``pcm`` fed in ``chunk_ms`` chunks (through the
+    ``reference_engine``: on the allocator the served decoder runs on)."""
     return [f.text for f in stream_pcm(engine.create(RecognizerOptions(RATE_HZ)), pcm, chunk_ms).finals]
 
 
@@ -91,5 +92,5 @@ def korean_wav(tmp_path_factory: pytest.TempPathFactory, korean_call: SpokenCall
 
 
 @pytest.fixture(scope="session")
-def korean_reference(vosk_engine: VoskEngine, korean_call: SpokenCall) -> list[str]:
-    return offline_finals(vosk_engine, korean_call.pcm)
+def korean_reference(reference_engine: ReferenceEngine, korean_call: SpokenCall) -> list[str]:
+    return offline_finals(reference_engine, korean_call.pcm)

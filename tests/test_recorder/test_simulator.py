@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from decoder_api.engines.vosk import VoskEngine
 from devtools.processes import DecoderServer
 from tests.conftest import espeak, join_turns
+from tests.reference import ReferenceEngine
 from tests.test_recorder.conftest import ROOT, json_lines, offline_finals, recorder, write_wav
 
 CALLS = {
@@ -37,14 +37,14 @@ def call_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def expected(call_dir: Path, vosk_engine: VoskEngine) -> dict[str, str]:
+def expected(call_dir: Path, reference_engine: ReferenceEngine) -> dict[str, str]:
     """Each call's transcript as the decoder's recognizer makes it on its own."""
     import wave
 
     transcripts = {}
     for name in CALLS:
         with wave.open(str(call_dir / name)) as wav:
-            transcripts[name] = " ".join(offline_finals(vosk_engine, wav.readframes(wav.getnframes())))
+            transcripts[name] = " ".join(offline_finals(reference_engine, wav.readframes(wav.getnframes())))
     return transcripts
 
 

@@ -30,7 +30,11 @@ def readyz() -> tuple[Response, int]:
     delivery, delivery_ready = svc.delivery_checks()  # kafka, outbox
     checks |= delivery
     ready = checks["model"] == "loaded" and not svc.closing and delivery_ready
-    body: dict[str, object] = {"status": "ready" if ready else "not_ready", "checks": checks}
+    body: dict[str, object] = {
+        "status": "ready" if ready else "not_ready",
+        "checks": checks,
+        "allocator": svc.allocator,
+    }
     if checks["registry"] == "unavailable":
         body["degraded"] = ["registry: live calls keep decoding here, but cannot fail over"]
     if not ready:
