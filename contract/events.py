@@ -155,6 +155,37 @@ def _loads(data: bytes | str) -> Any:
         raise InvalidEvent(f"not UTF-8 JSON: {exc}") from None
 
 
+class _SessionEvent:
+    """What every event keyed by its session shares: its key, headers and validated JSON value."""
+
+    __slots__ = ()
+    session_id: str
+    schema: ClassVar[str]
+
+    @property
+    def key(self) -> bytes:
+        return self.session_id.encode("utf-8")
+
+    @property
+    def headers(self) -> Headers:
+        return _headers(self.schema)
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_json(self) -> bytes:
+        """The message value (UTF-8 JSON); raises ``InvalidEvent`` if the event breaks the schema."""
+        document = self.to_dict()
+        validate(document, self.schema)
+        return _dumps(document)
+
+
+def _same_event_id(document: Mapping[str, Any], event: Any) -> None:
+    """A parsed document's ``event_id`` must be the one its fields give."""
+    if document["event_id"] != event.event_id:
+        raise InvalidEvent(f"{event.schema} event_id: expected {event.event_id!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class Word:
     """One recognised word of a final; times in milliseconds from the start of the stream."""
@@ -166,7 +197,7 @@ class Word:
 
 
 @dataclass(frozen=True, slots=True)
-class TranscriptEvent:
+class TranscriptEvent(_SessionEvent):
     """One final utterance of a session, as published to the finals topic."""
 
     session_id: str
@@ -191,14 +222,6 @@ class TranscriptEvent:
     def event_id(self) -> str:
         """Stable identity of this final: the same utterance always has the same id."""
         return f"{self.session_id}:{self.utterance}"
-
-    @property
-    def key(self) -> bytes:
-        return self.session_id.encode("utf-8")
-
-    @property
-    def headers(self) -> Headers:
-        return _headers(self.schema)
 
     def to_dict(self) -> dict[str, Any]:
         document: dict[str, Any] = {
@@ -229,12 +252,6 @@ class TranscriptEvent:
             document["speaker"] = self.speaker
         return document
 
-    def to_json(self) -> bytes:
-        """The message value (UTF-8 JSON); raises ``InvalidEvent`` if the event breaks the schema."""
-        document = self.to_dict()
-        validate(document, self.schema)
-        return _dumps(document)
-
     @classmethod
     def from_dict(cls, document: Any) -> TranscriptEvent:
         validate(document, TRANSCRIPT_SCHEMA)
@@ -255,8 +272,7 @@ class TranscriptEvent:
             channel=document.get("channel"),
             speaker=document.get("speaker"),
         )
-        if document["event_id"] != event.event_id:
-            raise InvalidEvent(f"{TRANSCRIPT_SCHEMA} event_id: expected {event.event_id!r}")
+        _same_event_id(document, event)
         return event
 
     @classmethod
@@ -272,7 +288,7 @@ def _words(raw: Sequence[Mapping[str, Any]] | None) -> tuple[Word, ...] | None:
 
 
 @dataclass(frozen=True, slots=True)
-class PartialTranscriptEvent:
+class PartialTranscriptEvent(_SessionEvent):
     """An interim hypothesis of the open utterance (``partial: true``); never on the finals topic."""
 
     session_id: str
@@ -287,14 +303,6 @@ class PartialTranscriptEvent:
     source: str = SOURCE_DECODER
 
     schema: ClassVar[str] = PARTIAL_SCHEMA
-
-    @property
-    def key(self) -> bytes:
-        return self.session_id.encode("utf-8")
-
-    @property
-    def headers(self) -> Headers:
-        return _headers(self.schema)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -312,11 +320,6 @@ class PartialTranscriptEvent:
             "source": self.source,
         }
 
-    def to_json(self) -> bytes:
-        document = self.to_dict()
-        validate(document, self.schema)
-        return _dumps(document)
-
     @classmethod
     def from_dict(cls, document: Any) -> PartialTranscriptEvent:
         validate(document, PARTIAL_SCHEMA)
@@ -329,7 +332,7 @@ class PartialTranscriptEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class CallEndedEvent:
+class CallEndedEvent(_SessionEvent):
     """A session ended: published after its last final, on the finals topic, with the same key.
 
     ``reason``: ``normal`` (the client ended or closed it), ``idle`` (expired after inactivity),
@@ -362,14 +365,6 @@ class CallEndedEvent:
         """One per call: ``<session_id>:ended``."""
         return f"{self.session_id}:ended"
 
-    @property
-    def key(self) -> bytes:
-        return self.session_id.encode("utf-8")
-
-    @property
-    def headers(self) -> Headers:
-        return _headers(self.schema)
-
     def to_dict(self) -> dict[str, Any]:
         document: dict[str, Any] = {
             "schema": self.schema,
@@ -393,18 +388,12 @@ class CallEndedEvent:
             document["metadata"] = dict(self.metadata)
         return document
 
-    def to_json(self) -> bytes:
-        document = self.to_dict()
-        validate(document, self.schema)
-        return _dumps(document)
-
     @classmethod
     def from_dict(cls, document: Any) -> CallEndedEvent:
         validate(document, CALL_ENDED_SCHEMA)
         fields = {k: v for k, v in document.items() if k not in ("schema", "event_id")}
         event = cls(**(fields | {"speakers": tuple(document["speakers"])}))
-        if document["event_id"] != event.event_id:
-            raise InvalidEvent(f"{CALL_ENDED_SCHEMA} event_id: expected {event.event_id!r}")
+        _same_event_id(document, event)
         return event
 
     @classmethod
@@ -539,7 +528,7 @@ class SummarySentence:
 
 
 @dataclass(frozen=True, slots=True)
-class CallSummaryEvent:
+class CallSummaryEvent(_SessionEvent):
     """What a call was about, published once per call by the NLP consumer after its call.ended."""
 
     session_id: str
@@ -565,14 +554,6 @@ class CallSummaryEvent:
         """One per call: ``<session_id>:summary``."""
         return f"{self.session_id}:summary"
 
-    @property
-    def key(self) -> bytes:
-        return self.session_id.encode("utf-8")
-
-    @property
-    def headers(self) -> Headers:
-        return _headers(self.schema)
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": self.schema,
@@ -595,11 +576,6 @@ class CallSummaryEvent:
             "analyzer": dict(self.analyzer),
             "produced_at": self.produced_at,
         }
-
-    def to_json(self) -> bytes:
-        document = self.to_dict()
-        validate(document, self.schema)
-        return _dumps(document)
 
     @classmethod
     def from_dict(cls, document: Any) -> CallSummaryEvent:
@@ -626,8 +602,7 @@ class CallSummaryEvent:
             analyzer=dict(document["analyzer"]),
             produced_at=document["produced_at"],
         )
-        if document["event_id"] != event.event_id:
-            raise InvalidEvent(f"{CALL_SUMMARY_SCHEMA} event_id: expected {event.event_id!r}")
+        _same_event_id(document, event)
         return event
 
     @classmethod

@@ -116,21 +116,10 @@ class SentimentAnalyzer:
     def __init__(
         self, model: str, neutral_band: float = 0.3, max_length: int = 64, batch_size: int = 64
     ) -> None:
-        os.environ["HF_HUB_OFFLINE"] = "1"  # models are installed or trained offline, never downloaded
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
         self._torch = torch
-        try:
-            self._tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
-            self._model = AutoModelForSequenceClassification.from_pretrained(model, local_files_only=True)
-        except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelUnavailable(f"cannot load sentiment model {model}: {first}") from None
-        self._model.eval()
+        self._tokenizer, self._model = load_local_model(model, "sentiment model", classifier=True)
         self.scheme = LabelScheme.from_labels(dict(self._model.config.id2label), neutral_band)
         self.info = AnalyzerInfo(model, _version(model, self._model.config))
         self.max_length = max_length
@@ -160,6 +149,26 @@ class SentimentAnalyzer:
                 for i, row in zip(chunk, self._model(**encoded).logits.softmax(-1).tolist(), strict=True):
                     result[i] = row
         return result
+
+
+def load_local_model(model: str, what: str, classifier: bool = False) -> tuple[Any, Any]:
+    """``model``'s tokenizer and (sequence classification, else bare) encoder from local files
+    only, in evaluation mode; a model that cannot be loaded is ``ModelUnavailable`` naming ``what``."""
+    os.environ["HF_HUB_OFFLINE"] = "1"  # models are installed or trained offline, never downloaded
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    kind = AutoModelForSequenceClassification if classifier else AutoModel
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
+        encoder = kind.from_pretrained(model, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelUnavailable(f"cannot load {what} {model}: {first}") from None
+    encoder.eval()
+    return tokenizer, encoder
 
 
 def _version(model: str, config: Any) -> str:

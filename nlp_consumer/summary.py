@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,8 +36,7 @@ from contract.events import (
     SummarySentence,
     rfc3339_utc,
 )
-from nlp_consumer.errors import ModelUnavailable
-from nlp_consumer.sentiment import NEGATIVE, NEUTRAL, POSITIVE
+from nlp_consumer.sentiment import NEGATIVE, NEUTRAL, POSITIVE, load_local_model
 
 logger = logging.getLogger(__name__)
 
@@ -115,21 +113,10 @@ class SentenceEmbedder:
     attention mask (as sentence-transformers pools all-MiniLM-L6-v2), then normalised."""
 
     def __init__(self, model: str, max_length: int = 128, batch_size: int = 32) -> None:
-        os.environ["HF_HUB_OFFLINE"] = "1"  # models are installed, never downloaded
         import torch
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
         self._torch = torch
-        try:
-            self._tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
-            self._model = AutoModel.from_pretrained(model, local_files_only=True)
-        except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelUnavailable(f"cannot load sentence embedding model {model}: {first}") from None
-        self._model.eval()
+        self._tokenizer, self._model = load_local_model(model, "sentence embedding model")
         self.name = str(getattr(self._model.config, "_name_or_path", "") or model)
         self.max_length = max_length
         self.batch_size = batch_size
