@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from decoder_api.engines.vosk import VoskEngine
 from tests.chaos.harness import Pipeline, Scale, Script, call_scripts, start_pipeline
 from tests.conftest import SpokenCall
+from tests.reference import ReferenceEngine
 
 
 @pytest.fixture(scope="session")
@@ -22,8 +22,9 @@ def scale() -> Scale:
 
 
 @pytest.fixture(scope="session")
-def scripts(vosk_engine: VoskEngine, korean_call: SpokenCall) -> list[Script]:
-    return call_scripts(vosk_engine, korean_call)
+def scripts(reference_engine: ReferenceEngine, korean_call: SpokenCall) -> list[Script]:
+    """The calls and their reference finals, decoded on the allocator the decoders run on."""
+    return call_scripts(reference_engine, korean_call)
 
 
 @pytest.fixture(scope="module")

@@ -34,12 +34,12 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from contract.events import is_call_ended
 from decoder_api.audio import chunk_bytes, iter_chunks
 from decoder_api.engines.base import RecognizerOptions
-from decoder_api.engines.vosk import VoskEngine
 from decoder_api.sessions.transcripts import stream_pcm
 from devtools import devstack
 from devtools.processes import DecoderServer, RedisServer, free_port
 from tests.conftest import RATE_HZ, SpokenCall, join_turns
 from tests.kafka import Broker, dedup_by_event_id, murmur2_partition, readyz, start_broker, wait_for
+from tests.reference import ReferenceEngine
 from tests.test_nlp_consumer.conftest import ConsumerRun, ConsumerRunner, metric
 
 TRANSCRIPTS = "transcripts.v1"
@@ -94,7 +94,7 @@ class Script:
         return list(iter_chunks(self.pcm, chunk_bytes(RATE_HZ, CHUNK_MS)))
 
 
-def call_scripts(engine: VoskEngine, call: SpokenCall) -> list[Script]:
+def call_scripts(engine: ReferenceEngine, call: SpokenCall) -> list[Script]:
     """The Korean call with its turns rotated (distinct calls), each decoded offline as the reference."""
     turns = [
         call.pcm[start * RATE_HZ // 1000 * 2 : end * RATE_HZ // 1000 * 2] for start, end in call.spans_ms
