@@ -61,7 +61,9 @@ class SpeechToText(PythonModel):
         self.engine = load_packaged_engine(config, Path(context.artifacts[ARTIFACT]))
         self.chunk_ms = int(config["chunk_ms"])
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
         params = params or {}
         words = bool(params.get("words", False))
         beam_size = params.get("beam_size") if self.engine.name == "whisper" else None
