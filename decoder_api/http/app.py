@@ -105,7 +105,6 @@ def build_service(settings: Settings, background: bool) -> DecoderService:
         publisher=publisher,
         rate_limiter=limiter,
         model=model,
-        allocator=allocator,
     )
 
 

@@ -114,7 +114,6 @@ class DecoderService:
     publisher: TranscriptPublisher | None = None
     rate_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(0))
     model: ModelInfo | None = None  # the configured model, known before it has loaded
-    allocator: str = "unknown"  # the memory allocator this process has loaded (allocator.running_allocator)
 
     def delivery_checks(self) -> tuple[dict[str, Any], bool]:
         """``/readyz`` checks of the Kafka publisher and its outbox, and whether they allow readiness."""

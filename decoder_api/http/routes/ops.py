@@ -33,7 +33,7 @@ def readyz() -> tuple[Response, int]:
     body: dict[str, object] = {
         "status": "ready" if ready else "not_ready",
         "checks": checks,
-        "allocator": svc.allocator,
+        "allocator": svc.sessions.allocator,
     }
     if checks["registry"] == "unavailable":
         body["degraded"] = ["registry: live calls keep decoding here, but cannot fail over"]
