@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
+import math
 import socket
 import threading
 import time
@@ -50,23 +52,65 @@ class RateLimiter:
             raise RateLimited("too many sessions opened; slow down", retry_after=wait_s)
 
 
+class DeadlineWatch:
+    """One thread that runs each registered ``expire`` once its deadline has passed, unless it was
+    cancelled first; a request's deadline costs a dict entry, not a timer thread of its own (whose
+    start alone is two thread switches on the request's path). Started with the first deadline."""
+
+    def __init__(self) -> None:
+        self._pending: dict[int, tuple[float, Callable[[], None]]] = {}
+        self._keys = itertools.count()
+        self._wake_at = math.inf  # when the thread wakes next (monotonic seconds)
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, seconds: float, expire: Callable[[], None]) -> int:
+        """Call ``expire`` in ``seconds`` (on the watch's thread); the key cancels it."""
+        due = time.monotonic() + seconds
+        with self._changed:
+            key = next(self._keys)
+            self._pending[key] = (due, expire)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="read-deadlines", daemon=True)
+                self._thread.start()
+            if due < self._wake_at:
+                self._changed.notify()
+        return key
+
+    def cancel(self, key: int) -> None:
+        """After this returns, ``expire`` of ``key`` has run already or never will."""
+        with self._changed:
+            self._pending.pop(key, None)
+
+    def _run(self) -> None:
+        with self._changed:
+            while True:
+                now = time.monotonic()
+                due = [key for key, (at, _) in self._pending.items() if at <= now]
+                for key in due:
+                    self._pending.pop(key)[1]()  # under the lock, so cancel() never races it
+                self._wake_at = min((at for at, _ in self._pending.values()), default=math.inf)
+                self._changed.wait(None if self._wake_at == math.inf else self._wake_at - now)
+
+
 class DeadlineInput:
     """``wsgi.input`` whose reading must finish before a deadline.
 
     A client trickling its body would otherwise hold a server thread for as long as it likes
-    (a read of N bytes waits for all of them, however slowly they come). A timer shuts the
-    socket for reading at the deadline, which ends any read in progress; the read then fails
-    with ``408 request_timeout``. The timer is cancelled once the whole body has arrived.
+    (a read of N bytes waits for all of them, however slowly they come). At the deadline the
+    ``watch`` shuts the socket for reading, which ends any read in progress; the read then
+    fails with ``408 request_timeout``. The deadline is cancelled once the whole body has arrived.
     """
 
-    def __init__(self, stream: Any, sock: socket.socket, length: int, seconds: float) -> None:
+    def __init__(
+        self, stream: Any, sock: socket.socket, length: int, seconds: float, watch: DeadlineWatch
+    ) -> None:
         self._stream = stream
         self._sock = sock
         self._left = length
         self._expired = threading.Event()
-        self._timer = threading.Timer(seconds, self._cut)
-        self._timer.daemon = True
-        self._timer.start()
+        self._watch = watch
+        self._key: int | None = watch.add(seconds, self._cut)
 
     def read(self, size: int = -1) -> bytes:
         return self._counted(lambda: self._stream.read(size))
@@ -81,7 +125,9 @@ class DeadlineInput:
         return iter(self.readline, b"")
 
     def cancel(self) -> None:
-        self._timer.cancel()
+        if self._key is not None:
+            self._watch.cancel(self._key)
+            self._key = None
 
     def _counted(self, call: Callable[[], Any]) -> bytes:
         if self._expired.is_set():
@@ -111,13 +157,14 @@ class ReadDeadline:
     def __init__(self, app: Callable[..., Any], seconds: float) -> None:
         self._app = app
         self._seconds = seconds
+        self._watch = DeadlineWatch()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         sock = environ.get("gunicorn.socket")
         length = _content_length(environ)
         if self._seconds <= 0 or sock is None or length <= 0 or _is_websocket(environ):
             return self._app(environ, start_response)
-        guarded = DeadlineInput(environ["wsgi.input"], sock, length, self._seconds)
+        guarded = DeadlineInput(environ["wsgi.input"], sock, length, self._seconds, self._watch)
         environ["wsgi.input"] = guarded
         try:
             return self._app(environ, start_response)

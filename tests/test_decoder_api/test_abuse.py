@@ -1,14 +1,17 @@
-"""Abuse limits against a real server: creation rate, sessions per key, slow clients."""
+"""Abuse limits against a real server (creation rate, sessions per key, slow clients), and the
+watch that cuts bodies arriving too slowly."""
 
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 import requests
 
+from decoder_api.http.limits import DeadlineInput, DeadlineWatch, RequestTimeout
 from devtools.processes import DecoderServer, start_decoder
 
 
@@ -111,3 +114,42 @@ def still_trickling(sock: socket.socket) -> bool:
     if reply:
         assert b" 408 " in reply.split(b"\r\n")[0]
     return False
+
+
+def test_deadlines_expire_in_order_on_one_thread() -> None:
+    """Many request deadlines share one thread; each runs once it is due, an earlier one added
+    after a later one is not held up by it, and a cancelled one never runs."""
+    watch = DeadlineWatch()
+    before = threading.active_count()
+    late, early, cancelled = threading.Event(), threading.Event(), threading.Event()
+    watch.add(30.0, late.set)
+    keys = [watch.add(0.5, cancelled.set) for _ in range(50)]
+    for key in keys:
+        watch.cancel(key)
+    watch.add(0.6, early.set)
+    assert threading.active_count() <= before + 1
+    assert early.wait(5)
+    assert not late.is_set() and not cancelled.is_set()
+
+
+def test_a_body_trickling_past_its_deadline_times_out() -> None:
+    server, client = socket.socketpair()
+    with server, client:
+        client.sendall(b"abc")  # of the 100 bytes promised
+        body = DeadlineInput(server.makefile("rb"), server, 100, 0.2, DeadlineWatch())
+        assert body.read(3) == b"abc"
+        with pytest.raises(RequestTimeout):
+            body.read(97)
+
+
+def test_a_body_read_in_time_is_not_cut() -> None:
+    server, client = socket.socketpair()
+    watch, later = DeadlineWatch(), threading.Event()
+    with server, client:
+        client.sendall(b"abcd")
+        body = DeadlineInput(server.makefile("rb"), server, 4, 0.2, watch)
+        assert body.read(4) == b"abcd"
+        watch.add(0.4, later.set)
+        assert later.wait(5)  # past the body's deadline
+        client.sendall(b"next request")  # on the kept-alive connection
+        assert server.recv(64) == b"next request"
