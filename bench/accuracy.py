@@ -47,16 +47,16 @@ def engines_report(out: Path, quick: bool) -> tuple[dict[str, Any], str]:
 
 
 def wer_table(report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    table = {}
-    for name, measured in report["details"]["engines"].items():
-        table[name] = {
+    return {
+        name: {
             "model": measured["model"],
             "model_language": measured["model_language"],
             "audio_s": {"overall": measured["audio_s"], **measured["groups"]},
             "streaming": measured["partials_on"]["wer"],
             "offline": measured["partials_off"]["wer"],
         }
-    return table
+        for name, measured in report["details"]["engines"].items()
+    }
 
 
 def percent_figure(
@@ -67,13 +67,11 @@ def percent_figure(
 
 
 def wer_figures(table: Mapping[str, Mapping[str, Any]]) -> list[Figure]:
-    figures = []
+    figures, baseline = [], "same engine, finals only (offline)"
     for engine, row in table.items():
         for group, wer in (row["streaming"] or {}).items():
             name, offline = f"WER {engine}, {GROUP_NAMES.get(group, group)}", row["offline"] or {}
-            figures.append(
-                percent_figure(name, wer, offline.get(group), "same engine, finals only (offline)", "lower")
-            )
+            figures.append(percent_figure(name, wer, offline.get(group), baseline, "lower"))
     return figures
 
 
@@ -105,12 +103,8 @@ def held_out_scores(block: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def call_turns() -> list[tuple[str, str]]:
-    return [(turn.transcript, turn.sentiment) for call in sample_calls() for turn in call if turn.sentiment]
-
-
-def turn_agreement(model: Path, turns: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    """The model's labels of the call turns against the intended ones, as written and ASR style."""
+def turn_agreement(model: Path) -> dict[str, Any]:
+    """The model's labels of the sample calls' turns against the intended ones, as written and ASR style."""
     if "torch" not in sys.modules:  # as the consumer's entry point: idle OpenMP threads sleep, not spin
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from nlp_consumer.config import ModelSettings
@@ -118,9 +112,9 @@ def turn_agreement(model: Path, turns: Sequence[tuple[str, str]]) -> dict[str, A
     from nlp_consumer.sentiment import SentimentAnalyzer
 
     analyzer = SentimentAnalyzer(str(model), neutral_band=ModelSettings().neutral_band)
-    intended = [label for _, label in turns]
+    turns = [turn for call in sample_calls() for turn in call if turn.sentiment]
+    written, intended = [t.transcript for t in turns], [t.sentiment for t in turns]
     result: dict[str, Any] = {"turns": len(turns), "labels": dict(Counter(intended))}
-    written = [text for text, _ in turns]
     for variant, texts in (("as_written", written), ("asr_style", [asr_style(text) for text in written])):
         labels = [s.label for s in analyzer.analyze(texts)]
         found = zip(texts, labels, intended, strict=True)
@@ -156,7 +150,7 @@ def sentiment_details(env: Mapping[str, str]) -> dict[str, Any]:
         "held_out": {variant: held_out_scores(held_out[variant]) for variant in ("as_written", "asr_style")},
         "training_seconds": metrics.get("training_seconds"),
         "cache_check_s": cache_check_s(env),
-        "call_turns": turn_agreement(model, call_turns()),
+        "call_turns": turn_agreement(model),
     }
 
 

@@ -8,6 +8,7 @@ file of ``data/`` through ``stream_pcm`` with partials on and with finals only; 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -74,15 +75,9 @@ def decode(engine: Engine, clip: Clip, partials: bool) -> tuple[str, float, floa
     """One file through a fresh recognizer: (text, wall s, CPU s, ms of each ``accept`` + ``partial``)."""
     wall, cpu = time.perf_counter(), time.process_time()
     ends = [time.perf_counter()]  # then the end of each chunk's ``accept`` + ``partial``
-
-    def on_chunk(n_bytes: int, partial: str) -> None:
-        ends.append(time.perf_counter())
-
-    recognizer = engine.create(RecognizerOptions(sample_rate_hz=RATE_HZ, partials=partials))
-    try:
-        text = stream_pcm(recognizer, clip.pcm, CHUNK_MS, on_chunk=on_chunk).text
-    finally:
-        recognizer.close()
+    options = RecognizerOptions(sample_rate_hz=RATE_HZ, partials=partials)
+    with contextlib.closing(engine.create(options)) as recognizer:
+        text = stream_pcm(recognizer, clip.pcm, CHUNK_MS, lambda *_: ends.append(time.perf_counter())).text
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return text, wall, cpu, [(end - start) * 1000 for start, end in itertools.pairwise(ends)]
 
@@ -131,13 +126,11 @@ def measure_engine(name: str, quick: bool) -> dict[str, Any]:
     load_s = time.perf_counter() - started
     rss_after = status_mib(os.getpid(), "VmRSS")
     Path("/proc/self/clear_refs").write_text("5", encoding="ascii")  # VmHWM from here: the decoding's peak
-    try:
+    with contextlib.closing(engine):
         process_first_ms = decode(engine, clips[0], partials=True)[3][0]  # also warms the process
         partials_on = measure_pass(engine, clips, partials=True)
         partials_off = measure_pass(engine, clips, partials=False)
         peak = status_mib(os.getpid(), "VmHWM")
-    finally:
-        engine.close()
     groups = {g: sum(c.audio_s for c in clips if c.group == g) for g in GROUPS}
     return {
         "engine": engine.name,

@@ -145,7 +145,8 @@ class Reader:
     def __init__(self, bootstrap: str, input_topic: str, output_topic: str) -> None:
         self.input_topic, self.output_topic = input_topic, output_topic
         self.arrivals: dict[str, dict[str, Arrival]] = {input_topic: {}, output_topic: {}}  # topic → id →
-        self._assigned, self._stop, self._lock = threading.Event(), threading.Event(), threading.Lock()
+        self._assigned, self._stop = threading.Event(), threading.Event()
+        self._arrived = threading.Condition()  # notified on each arrival
         group = {"group.id": f"bench-reader-{uuid.uuid4().hex}", "auto.offset.reset": "earliest"}
         settings = {"enable.auto.commit": False, "fetch.wait.max.ms": 10, "log_level": 0}
         consumer = Consumer({"bootstrap.servers": bootstrap, **group, **settings})
@@ -165,22 +166,19 @@ class Reader:
             while not self._stop.is_set():
                 if (message := consumer.poll(0.1)) is not None and message.error() is None:
                     now = time.perf_counter()
-                    with contextlib.suppress(ValueError), self._lock:  # not JSON: no event of this run
+                    with contextlib.suppress(ValueError), self._arrived:  # not JSON: no event of this run
                         document = json.loads(message.value() or b"")
                         arrival = Arrival(now, str(document.get("enriched_at", "")))
                         self.arrivals[message.topic() or ""].setdefault(document["event_id"], arrival)
+                        self._arrived.notify_all()
         finally:
             consumer.close()
 
     def arrived(self, topic: str, ids: Sequence[str], timeout_s: float) -> dict[str, Arrival]:
         """The arrivals on ``topic`` (a copy) once all of ``ids`` are among them or ``timeout_s`` passed."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            with self._lock:
-                seen = dict(self.arrivals[topic])
-            if all(i in seen for i in ids) or time.monotonic() > deadline:
-                return seen
-            time.sleep(0.05)  # poll interval
+        with self._arrived:
+            self._arrived.wait_for(lambda: all(i in self.arrivals[topic] for i in ids), timeout_s)
+            return dict(self.arrivals[topic])
 
     def stop(self) -> None:
         self._stop.set()
@@ -213,24 +211,15 @@ def sentiment_model(env: Mapping[str, str]) -> tuple[Path, str]:
         return built[-1].parent, "newest model in the cache"
 
 
-def stamp_s(enriched_at: str) -> float:
-    return datetime.datetime.fromisoformat(enriched_at.replace("Z", "+00:00")).timestamp()
-
-
-def consumer_batches(arrivals: Mapping[str, Arrival], ids: Sequence[str]) -> list[list[str]]:
-    """The consumer's batches of ``ids``, in order: events enriched together share ``enriched_at``."""
-    groups: dict[str, list[str]] = {}
+def batches_of(arrivals: Mapping[str, Arrival], ids: Sequence[str]) -> tuple[list[list[str]], float | None]:
+    """The consumer's batches of ``ids`` in order (events enriched together share ``enriched_at``) and its
+    throughput: events of batches 2…n over the time from the first batch's enrichment to the last one's."""
+    groups: dict[float, list[str]] = {}
     for event_id in ids:
-        groups.setdefault(arrivals[event_id].enriched_at, []).append(event_id)
-    return [groups[k] for k in sorted(groups, key=stamp_s)]
-
-
-def consumer_throughput(arrivals: Mapping[str, Arrival], batches: list[list[str]]) -> float | None:
-    """Events of batches 2…n over the time from the first batch's enrichment to the last one's."""
-    if len(batches) < 2:
-        return None
-    first, last = (stamp_s(arrivals[b[0]].enriched_at) for b in (batches[0], batches[-1]))
-    return sum(len(b) for b in batches[1:]) / (last - first) if last > first else None
+        enriched_s = datetime.datetime.fromisoformat(arrivals[event_id].enriched_at).timestamp()
+        groups.setdefault(enriched_s, []).append(event_id)
+    batches, span_s = [groups[s] for s in sorted(groups)], max(groups) - min(groups)
+    return batches, sum(len(b) for b in batches[1:]) / span_s if span_s > 0 else None
 
 
 def bare_throughput(model: Path, documents: Mapping[str, dict[str, Any]], batches: list[list[str]]) -> float:
@@ -300,17 +289,12 @@ def measure(size: Size, bootstrap: str | None, workdir: Path) -> tuple[dict[str,
         arrivals = reader.arrived(enriched, backlog, max(READY_TIMEOUT_S, size.backlog))
         if (came := sum(1 for i in backlog if i in arrivals)) < len(backlog):
             raise TimeoutError(f"only {came} of the backlog came out enriched")
-        batches = consumer_batches(arrivals, backlog)
-        through = consumer_throughput(arrivals, batches)
+        batches, through = batches_of(arrivals, backlog)
         runs = [paced_run(sender, reader, rate, size, calls) for rate in size.rates]
         samples = consumer_metrics(port)
     logger.info("consumer stopped; running the bare pipeline on the same batches")
     bare = bare_throughput(model, sender.documents, batches)
-    settings = {
-        "rates_per_s": list(size.rates),
-        "duration_s": size.duration_s,
-        "backlog_events": size.backlog,
-    }
+    settings = {"rates_per_s": [*size.rates], "duration_s": size.duration_s, "backlog_events": size.backlog}
     defaults = {f.name: f.default for f in fields(ConsumerSettings)}
     settings |= {"partitions": PARTITIONS, "consumer_batch_size": defaults["batch_size"]}
     settings["consumer_batch_ms"] = defaults["batch_ms"]
@@ -348,8 +332,7 @@ def figures_of(details: Mapping[str, Any]) -> list[Figure]:
     through = details["throughput"]
     consumer, bare = through["consumer_events_per_s"], through["bare_events_per_s"]
     met = None if consumer is None else consumer / bare >= TARGET_RATIO
-    target = f"ratio >= {TARGET_RATIO}"
-    baseline = "bare pipeline, same batches"
+    target, baseline = f"ratio >= {TARGET_RATIO}", "bare pipeline, same batches"
     figures = [figure("Consumer throughput", "events/s", consumer, bare, baseline, "higher", target, met)]
     for run in details["paced"]:
         bound = "" if run["complete"] else " (lower bound: not all delivered)"

@@ -21,6 +21,7 @@ from bench.results import Figure, Option, load_results, number
 
 IMAGE = "bench.png"
 VALUE_COLOUR, BASELINE_COLOUR, MISSED_COLOUR = "#1f77b4", "#b0b0b0", "#d62728"
+MARKS = {None: "", True: "  ✓ ", False: "  ✗ "}  # after a value with a target: met or missed
 ROW_INCHES = 0.62
 LOG_SPREAD = 20.0  # a log axis when the largest relative bar is this many times the smallest
 
@@ -28,12 +29,11 @@ Panel = tuple[str, list[Figure]]
 
 
 def panels(results: Path) -> list[Panel]:
-    found = []
-    for res in load_results(results):
-        figures = [f for f in res["figures"] if isinstance(f.get("value"), int | float)]
-        if figures:
-            found.append((res["title"] + (" (quick)" if res["quick"] else ""), figures))
-    return found
+    return [
+        (res["title"] + (" (quick)" if res["quick"] else ""), figures)
+        for res in load_results(results)
+        if (figures := [f for f in res["figures"] if isinstance(f.get("value"), int | float)])
+    ]
 
 
 def relative(f: Figure) -> tuple[float, float]:
@@ -42,13 +42,6 @@ def relative(f: Figure) -> tuple[float, float]:
     if baseline is None or baseline == 0 or not math.isfinite(baseline):
         return value, float(baseline or 0.0)
     return value / baseline, 1.0
-
-
-def label(f: Figure, which: str) -> str:
-    if which == "value":
-        mark = {None: "", True: "  ✓ ", False: "  ✗ "}[f.get("met")]
-        return number(f["value"], f["unit"]) + (mark + f["target"] if mark else "")
-    return f"{number(f.get('baseline'), f['unit'])}  ({f['baseline_name']})"
 
 
 def draw(panel_list: Sequence[Panel], image: Path) -> Path:
@@ -83,8 +76,11 @@ def draw_panel(axis: Any, title: str, figures: Sequence[Figure]) -> None:
     if log:
         axis.set_xscale("log")
     for r, f, v, b in zip(rows, figures, values, baselines, strict=True):
-        axis.text(v, r - height / 2, " " + label(f, "value"), va="center", fontsize=8)
-        axis.text(b, r + height / 2, " " + label(f, "baseline"), va="center", fontsize=8, color="#555555")
+        mark = MARKS[f.get("met")]
+        measured = number(f["value"], f["unit"]) + (mark + f["target"] if mark else "")
+        baseline = f"{number(f.get('baseline'), f['unit'])}  ({f['baseline_name']})"
+        axis.text(v, r - height / 2, " " + measured, va="center", fontsize=8)
+        axis.text(b, r + height / 2, " " + baseline, va="center", fontsize=8, color="#555555")
     axis.set_yticks(list(rows), [f["name"] for f in figures], fontsize=8)
     axis.invert_yaxis()
     axis.set_title(title, fontsize=10, loc="left")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import logging
 import socket
 import socketserver
@@ -81,12 +82,9 @@ def speak_call(turns: Sequence[str], workdir: Path) -> SpokenCall:
 
 
 def uninterrupted(pcm: bytes) -> list[str]:
-    engine = VoskEngine(resolve_model("vosk", "ko", None))
-    try:
+    with contextlib.closing(VoskEngine(resolve_model("vosk", "ko", None))) as engine:
         recognizer = engine.create(RecognizerOptions(RATE_HZ, words=True))
         return [f.text for f in stream_pcm(recognizer, pcm, CHUNK_MS).finals if f.text.strip()]
-    finally:
-        engine.close()
 
 
 def words_lost(expected: Sequence[str], got: Sequence[str]) -> int:
@@ -131,18 +129,6 @@ def pump(source: socket.socket, sink: socket.socket) -> None:
         end.close()
 
 
-class RetryLog(logging.Handler):
-    """The recorder client's retries, from its ``recorder.retry`` log lines: (perf_counter, delay, reason)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.retries: list[tuple[float, float, str]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        _, _, delay, reason = cast(tuple[str, int, float, str], record.args)  # what, attempt, in_s, reason
-        self.retries.append((time.perf_counter(), delay, reason))
-
-
 @dataclass
 class Reply:
     due: float  # perf_counter when the chunk was due (real time)
@@ -162,25 +148,30 @@ class CallOutcome:
 def stream_call(
     route: Route, call: SpokenCall, kill_at_s: float | None = None, owner: DecoderServer | None = None
 ) -> CallOutcome:
-    """Stream ``call`` in real time through ``route``; SIGKILL ``owner`` ``kill_at_s`` into the call."""
+    """Stream ``call`` in real time through ``route``; SIGKILL ``owner`` ``kill_at_s`` into the call. The
+    client's retries are read from its ``recorder.retry`` log lines."""
     transport = HttpTransport(ServerSettings(url=route.url, retry_s=60.0), threading.Event())
-    counter, retry_log = RetryLog(), logging.getLogger("recorder.retry")
-    retry_log.addHandler(counter)
-    retry_log.setLevel(logging.INFO)
     replies: list[Reply] = []
     killed: list[float] = []
+    retries: list[tuple[float, float, str]] = []
+
+    def retried(record: logging.LogRecord) -> bool:
+        _, _, delay, reason = cast(tuple[str, int, float, str], record.args)  # what, attempt, in_s, reason
+        retries.append((time.perf_counter(), delay, reason))
+        return True
 
     def kill() -> None:
-        killed.append(time.perf_counter())
-        assert owner is not None
-        owner.kill()
+        if owner is not None:  # else an uninterrupted call
+            killed.append(time.perf_counter())
+            owner.kill()
 
-    timer = threading.Timer(kill_at_s or 0.0, kill)
+    retry_log, timer = logging.getLogger("recorder.retry"), threading.Timer(kill_at_s or 0.0, kill)
+    retry_log.addFilter(retried)
+    retry_log.setLevel(logging.INFO)
     try:
         transport.open(SessionRequest(sample_rate_hz=RATE_HZ, user_id="bench-recovery", words=True))
         start = time.perf_counter()
-        if kill_at_s is not None:
-            timer.start()
+        timer.start()
         finals: list[str] = []
         for seq, chunk in enumerate(split_chunks(call.pcm)):
             due = start + seq * CHUNK_MS / 1000
@@ -191,13 +182,12 @@ def stream_call(
             replies.append(Reply(due, sent, time.perf_counter(), reply.partial))
             finals += [f.text for f in reply.finals]
         finals += [f.text for f in transport.end().finals]
-        if kill_at_s is not None:
-            timer.join()
+        timer.join()
     finally:
         transport.close()
-        retry_log.removeHandler(counter)
+        retry_log.removeFilter(retried)
     finals = [f for f in finals if f.strip()]
-    return CallOutcome(finals, replies, killed[0] if killed else None, counter.retries)
+    return CallOutcome(finals, replies, killed[0] if killed else None, retries)
 
 
 def kill_points_s(call: SpokenCall, repetitions: int) -> list[float]:
@@ -234,19 +224,20 @@ def recovery_of(outcome: CallOutcome, expected: list[str], kill_at_s: float) -> 
 
 def measure(size: Size, workdir: Path) -> dict[str, Any]:
     call = speak_call(TURNS[size.first_turn : size.first_turn + size.turns], workdir)
-    redis = start_redis(workdir / "redis")
     settings = {"engine": "vosk", "model": "ko", "pool_warm": str(size.pool_warm)}
     settings["registry_heartbeat_ttl_s"] = f"{size.heartbeat_ttl_s:g}"
-    decoders: list[DecoderServer] = []
+    with contextlib.ExitStack() as running:  # stopped in reverse: the decoders, the route, Redis
+        redis, launched = start_redis(workdir / "redis"), itertools.count()
+        running.callback(redis.stop)
+        route = Route()
+        running.callback(route.stop)
 
-    def new_decoder() -> DecoderServer:
-        env = decoder_env(settings, {"REDIS_URL": redis.url, "KAFKA_BOOTSTRAP_SERVERS": ""})
-        env["DECODER_INSTANCE_ID"] = name = f"bench-{uuid.uuid4().hex[:6]}"
-        decoders.append(DecoderServer(free_port(), env, workdir / f"decoder-{len(decoders)}.log", name))
-        return decoders[-1].launch()
+        def new_decoder() -> DecoderServer:
+            env = decoder_env(settings, {"REDIS_URL": redis.url, "KAFKA_BOOTSTRAP_SERVERS": ""})
+            env["DECODER_INSTANCE_ID"] = name = f"bench-{uuid.uuid4().hex[:6]}"
+            log = workdir / f"decoder-{next(launched)}.log"
+            return running.enter_context(DecoderServer(free_port(), env, log, name).launch())
 
-    route = Route()
-    try:
         live = [new_decoder(), new_decoder()]
         expected = uninterrupted(call.pcm)  # while the decoders load their model
         for decoder in live:
@@ -262,11 +253,6 @@ def measure(size: Size, workdir: Path) -> dict[str, Any]:
                 live = [*live[1:], new_decoder()]
                 live[-1].wait_ready()
                 route.backends[:] = [d.port for d in live]
-    finally:
-        route.stop()
-        for decoder in decoders:
-            decoder.stop()
-        redis.stop()
     reply_ms = [(r.done - r.sent) * 1000 for r in plain.replies]
     return {
         "audio_s": len(call.pcm) / 2 / RATE_HZ,

@@ -78,8 +78,7 @@ def figure(
     target: str = "",
     met: bool | None = None,
 ) -> Figure:
-    usable = value is not None and baseline is not None and baseline != 0 and math.isfinite(baseline)
-    ratio = value / baseline if usable and value is not None and baseline is not None else None
+    ratio = value / baseline if value is not None and baseline and math.isfinite(baseline) else None
     return Figure(
         name=name,
         unit=unit,
@@ -154,10 +153,8 @@ def number(value: float | None, unit: str = "") -> str:
         return "n/a"
     if unit == "%":
         return f"{value:.1f} %"
-    magnitude = abs(value)
-    if float(value).is_integer() and magnitude < 1e6:
-        return f"{int(value)}" + (f" {unit}" if unit else "")
-    digits = 0 if magnitude >= 100 else 1 if magnitude >= 10 else 2 if magnitude >= 1 else 3
+    magnitude, whole = abs(value), float(value).is_integer()
+    digits = 0 if whole or magnitude >= 100 else 1 if magnitude >= 10 else 2 if magnitude >= 1 else 3
     return f"{value:.{digits}f}" + (f" {unit}" if unit else "")
 
 

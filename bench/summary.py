@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import bench.results
@@ -27,17 +26,6 @@ class SummaryError(Exception):
     """Nothing to summarise, or a README without the markers."""
 
 
-def targeted_rows(results: Sequence[Result]) -> list[list[str]]:
-    met = {True: "yes", False: "**no**", None: "n/a"}
-    rows = []
-    for res in results:
-        name = res["benchmark"] + (" (quick)" if res["quick"] else "")
-        rows += [
-            [name, *figure_cells(f), f["target"], met[f["met"]]] for f in res["figures"] if f.get("target")
-        ]
-    return rows
-
-
 def machine_line(res: Result) -> str:
     machine, quick = res["machine"], " (quick)" if res["quick"] else ""
     load = load_text(machine.get("load_average_1min"))
@@ -48,8 +36,13 @@ def machine_line(res: Result) -> str:
 
 
 def render(directory: Path) -> str:
-    results = load_results(directory)
-    rows = targeted_rows(results)
+    results, met = load_results(directory), {True: "yes", False: "**no**", None: "n/a"}
+    rows = []
+    for res in results:
+        name = res["benchmark"] + (" (quick)" if res["quick"] else "")
+        rows += [
+            [name, *figure_cells(f), f["target"], met[f["met"]]] for f in res["figures"] if f.get("target")
+        ]
     if not rows:
         raise SummaryError(f"no figure with a target in {directory}")
     return "\n".join([*markdown_table(HEADER, rows), "", "Measured on:", "", *map(machine_line, results)])
