@@ -12,7 +12,7 @@ VENV        := .venv
 PY          := $(VENV)/bin/python
 CATEGORIES  := packages decoder recorder nlp dev-packages
 APT_PACKAGES := pocketsphinx-testdata redis-server libjemalloc2 espeak-ng sox portaudio19-dev alsa-utils libasound2-plugins \
-                chromium fonts-dejavu-core openssl
+                chromium fonts-dejavu-core openssl libfst-tools libfst22-plugins-base
 STAMP       := $(VENV)/.installed
 KAFKA_POM   := devtools/kafka/pom.xml
 KAFKA_STAMP := build/kafka/.resolved
@@ -22,13 +22,14 @@ KAFKA_STAMP := build/kafka/.resolved
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-install: $(STAMP) $(KAFKA_STAMP) ## set up everything: Debian packages, a JDK, Apache Kafka, pipenv, the locked environment, models
+install: $(STAMP) $(KAFKA_STAMP) ## set up everything: Debian packages, a JDK, Apache Kafka, pipenv, the locked environment, models, the Vosk model's static graph
 
 $(STAMP): Pipfile.lock Makefile
 	@$(MAKE) --no-print-directory system-packages
 	@command -v pipenv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "pipenv==$(PIPENV_VER)"
 	pipenv sync --categories "$(CATEGORIES)"
 	$(PY) -m nlp_consumer.train
+	$(PY) -m decoder_api models compile-graph --engine vosk --model ko
 	@touch $@
 
 system-packages: ## Debian packages the project needs (installed only when missing; a JDK and Maven unless on the PATH)

@@ -63,7 +63,7 @@ def _add_transcribe(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _add_models(commands: Any, common: argparse.ArgumentParser) -> None:
-    models = commands.add_parser("models", help="list or download models")
+    models = commands.add_parser("models", help="list or download models, or build a static decoding graph")
     sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     listing = sub.add_parser("list", parents=[common], help="models available to the service")
     listing.add_argument("--json", action="store_true", help="print as JSON")
@@ -71,6 +71,13 @@ def _add_models(commands: Any, common: argparse.ArgumentParser) -> None:
     download = sub.add_parser("download", parents=[common], help="fetch an official Vosk model")
     download.add_argument("name", help="e.g. vosk-model-small-en-us-0.15")
     download.set_defaults(run=run_models_download)
+    compile_graph = sub.add_parser(
+        "compile-graph",
+        parents=[common],
+        help="build the static decoding graph of a Vosk model with a lookahead pair (OpenFst tools)",
+    )
+    compile_graph.add_argument("--force", action="store_true", help="build it again even when it is built")
+    compile_graph.set_defaults(run=run_models_compile_graph)
 
 
 def _add_serve(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -269,6 +276,23 @@ def run_models_download(args: argparse.Namespace, settings: Settings) -> int:
     progress = Console(stderr=True).is_terminal
     info = download_model(args.name, settings.model_dir, list_url=settings.model_list_url, progress=progress)
     print(f"{info.name} ({info.language}) is ready in {info.path}")
+    return 0
+
+
+def run_models_compile_graph(args: argparse.Namespace, settings: Settings) -> int:
+    from decoder_api.engines.graphs import compile_static_graph, find_static_graph, read_manifest
+    from decoder_api.engines.models import resolve_model
+
+    info = resolve_model("vosk", settings.model, settings.model_dir)  # only Vosk models have a graph
+    model_dir, graph_dir = Path(info.path), settings.vosk.graph_dir
+    if not args.force and (built := find_static_graph(model_dir, info.name, graph_dir)) is not None:
+        print(f"the static graph of {info.name} is built: {built}")
+        return 0
+    print(f"composing the static graph of {info.name} into {graph_dir} (minutes, about 3 GiB of memory)")
+    built = compile_static_graph(model_dir, info.name, graph_dir, force=args.force)
+    manifest = read_manifest(built)
+    size = manifest["hclg_bytes"] / 2**20
+    print(f"{info.name}: {built} ({size:.0f} MiB, built in {manifest['build_s']:.0f} s)")
     return 0
 
 

@@ -72,6 +72,7 @@ ERROR_CODES: Mapping[str, ErrorCode] = error_table(
     ErrorCode("rate_limited", 429, "this client opened too many sessions in the last minute"),
     ErrorCode("too_many_sessions", 429, "this API key's open sessions are at their limit"),
     ErrorCode("invalid_settings", 500, "the server's settings are not valid (at startup and in the CLI)"),
+    ErrorCode("graph_build_failed", 500, "a static decoding graph could not be built (CLI only)"),
     ErrorCode("model_download_failed", 502, "the model could not be downloaded"),
     ErrorCode("capacity", 503, "the instance is at its session limit"),
     ErrorCode("not_ready", 503, "the model is loading"),
@@ -131,6 +132,10 @@ class ModelNotFound(DecoderError):
 
 class ModelDownloadError(DecoderError):
     code = "model_download_failed"
+
+
+class GraphBuildError(DecoderError):
+    code = "graph_build_failed"
 
 
 class UnsupportedAudio(DecoderError):

@@ -127,7 +127,8 @@ def load_packaged_engine(config: dict[str, Any], weights: Path) -> Engine:
     if info.engine == "vosk":
         from decoder_api.engines.vosk import VoskEngine
 
-        return VoskEngine(info, VoskSettings(**config["vosk"]))
+        vosk = {k: v for k, v in config["vosk"].items() if k != "graph_dir"}
+        return VoskEngine(info, VoskSettings(**vosk))
     from decoder_api.engines.whisper import WhisperEngine
 
     return WhisperEngine(info, WhisperSettings(**config["whisper"]))
@@ -145,7 +146,8 @@ def export_model(settings: Settings, target: Path) -> ModelInfo:
         "source": info.source,
         "chunk_ms": settings.chunk_ms,
         "whisper": dataclasses.asdict(whisper),
-        "vosk": dataclasses.asdict(settings.vosk),
+        # The package carries the model's own files, not a static graph built beside them.
+        "vosk": dataclasses.asdict(settings.vosk) | {"graph": "lookahead", "graph_dir": ""},
     }
     params: dict[str, Any] = {"words": False}
     if info.engine == "whisper":

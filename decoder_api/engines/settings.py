@@ -4,9 +4,16 @@ without importing an engine (an engine module is imported only when it is chosen
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 OFFICIAL_LIST_URL = "https://alphacephei.com/vosk/models/model-list.json"
+# Which decoding graph a Vosk model with a lookahead pair (HCLr + Gr) decodes with; see engines/graphs.py.
+GRAPHS = ("auto", "static", "lookahead")
+
+
+def default_graph_dir() -> Path:
+    return Path.home() / ".cache" / "decoder_api" / "graphs"
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,10 +27,21 @@ class VoskSettings:
     random state, so the same audio would decode differently from run to run; we switch
     Kaldi's off and add the same amount from a fixed table indexed by stream position,
     which makes every decode reproducible.
+
+    ``graph`` chooses the decoding graph of a model that ships a lookahead pair (HCLr + Gr):
+    ``auto`` (default) the static graph built for it in ``graph_dir`` when there is one (``python
+    -m decoder_api models compile-graph``), else the pair; ``static`` the built graph or an error;
+    ``lookahead`` the pair. See ``decoder_api/engines/graphs.py``.
     """
 
     log_level: int = -1
     dither: float = 1.0
+    graph: str = "auto"
+    graph_dir: Path = field(default_factory=default_graph_dir)
+
+    def __post_init__(self) -> None:
+        if self.graph not in GRAPHS:
+            raise ValueError(f"graph={self.graph!r}: expected one of {', '.join(GRAPHS)}")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from decoder_api.engines.base import (
     check_pcm,
     samples_to_ms,
 )
+from decoder_api.engines.graphs import LOOKAHEAD_FILES, STATIC_FILES, choose_graph, has_lookahead_pair
 from decoder_api.engines.settings import VoskSettings
 from decoder_api.errors import ModelNotFound
 
@@ -91,36 +93,47 @@ class Dither:
         return np.clip(samples + self._table[index], -32768, 32767).astype("<i2").tobytes()
 
 
-def with_dither(model_dir: Path, dither: float | None) -> Path:
-    """The model dir itself, or a symlinked copy whose ``mfcc.conf`` sets ``--dither``.
+def with_dither(model_dir: Path, dither: float | None, static_graph: Path | None = None) -> Path:
+    """The model dir itself, or a symlinked copy whose ``mfcc.conf`` sets ``--dither`` and whose
+    ``graph/`` is the ``static_graph`` built for it (``graphs.py``) instead of the lookahead pair.
 
-    The copy lives in the temp dir, is keyed by model path and value, and is built
+    The copy lives in the temp dir, is keyed by model path, value and graph, and is built
     atomically so concurrent processes can share it.
     """
     conf = model_dir / "conf" / "mfcc.conf"
-    if dither is None or not conf.is_file():
+    if (dither is None or not conf.is_file()) and static_graph is None:
         return model_dir
-    text = re.sub(r"^--dither=.*\n?", "", conf.read_text(encoding="utf-8"), flags=re.MULTILINE)
-    text = text.rstrip("\n") + f"\n--dither={dither}\n"
-    key = hashlib.sha256(f"{model_dir.resolve()}\0{text}".encode()).hexdigest()[:16]
+    text = conf.read_text(encoding="utf-8") if conf.is_file() else ""
+    if dither is not None and conf.is_file():
+        text = (
+            re.sub(r"^--dither=.*\n?", "", text, flags=re.MULTILINE).rstrip("\n") + f"\n--dither={dither}\n"
+        )
+    graph = static_graph.resolve() if static_graph is not None else ""
+    key = hashlib.sha256(f"{model_dir.resolve()}\0{text}\0{graph}".encode()).hexdigest()[:16]
     target = Path(tempfile.gettempdir()) / f"decoder_api-vosk-{key}"
     if not target.is_dir():
-        _build_overlay(model_dir, text, target)
+        _build_overlay(model_dir, text, target, static_graph)
     return target
 
 
-def _build_overlay(model_dir: Path, mfcc_conf: str, target: Path) -> None:
+def _build_overlay(model_dir: Path, mfcc_conf: str, target: Path, static_graph: Path | None) -> None:
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
     staging.chmod(0o755)
+    replaced = {"conf": ("mfcc.conf",)} | ({"graph": LOOKAHEAD_FILES} if static_graph else {})
     try:
         for entry in model_dir.resolve().iterdir():
-            if entry.name != "conf":
+            if entry.name not in replaced:
                 (staging / entry.name).symlink_to(entry)
-        (staging / "conf").mkdir()
-        for entry in (model_dir / "conf").resolve().iterdir():
-            if entry.name != "mfcc.conf":
-                (staging / "conf" / entry.name).symlink_to(entry)
-        (staging / "conf" / "mfcc.conf").write_text(mfcc_conf, encoding="utf-8")
+        for name, left_out in replaced.items():
+            (staging / name).mkdir()
+            for entry in (model_dir / name).resolve().iterdir():
+                if entry.name not in left_out:
+                    (staging / name / entry.name).symlink_to(entry)
+        if mfcc_conf:
+            (staging / "conf" / "mfcc.conf").write_text(mfcc_conf, encoding="utf-8")
+        built = [static_graph / "graph" / name for name in STATIC_FILES] if static_graph else []
+        for path in built:
+            (staging / "graph" / path.name).symlink_to(path.resolve())
         os.replace(staging, target)
     except OSError:
         if not target.is_dir():
@@ -152,7 +165,7 @@ def release_free_heap() -> None:
 
 def supports_grammar(model_dir: Path) -> bool:
     """Only models with a separate lookahead graph (HCLr + Gr) accept a runtime phrase list."""
-    return (model_dir / "graph" / "HCLr.fst").is_file() and (model_dir / "graph" / "Gr.fst").is_file()
+    return has_lookahead_pair(model_dir)
 
 
 class VoskEngine:
@@ -169,8 +182,16 @@ class VoskEngine:
         self.model = model
         self.rates = read_model_rates(path)
         self.grammar = supports_grammar(path)
-        self._model = vosk.Model(str(with_dither(path, 0.0)))
+        static = choose_graph(path, model.name, settings.graph, settings.graph_dir)
+        # What every session without a phrase list decodes on: "static" (HCLG built for this
+        # model, shared by all recognizers) or the model's own graph ("lookahead" pair, or the
+        # static graph a big model ships: "model").
+        self.graph = "static" if static else "lookahead" if self.grammar else "model"
+        self._model = vosk.Model(str(with_dither(path, 0.0, static)))
+        self._lookahead: vosk.Model | None = None if static else self._model
+        self._lookahead_lock = threading.Lock()
         self._dither = Dither(settings.dither)
+        logger.info("vosk_graph model=%s graph=%s", model.name, self.graph)
 
     def create(self, options: RecognizerOptions) -> VoskRecognizer:
         if not self.rates.accepts(options.sample_rate_hz):
@@ -184,7 +205,7 @@ class VoskEngine:
         return VoskRecognizer(self._new_kaldi(options), options, self._dither)
 
     def close(self) -> None:
-        self._model = None
+        self._model = self._lookahead = None
 
     def in_vocabulary(self, word: str) -> bool:
         return bool(self._model.vosk_model_find_word(word) >= 0)
@@ -193,11 +214,21 @@ class VoskEngine:
         if options.phrases is None:
             kaldi = vosk.KaldiRecognizer(self._model, options.sample_rate_hz)
         else:
-            kaldi = vosk.KaldiRecognizer(self._model, options.sample_rate_hz, self._grammar(options.phrases))
+            grammar = self._grammar(options.phrases)
+            kaldi = vosk.KaldiRecognizer(self._lookahead_model(), options.sample_rate_hz, grammar)
         kaldi.SetWords(True)
         if options.max_alternatives:
             kaldi.SetMaxAlternatives(options.max_alternatives)
         return kaldi
+
+    def _lookahead_model(self) -> vosk.Model:
+        """The model on its lookahead pair, which a phrase list needs: the loaded model, or (over a
+        static graph) the pair loaded once, on the first phrase list."""
+        with self._lookahead_lock:
+            if self._lookahead is None:
+                logger.info("vosk_lookahead_load model=%s reason=phrase_list", self.model.name)
+                self._lookahead = vosk.Model(str(with_dither(Path(self.model.path), 0.0)))
+            return self._lookahead
 
     def _grammar(self, phrases: tuple[str, ...]) -> str:
         if not self.grammar:

@@ -62,10 +62,22 @@ def test_each_image_installs_its_locked_requirements(component: str) -> None:
     assert f"/requirements/{component}.txt" in installer.of("COPY")[0].value
     assert "--no-deps --require-hashes -r /tmp/requirements.txt" in run_text(installer)
     copies = [c for c in found[component].of("COPY") if c.flags and c.flags[0].startswith("--from=")]
+    graph = [("--from=decoder-graph", ("/graphs", "/app/graphs"))] if component == "decoder" else []
     assert [(c.flags[0], c.value) for c in copies] == [
-        (f"--from={component}-packages", ("/install", "/usr/local"))
+        (f"--from={component}-packages", ("/install", "/usr/local")),
+        *graph,
     ]
     assert "gcc" not in run_text(found[component])  # build tools stay in the builder stage
+
+
+def test_the_decoder_image_gets_the_static_graph_built_in_a_stage_of_its_own() -> None:
+    found = stages()
+    builder, decoder = run_text(found["decoder-graph"]), found["decoder"]
+    assert "libfst-tools libfst22-plugins-base" in builder
+    assert "DECODER_VOSK_GRAPH_DIR=/graphs python -m decoder_api models compile-graph" in builder
+    assert "libfst" not in run_text(decoder)  # OpenFst's tools stay in the graph's stage
+    env = dict(pair for c in decoder.of("ENV") for pair in zip(c.value[::2], c.value[1::2], strict=True))
+    assert env["DECODER_VOSK_GRAPH_DIR"] == "/app/graphs"  # where the copy puts it
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
