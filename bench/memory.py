@@ -56,7 +56,8 @@ IDLE_TIMEOUT_S = 60.0
 CURVE_POINTS = 10  # RSS read after every tenth of the churn
 # name -> (model.conf overrides, extra environment)
 BARE_VARIANTS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
-    "default": ({}, {}),
+    "default": ({}, {}),  # the static graph when built (DECODER_VOSK_GRAPH=auto), as served
+    "lookahead graph": ({}, {"DECODER_VOSK_GRAPH": "lookahead"}),  # the model's HCLr + Gr pair
     "MALLOC_ARENA_MAX=2": ({}, {"MALLOC_ARENA_MAX": "2"}),
     "max-active=1000": ({"max-active": "1000"}, {}),
     "beam=7": ({"beam": "7.0"}, {}),
@@ -78,7 +79,7 @@ class Sizes:
     variants: tuple[str, ...]  # of the bare engine
 
 
-DEFAULT_SIZES = Sizes(4, 2000, 60, 12, 100, 6, 4, 4.0, 3.0, tuple(BARE_VARIANTS))
+DEFAULT_SIZES = Sizes(4, 2000, 60, 12, 100, 6, 4, 20.0, 3.0, tuple(BARE_VARIANTS))
 QUICK_SIZES = Sizes(1, 3, 0, 1, 2, 1, 1, 1.0, 1.0, ("default",))  # Vosk, pool on only
 
 
@@ -104,6 +105,7 @@ def model_overlay(model_dir: Path, conf: Mapping[str, str]) -> Path:
 
 def measure_bare(variant: str, count: int, audio_s: float) -> dict[str, Any]:
     """K recognizers created and fed on K threads, as the server's threads create them."""
+    from decoder_api.config import load_settings
     from decoder_api.engines.base import RecognizerOptions
     from decoder_api.engines.models import resolve_model
     from decoder_api.engines.vosk import VoskEngine, VoskRecognizer
@@ -113,8 +115,12 @@ def measure_bare(variant: str, count: int, audio_s: float) -> dict[str, Any]:
     info = resolve_model("vosk", "ko", None)
     pieces = slices(korean_speech(audio_s * count), audio_s, count)
     before = status_mib(os.getpid(), "VmRSS")
-    engine = VoskEngine(dataclasses.replace(info, path=str(model_overlay(Path(info.path), conf))))
-    rss_model = status_mib(os.getpid(), "VmRSS")
+    started = time.perf_counter()
+    engine = VoskEngine(
+        dataclasses.replace(info, path=str(model_overlay(Path(info.path), conf))),
+        load_settings(os.environ).vosk,
+    )
+    load_s, rss_model = time.perf_counter() - started, status_mib(os.getpid(), "VmRSS")
 
     def decode(recognizer: VoskRecognizer, pcm: bytes) -> tuple[str, float]:
         started = time.thread_time()
@@ -148,6 +154,8 @@ def measure_bare(variant: str, count: int, audio_s: float) -> dict[str, Any]:
         "env": env,
         "recognizers": count,
         "audio_s": audio_s,
+        "graph": engine.graph,  # static, lookahead
+        "load_s": load_s,
         "rss_model_mib": rss_model - before,  # after loading the model
         "rss_per_recognizer_mib": (rss_held - rss_model) / count,  # K held, each fed audio_s of speech
         "fresh_cpu_s": sum(fresh_cpu) / count,  # mean CPU s of a fresh recognizer's audio_s
@@ -272,12 +280,21 @@ SERVER_COLUMNS: list[Column] = [
     ("Idle before / after (MiB)", lambda s: f"{s['rss_idle_mib']:.0f} / {s['rss_idle_after_mib']:.0f}"),
     ("Idle after / before", lambda s: mark(s["idle_ratio"])),
 ]
+# The static graph against the lookahead pair, in the bare engine: (key, what, unit).
+GRAPH_FIGURES = [("rss_per_recognizer_mib", "RSS per recognizer", "MiB"), ("load_s", "model load time", "s")]
+GRAPH_FIGURES += [("fresh_cpu_s", "CPU of a new recognizer", "s"), ("rss_model_mib", "model RSS", "MiB")]
 # One row per variant: (the variant, the default variant's RSS per recognizer).
 BARE_COLUMNS: list[Column] = [
-    ("Variant", lambda r: r[0]["variant"]),
+    ("Variant", lambda r: f"{r[0]['variant']} ({r[0].get('graph', 'lookahead')} graph)"),
+    ("Model load (s) / RSS (MiB)", lambda r: f"{r[0].get('load_s', 0):.1f} / {r[0]['rss_model_mib']:.0f}"),
     ("RSS per recognizer (MiB)", lambda r: f"{r[0]['rss_per_recognizer_mib']:.1f}"),
     ("vs default", lambda r: f"{r[0]['rss_per_recognizer_mib'] / r[1]:.2f}" if r[1] > 0 else ""),
-    ("Fresh CPU s / reused CPU s", lambda r: f"{r[0]['fresh_cpu_s']:.2f} / {r[0]['reused_cpu_s']:.2f}"),
+    (
+        "CPU s per audio s, fresh / reused",
+        lambda r: "{:.3f} / {:.3f}".format(
+            *(r[0][k] / r[0]["audio_s"] for k in ("fresh_cpu_s", "reused_cpu_s"))
+        ),
+    ),
     ("Freed, held (MiB)", lambda r: f"{r[0]['rss_after_free_mib']:.0f}"),
     ("After a 2nd round (MiB)", lambda r: f"{r[0]['rss_after_second_round_mib']:.0f}"),
     ("After malloc_trim (MiB)", lambda r: f"{r[0]['rss_after_trim_mib']:.0f} ({r[0]['trim_ms']:.0f} ms)"),
@@ -306,6 +323,11 @@ def figures_of(servers: Sequence[Mapping[str, Any]], bare: Sequence[Mapping[str,
         if s["engine"] == "vosk" and per_recognizer:
             live, baseline = s["rss_per_live_session_mib"], "bare engine, RSS per recognizer"
             figures.append(figure(f"RSS per live session, {where}", "MiB", live, per_recognizer, baseline))
+    variants = {b["variant"]: b for b in bare}
+    static, pair = variants.get("default", {}), variants.get("lookahead graph", {})
+    for key, what, unit in GRAPH_FIGURES if static.get("graph") == "static" and pair else ():
+        name, baseline = f"Vosk on its static graph: {what}", "lookahead graph (HCLr + Gr), same run"
+        figures.append(figure(name, unit, static[key], pair[key], baseline))
     return figures
 
 

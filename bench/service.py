@@ -44,6 +44,7 @@ from bench.results import (
     table,
 )
 from bench.speech import CALLS, english_speech, korean_speech, rotated, whole_chunks
+from decoder_api.allocator import running_allocator
 from decoder_api.config import load_settings
 from decoder_api.engines import load_engine
 from decoder_api.engines.base import RecognizerOptions
@@ -56,6 +57,7 @@ from devtools.processes import (
     decoder_env,
     free_port,
     listening_pid,
+    on_serve_allocator,
     process_tree,
     start_decoder,
     start_redis,
@@ -66,6 +68,7 @@ logger = logging.getLogger(__name__)
 
 OVERHEAD_TARGET = 0.90
 CAPACITY_TARGET = 0.85
+LIVE_RSS_TARGET = 0.5  # RSS per live call, ours / a peer's
 P95_LIMIT_MS = 300.0
 BEHIND_S = 1.0  # a paced caller whose last reply comes this long after its chunk was due fell behind
 MAX_CALLERS = 60  # below DECODER_MAX_SESSIONS (64)
@@ -92,6 +95,7 @@ class Sizes:
     max_steps: int
     keeping_up_steps: int  # the search without a latency limit, when none met it (0: skipped)
     overhead_rounds: int  # the best of these rounds counts
+    live_audio_s: float = 0.0  # per live call of the RSS round (0: no such round)
 
 
 ENGINES = {
@@ -100,8 +104,12 @@ ENGINES = {
         "whisper", "tiny.en", functools.partial(english_speech, files=CALLS), "English calls of data/"
     ),
 }
-SIZES = {"vosk": Sizes((1, 4), 20.0, 20.0, 20.0, 5, 2, 2), "whisper": Sizes((1,), 10.0, 3.0, 15.0, 5, 2, 2)}
-QUICK_SIZES = Sizes((1,), 1.0, 0.4, 1.0, max_steps=1, keeping_up_steps=0, overhead_rounds=1)
+SIZES = {
+    "vosk": Sizes((1, 4), 20.0, 20.0, 20.0, 5, 2, 2, 60.0),
+    "whisper": Sizes((1,), 10.0, 3.0, 15.0, 5, 2, 2),
+}
+QUICK_SIZES = Sizes((1,), 1.0, 0.4, 1.0, max_steps=1, keeping_up_steps=0, overhead_rounds=1, live_audio_s=1.0)
+LIVE_CALLERS = 8
 PROFILE_S = 15.0
 
 
@@ -254,12 +262,13 @@ def capacity(path: Target, speech: bytes, bound: float, sizes: Sizes, warmup: by
     }
 
 
-def allocator(pid: int) -> str:
-    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    environ = dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
-    if "jemalloc" in environ.get("LD_PRELOAD", ""):
-        return "jemalloc (preloaded)"
-    return f"glibc malloc, MALLOC_ARENA_MAX={environ.get('MALLOC_ARENA_MAX') or 'glibc default'}"
+def live_rss(path: Target, speech: bytes, idle_mib: float) -> dict[str, Any]:
+    """Memory per live call: ``LIVE_CALLERS`` real-time calls of ``speech`` at once, the first calls of
+    the server; (its peak RSS meanwhile - its RSS before any call) / the calls."""
+    with RssSampler(path.pid) as rss:
+        step = call_round(path, speech, LIVE_CALLERS, paced=True)
+    per_call = (rss.peak_mib - idle_mib) / LIVE_CALLERS
+    return {"callers": LIVE_CALLERS, "peak_rss_mib": rss.peak_mib, "per_call_mib": per_call} | step
 
 
 def measure_engine(
@@ -286,12 +295,16 @@ def measure_engine(
             "http": Target(lambda: HttpSession(service.url), service.pid(), service, warmed),
             "websocket": Target(lambda: VoskStream(ws_url, VOSK_CONFIG), service.pid(), service, warmed),
         }
-        service_allocator = allocator(process_tree(service.pid())[-1])
+        service_allocator = running_allocator(Path(f"/proc/{process_tree(service.pid())[-1]}/maps"))
         idle = {"service": tree_rss_mib(service.pid())}  # and each peer found here: before any call
         for label, url in peers.items():
             pid = listening_pid(url)
             paths[f"peer {label}"] = Target(functools.partial(VoskStream, url, VOSK_CONFIG), pid)
             idle |= {label: tree_rss_mib(pid)} if pid else {}
+        live, whose = {}, {"websocket": "service"} | {f"peer {k}": k for k in peers if k in idle}
+        if sizes.live_audio_s:  # first, so the calls meet a server that has served none before
+            speech_60 = whole_chunks(spec.speech(sizes.live_audio_s), sizes.live_audio_s)
+            live = {key: live_rss(paths[key], speech_60, idle[who]) for key, who in whose.items()}
         best = overhead_rounds(spec.name, paths, counts, whole_chunks(speech, overhead_s), warmup, sizes)
         rtf = best["bare"][cores]["wall_s"] / overhead_s  # bare RTF with `cores` streams at once
         bound = {"cores": cores, "bare_rtf": rtf, "callers": cores / rtf}
@@ -321,6 +334,8 @@ def measure_engine(
         "capacity": found,  # bare_engine, service_websocket, service_http, "peer <label>"
         "idle_rss_mib": idle,  # service and peers: after start, before any call
         "service_allocator": service_allocator,  # the gunicorn worker's
+        "bare_allocator": running_allocator(),  # this process's, which the bare engine runs in
+        "live_calls": live,  # websocket and "peer <label>": RSS per live call
     }
 
 
@@ -466,6 +481,14 @@ def lag_cell(lag: Mapping[str, Any] | None) -> str:
 OVERHEAD_HEADER = ["Callers", "Path", "Audio s per wall s", "Mean chunk latency (ms)", "Ratio to bare"]
 CAPACITY_HEADER = ["Path", "Callers", "Ratio to bound", "Ratio to bare capacity"]
 CAPACITY_HEADER += ["At that N: latency p50 / p95 (ms)", "First chunk p50 / max (ms)", "Peak RSS (MiB)"]
+# One row per server of the live-call round: (path, its round).
+LIVE_COLUMNS: list[Column] = [
+    ("Path", lambda r: CAPACITY_LABELS.get(f"service_{r[0]}", r[0])),
+    ("Audio s per call", lambda r: f"{r[1]['audio_s_per_caller']:g}"),
+    ("Peak RSS (MiB)", lambda r: f"{r[1]['peak_rss_mib']:.0f}"),
+    ("(Peak - RSS before any call) / calls (MiB)", lambda r: f"{r[1]['per_call_mib']:.1f}"),
+    ("Latency p95 (ms), behind", lambda r: f"{r[1]['latency_p95_ms']:.0f}, {r[1]['behind']}"),
+]
 VERDICTS = {True: "pass", False: "fail", "latency": "", "keeping_up": " (no latency limit)"}
 # One row per step of a search: (path, step).
 STEP_COLUMNS: list[Column] = [
@@ -505,11 +528,13 @@ def engine_tables(res: Mapping[str, Any]) -> list[Any]:
     steps = [(key, step) for key, f in res["capacity"].items() for step in f["steps"]]
     fast = f"Overhead, {title}: {audio:g} s of audio per caller, as fast as possible"
     real_time = f"Capacity, {title}: real-time callers, p95 latency <= {P95_LIMIT_MS:.0f} ms, nobody behind"
+    live_title = f"Memory per live call, {title}: {LIVE_CALLERS} real-time calls, the server's first"
+    live = list(res.get("live_calls", {}).items())
     return [
         table(fast, OVERHEAD_HEADER, overhead_rows(res)),
         table(real_time, CAPACITY_HEADER, rows),
         column_table(f"Every step of the capacity search, {res['engine']}", STEP_COLUMNS, steps),
-    ]
+    ] + ([column_table(live_title, LIVE_COLUMNS, live)] if live else [])
 
 
 def goal(target: float, ratio: float, targeted: bool) -> tuple[str, bool | None]:
@@ -530,6 +555,13 @@ def headline_figures(engines: Mapping[str, Mapping[str, Any]]) -> list[Figure]:
                 baseline = "bare engine, same callers"
                 figures.append(figure(title, "audio s/s", m["throughput"], bare, baseline, "higher", *met))
         busiest = max(res["overhead"], key=lambda row: row["callers"])
+        live, target = res.get("live_calls", {}), f"ratio <= {LIVE_RSS_TARGET:.2f}"
+        for key, peer in [(k, m) for k, m in live.items() if k.startswith("peer ") and "websocket" in live]:
+            ours, theirs = live["websocket"]["per_call_mib"], peer["per_call_mib"]
+            met = ours <= LIVE_RSS_TARGET * theirs
+            figures.append(
+                figure(f"{name}: RSS per live call", "MiB", ours, theirs, key, "lower", target, met)
+            )
         for key, found in res["capacity"].items():
             targeted = key.startswith("service_")
             title, callers = f"{name}: capacity, {CAPACITY_LABELS.get(key, key)}", float(found["callers"])
@@ -568,7 +600,8 @@ def report(details: Mapping[str, Any], quick: bool, settings: Mapping[str, Any])
         notes.append(
             f"- {res['engine']}: bound {bound['cores']} cores / bare RTF {bound['bare_rtf']:.3f} = "
             f"{bound['callers']:.1f} callers. RSS after start, before any call: {idle}. The service's worker "
-            f"runs on {res['service_allocator']}."
+            f"runs on {res['service_allocator']}, the bare engine (in the benchmark's process) on "
+            f"{res.get('bare_allocator', 'glibc')}."
         )
     if profile := details.get("profile"):
         tables += profile_tables(profile)
@@ -583,6 +616,7 @@ def report(details: Mapping[str, Any], quick: bool, settings: Mapping[str, Any])
 
 def run(args: argparse.Namespace) -> Result:
     peers, service_env = parse_peers(args.peer_url), env_items(args.service_env)
+    on_serve_allocator(service_env)  # the bare engine, in this process, allocates as the service does
     py_spy = None if args.no_profile or args.quick else shutil.which("py-spy")
     if py_spy is None and not (args.quick or args.no_profile):
         logger.warning("py-spy not found: no profile (pip install py-spy)")
@@ -594,6 +628,7 @@ def run(args: argparse.Namespace) -> Result:
         profile = profile_service(py_spy, Path(tmp), service_env) if py_spy else None
     settings: dict[str, Any] = {"chunk_ms": CHUNK_MS, "p95_limit_ms": P95_LIMIT_MS, "behind_s": BEHIND_S}
     settings |= {"overhead_target": OVERHEAD_TARGET, "capacity_target": CAPACITY_TARGET}
+    settings |= {"live_callers": LIVE_CALLERS, "live_rss_target": LIVE_RSS_TARGET}
     settings |= {"peers": peers, "service_env": service_env}
     return report({"engines": engines, "profile": profile}, args.quick, settings)
 

@@ -24,6 +24,7 @@ from typing import Any, Self
 
 import requests
 
+from decoder_api.allocator import allocator_env, running_allocator
 from devtools import devstack
 from devtools.devstack import free_port
 
@@ -44,6 +45,7 @@ __all__ = [
     "free_port",
     "http_ready",
     "listening_pid",
+    "on_serve_allocator",
     "process_tree",
     "scrape_metrics",
     "start_decoder",
@@ -241,6 +243,21 @@ def decoder_env(settings: Mapping[str, str], env: Mapping[str, str] | None = Non
     """
     prefixed = {f"DECODER_{k.upper()}": v for k, v in {"session_rate_per_min": "0", **settings}.items()}
     return {**prefixed, **(env or {})}
+
+
+def on_serve_allocator(env: Mapping[str, str] | None = None) -> str:
+    """Run this process on the memory allocator ``serve`` gives the decoder for ``env`` (this
+    environment plus ``env``, whose ``DECODER_ALLOCATOR`` is honoured): if it differs from the
+    one loaded here, the process starts over with the same command line under that allocator
+    (``os.execve``: nothing after this call has run yet). What runs in-process, a bare engine
+    measured beside the service for instance, then allocates as the service does. Returns the
+    allocator now loaded."""
+    environ = {**os.environ, **(env or {})}
+    wanted = allocator_env(environ.get("DECODER_ALLOCATOR") or None, environ)
+    preload = wanted.get("LD_PRELOAD")
+    if preload and "LD_PRELOAD" not in os.environ:  # set by the restart, so it restarts once
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **wanted})
+    return running_allocator()
 
 
 def start_decoder(log_dir: Path, env: Mapping[str, str] | None = None, **settings: str) -> DecoderServer:

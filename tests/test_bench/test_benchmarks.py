@@ -71,6 +71,15 @@ def test_service_beside_the_bare_engine_and_a_peer(quick_results: tuple[Path, st
         assert found["steps"] and found["ratio"] == pytest.approx(found["callers"] / bound["callers"])
     assert all(step["partial_lag"] is not None for step in vosk["capacity"]["service_websocket"]["steps"])
     assert result["settings"]["peers"] == {"fake-peer": result["settings"]["peers"]["fake-peer"]}
+    # The bare engine runs in the benchmark's process, restarted on the service's allocator.
+    assert ("jemalloc" in vosk["service_allocator"]) == (vosk["bare_allocator"] == "jemalloc")
+    live = vosk["live_calls"]  # the servers' first calls: ours, and the peer found on this machine
+    assert set(live) == {"websocket", "peer fake-peer"}
+    ours = live["websocket"]
+    assert ours["callers"] == 8 and ours["errors"] == 0 and ours["peak_rss_mib"] > 0
+    assert ours["per_call_mib"] == pytest.approx((ours["peak_rss_mib"] - vosk["idle_rss_mib"]["service"]) / 8)
+    memory = figures["vosk: RSS per live call"]
+    assert memory["value"] == ours["per_call_mib"] and memory["target"] == "ratio <= 0.50"
 
 
 def test_churn(quick_results: tuple[Path, str]) -> None:
