@@ -285,7 +285,7 @@ GRAPH_FIGURES = [("rss_per_recognizer_mib", "RSS per recognizer", "MiB"), ("load
 GRAPH_FIGURES += [("fresh_cpu_s", "CPU of a new recognizer", "s"), ("rss_model_mib", "model RSS", "MiB")]
 # One row per variant: (the variant, the default variant's RSS per recognizer).
 BARE_COLUMNS: list[Column] = [
-    ("Variant", lambda r: f"{r[0]['variant']} ({r[0].get('graph', 'lookahead')} graph)"),
+    ("Variant", lambda r: r[0]["variant"].replace("default", f"default ({r[0]['graph']} graph)")),
     ("Model load (s) / RSS (MiB)", lambda r: f"{r[0].get('load_s', 0):.1f} / {r[0]['rss_model_mib']:.0f}"),
     ("RSS per recognizer (MiB)", lambda r: f"{r[0]['rss_per_recognizer_mib']:.1f}"),
     ("vs default", lambda r: f"{r[0]['rss_per_recognizer_mib'] / r[1]:.2f}" if r[1] > 0 else ""),
