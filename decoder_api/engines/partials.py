@@ -2,10 +2,12 @@
 
 An engine whose partials cost a whole re-decode (Whisper) would otherwise answer every chunk only
 after that decode, so each caller's reply latency grows with every caller added. Here the request
-thread only hands the open utterance's audio to a worker and answers with the newest partial it
-already has. Each stream has at most one job waiting: a newer one replaces it in place, so under
+thread only asks a worker for a partial of its stream and answers with the newest partial it
+already has. A stream waits in the queue at most once, and its audio is taken when a worker starts
+on it, not when it was asked for: however long it waited, a partial covers the stream's newest
+audio, so its lag (how much audio arrived while it was decoded) is one decode, not a queue. Under
 load partials arrive less often and cover more audio each, while the replies stay fast and the
-backlog never exceeds one job per stream.
+backlog never exceeds one entry per stream.
 """
 
 from __future__ import annotations
@@ -32,16 +34,19 @@ class PartialJob:
 
 
 Decode = Callable[[np.ndarray, "str | None"], str]
+# Called by a worker as it starts on a stream: the job for the stream's newest audio, or None when
+# there is nothing to decode any more (the utterance ended meanwhile).
+TakeJob = Callable[[], "PartialJob | None"]
 
 
 class BackgroundPartials:
-    """Worker threads decoding the latest job of each stream, oldest waiting stream first."""
+    """Worker threads decoding each waiting stream's newest audio, the stream waiting longest first."""
 
     def __init__(self, decode: Decode, threads: int = 1) -> None:
         if threads < 1:
             raise ValueError("threads must be >= 1")
         self._decode = decode
-        self._pending: dict[Hashable, PartialJob] = {}  # insertion order = waiting order
+        self._pending: dict[Hashable, TakeJob] = {}  # insertion order = waiting order
         self._decoding = 0
         self._ready = threading.Condition()
         self._closed = False
@@ -51,21 +56,22 @@ class BackgroundPartials:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, stream: Hashable, job: PartialJob) -> None:
-        """Queue ``job`` for ``stream``, replacing (in its place in the queue) one not started yet."""
+    def submit(self, stream: Hashable, take: TakeJob) -> None:
+        """Ask for a partial of ``stream``: a worker calls ``take`` when it starts on it. A stream
+        already waiting keeps its place in the queue (``take`` replaces the one it had)."""
         with self._ready:
             if self._closed:
                 return
-            self._pending[stream] = job
+            self._pending[stream] = take
             self._ready.notify_all()  # wait_idle waits on this condition too
 
     def cancel(self, stream: Hashable) -> None:
-        """Forget the stream's waiting job; one already decoding is refused by its ``deliver``."""
+        """Forget the stream's waiting request; a job already decoding is refused by its ``deliver``."""
         with self._ready:
             self._pending.pop(stream, None)
 
     def backlog(self) -> int:
-        """Streams with a job waiting."""
+        """Streams waiting for a worker."""
         with self._ready:
             return len(self._pending)
 
@@ -84,7 +90,7 @@ class BackgroundPartials:
             if thread is not threading.current_thread():
                 thread.join(JOIN_TIMEOUT_S)
 
-    def _next(self) -> PartialJob | None:
+    def _next(self) -> TakeJob | None:
         with self._ready:
             while not self._pending and not self._closed:
                 self._ready.wait()
@@ -95,11 +101,12 @@ class BackgroundPartials:
             return self._pending.pop(stream)
 
     def _run(self) -> None:
-        while (job := self._next()) is not None:
+        while (take := self._next()) is not None:
             try:
-                job.deliver(self._decode(job.audio, job.hotwords))
+                if (job := take()) is not None:
+                    job.deliver(self._decode(job.audio, job.hotwords))
             except Exception:  # a failed partial must not stop the others; the final is decoded anyway
-                logger.exception("partial_decode_failed audio_samples=%d", len(job.audio))
+                logger.exception("partial_decode_failed")
             finally:
                 with self._ready:
                     self._decoding -= 1

@@ -10,7 +10,9 @@ recognizer:
   ``endpoint_silence_ms`` of silence or ``max_utterance_ms``; it is then decoded once for the final;
 * while an utterance is open it is re-decoded for a partial every ``partial_interval_ms`` of audio;
   with ``background_partials`` (the default) that decode runs on a worker thread (see ``partials``)
-  and a chunk is answered with the newest partial already decoded, so replies never wait for one.
+  on the audio heard when the worker starts, and a chunk is answered with the newest partial
+  already decoded, so replies never wait for one. Partials are greedy and encode a shorter window
+  than finals (see ``WhisperEngine.decode_greedy``); finals are decoded as before.
 
 Every time is counted in samples of the 16 kHz stream, which starts with the client's stream, so
 ``Final``/``Word`` times are milliseconds of stream time and do not depend on the wall clock.
@@ -35,6 +37,9 @@ from typing import Any
 import numpy as np
 import soxr
 from faster_whisper import WhisperModel
+from faster_whisper.audio import pad_or_trim
+from faster_whisper.tokenizer import Tokenizer
+from faster_whisper.transcribe import get_suppressed_tokens
 from faster_whisper.vad import get_vad_model
 
 from decoder_api.engines.base import (
@@ -64,6 +69,19 @@ PRE_ROLL_MS = 200
 POST_ROLL_MS = 200
 MAX_HOTWORDS_CHARS = 800
 MAX_BEAM_SIZE = 20
+# Whisper's encoder window is 30 s of 10 ms frames. A partial encodes its audio padded to 15 s only:
+# the encoder is most of a partial's cost, and with a shorter window tiny.en repeats short
+# utterances over and over ("Good morning. Good morning. ...") where the full window does not.
+WINDOW_FRAMES = 3000
+PARTIAL_WINDOW_FRAMES = 1500
+# A partial's text is capped at this many tokens per second of audio (plus a few), far above
+# speech, so that a decode stuck repeating itself stops early instead of at Whisper's 448 tokens.
+PARTIAL_TOKENS_PER_S = 10
+PARTIAL_EXTRA_TOKENS = 8
+# faster-whisper's defaults for dropping a segment as silence, applied to partials as to finals.
+NO_SPEECH_THRESHOLD = 0.6
+LOG_PROB_THRESHOLD = -1.0
+PARTIAL_THREADS = 1  # background partial decodes at a time
 
 # Text with no letter or digit ("", ".", " - ") or a lone annotation ("[BLANK_AUDIO]", "(silence)")
 # is what Whisper produces on near-silence; it is never a transcript.
@@ -103,12 +121,22 @@ class WhisperEngine:
         audio the stream had moved on since the audio that partial covers."""
         self.model = model
         self.settings = settings or WhisperSettings()
-        self._whisper = load_whisper_model(model, self.settings)
+        background = self.settings.background_partials
+        # The background partials get CTranslate2 workers of their own: with only the finals' workers,
+        # a partial waits behind every final being decoded, and a final behind the partial.
+        workers = self.settings.num_workers + (PARTIAL_THREADS if background else 0)
+        self._whisper = load_whisper_model(model, self.settings, workers)
         self._vad_session: Any = get_vad_model().session
+        self._tokenizer = Tokenizer(
+            self._whisper.hf_tokenizer,
+            self._whisper.model.is_multilingual,
+            task="transcribe",
+            language=self.settings.language,
+        )
+        self._suppressed_tokens = get_suppressed_tokens(self._tokenizer, [-1])
         self._closed = False
         self.on_partial_lag = on_partial_lag
-        background = self.settings.background_partials
-        self.partials = BackgroundPartials(self.decode_partial) if background else None
+        self.partials = BackgroundPartials(self.decode_partial, PARTIAL_THREADS) if background else None
         logger.info("whisper engine loaded model=%s compute_type=%s", model.name, self.settings.compute_type)
 
     def create(self, options: RecognizerOptions) -> WhisperRecognizer:
@@ -133,26 +161,60 @@ class WhisperEngine:
         """Decode 16 kHz float32 audio (at most 30 s) in one blocking call.
 
         Finals use ``beam_size`` or else the configured one; partials, which are thrown away a
-        second later, are greedy.
+        second later, are greedy and, unless they ask for words, encode a shorter window (see
+        ``decode_greedy``).
         """
         started = time.perf_counter()
-        segments, _info = self._whisper.transcribe(
-            audio,
-            language=self.settings.language,
-            beam_size=(beam_size or self.settings.beam_size) if final else 1,
-            temperature=0.0,
-            vad_filter=False,
-            condition_on_previous_text=False,
-            without_timestamps=not words,
-            word_timestamps=words,
-            hotwords=hotwords,
-        )
-        transcript = build_transcript(list(segments))
+        if final or words:
+            segments, _info = self._whisper.transcribe(
+                audio,
+                language=self.settings.language,
+                beam_size=(beam_size or self.settings.beam_size) if final else 1,
+                temperature=0.0,
+                vad_filter=False,
+                condition_on_previous_text=False,
+                without_timestamps=not words,
+                word_timestamps=words,
+                hotwords=hotwords,
+            )
+            transcript = build_transcript(list(segments))
+        else:
+            transcript = Transcript(self.decode_greedy(audio, hotwords))
         elapsed_ms = (time.perf_counter() - started) * 1000
         logger.debug(
-            "decoded audio_ms=%d elapsed_ms=%.0f", samples_to_ms(len(audio), WHISPER_RATE_HZ), elapsed_ms
+            "decoded audio_ms=%d final=%s elapsed_ms=%.0f",
+            samples_to_ms(len(audio), WHISPER_RATE_HZ),
+            final,
+            elapsed_ms,
         )
         return transcript
+
+    def decode_greedy(self, audio: np.ndarray, hotwords: str | None) -> str:
+        """Text of a greedy decode of 16 kHz float32 ``audio`` (at most 30 s) without timestamps, its
+        encoder window the audio padded to ``PARTIAL_WINDOW_FRAMES`` rather than 30 s: under half
+        the cost of a final's window, and on the calls of ``data/`` the same text but for a trailing
+        word or punctuation mark now and then."""
+        whisper = self._whisper
+        features = whisper.feature_extractor(audio)[..., :-1]  # the frame past the end goes, as in transcribe
+        frames = min(max(features.shape[-1], PARTIAL_WINDOW_FRAMES), WINDOW_FRAMES)
+        prompt = whisper.get_prompt(self._tokenizer, [], without_timestamps=True, hotwords=hotwords)
+        new_tokens = PARTIAL_EXTRA_TOKENS + math.ceil(PARTIAL_TOKENS_PER_S * len(audio) / WHISPER_RATE_HZ)
+        result = whisper.model.generate(
+            whisper.encode(pad_or_trim(features, frames)),
+            [prompt],
+            beam_size=1,
+            max_length=min(len(prompt) + new_tokens, whisper.max_length),
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=self._suppressed_tokens,
+        )[0]
+        tokens = result.sequences_ids[0]
+        avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)  # as faster-whisper has it
+        if result.no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOG_PROB_THRESHOLD:
+            return ""
+        text = self._tokenizer.decode(tokens).strip()
+        return "" if is_non_speech(text) else text
 
     def decode_partial(self, audio: np.ndarray, hotwords: str | None) -> str:
         """Text of a partial re-decode of ``audio`` (no word times)."""
@@ -167,8 +229,9 @@ class WhisperEngine:
             self._whisper.model.unload_model()
 
 
-def load_whisper_model(model: ModelInfo, settings: WhisperSettings) -> WhisperModel:
-    """Load the CTranslate2 Whisper model directory at ``model.path`` for CPU inference (never downloads)."""
+def load_whisper_model(model: ModelInfo, settings: WhisperSettings, num_workers: int) -> WhisperModel:
+    """Load the CTranslate2 Whisper model directory at ``model.path`` for CPU inference (never downloads),
+    able to run ``num_workers`` decodes at once (each worker past the first added ~20 MB RSS with tiny.en)."""
     if not os.path.isdir(model.path):
         raise ModelNotFound(f"whisper model {model.name!r} has no directory at its path", model=model.name)
     try:
@@ -177,7 +240,7 @@ def load_whisper_model(model: ModelInfo, settings: WhisperSettings) -> WhisperMo
             device="cpu",
             compute_type=settings.compute_type,
             cpu_threads=settings.cpu_threads,
-            num_workers=settings.num_workers,
+            num_workers=num_workers,
             local_files_only=True,
         )
     except (OSError, RuntimeError, ValueError) as err:
@@ -313,7 +376,8 @@ class WhisperRecognizer:
         self._pre_roll: deque[np.ndarray] = deque(maxlen=pre_roll_windows())
         self._closed = False
         # The partial and what it covers may be written by a background worker: guarded by this lock,
-        # and a worker's text is taken only for the utterance (generation) it was decoded from.
+        # and a worker's text is taken only for the utterance (generation) it was decoded from. The
+        # open utterance is set under it too, so that a worker reads it with its generation.
         self._partial_lock = threading.Lock()
         self._generation = 0
         self._partial = ""
@@ -439,7 +503,9 @@ class WhisperRecognizer:
         if utterance is None:
             self._pre_roll.append(window)
             if prob >= self._vad.threshold:
-                self._utterance = OpenUtterance.opened_with(list(self._pre_roll), self._position)
+                opened = OpenUtterance.opened_with(list(self._pre_roll), self._position)
+                with self._partial_lock:  # a background worker reads it with the generation
+                    self._utterance = opened
                 self._pre_roll.clear()
             return None
         utterance.append(window)
@@ -493,7 +559,8 @@ class WhisperRecognizer:
         return final
 
     def _drop_utterance(self) -> None:
-        self._utterance = None
+        with self._partial_lock:
+            self._utterance = None
         self._clear_partial()
         self._pre_roll.clear()
 
@@ -507,21 +574,32 @@ class WhisperRecognizer:
             self._engine.partials.cancel(self)
 
     def _refresh_partial(self) -> None:
-        """Re-decode the open utterance once enough new audio (and speech) arrived since the last time."""
+        """Re-decode the open utterance once enough new audio (and speech) arrived since the last time;
+        in the background, ask for it (the worker takes the audio there is when it starts)."""
         utterance = self._utterance
         if utterance is None or utterance.speech_samples < ms_to_samples(self._settings.min_speech_ms):
             return
         if utterance.end - utterance.last_partial_at < ms_to_samples(self._settings.partial_interval_ms):
             return
-        utterance.last_partial_at = end = utterance.end
-        audio = utterance.audio(end)
         background = self._engine.partials
         if background is None:
-            self._partial = self._engine.decode_partial(audio, self._hotwords)
+            utterance.last_partial_at = end = utterance.end
+            self._partial = self._engine.decode_partial(utterance.audio(end), self._hotwords)
             return
-        generation = self._generation
-        job = PartialJob(audio, self._hotwords, lambda text: self._publish_partial(generation, end, text))
-        background.submit(self, job)
+        background.submit(self, self._take_partial_job)
+
+    def _take_partial_job(self) -> PartialJob | None:
+        """On a background worker as it starts: the open utterance up to its newest window (None
+        once it has ended). ``accept`` may be appending to it meanwhile; an utterance's windows are
+        only ever appended, and its ``end`` counts a window after it was appended, so the audio up
+        to the ``end`` read here is whole."""
+        with self._partial_lock:
+            generation, utterance = self._generation, self._utterance
+        if utterance is None:
+            return None
+        utterance.last_partial_at = end = utterance.end
+        audio = utterance.audio(end)
+        return PartialJob(audio, self._hotwords, lambda text: self._publish_partial(generation, end, text))
 
     def _publish_partial(self, generation: int, end: int, text: str) -> None:
         """Take a background decode of the utterance up to ``end`` if that utterance is still open

@@ -1,4 +1,5 @@
-"""The background partial worker: one waiting job per stream, replaced in place, decoded oldest first.
+"""The background partial worker: a stream waits once, in its place, longest waiting first, and its
+job (the stream's newest audio) is taken when a worker starts on it.
 
 The decode function here is a stand-in that records what it was given and can be held at a gate:
 that is the boundary where the order and the replacement of jobs are observable. The Whisper tests
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from decoder_api.engines.partials import BackgroundPartials, PartialJob
+from decoder_api.engines.partials import BackgroundPartials, PartialJob, TakeJob
 
 TIMEOUT_S = 10.0
 
@@ -49,8 +50,8 @@ def worker(decode: GatedDecode) -> Iterator[BackgroundPartials]:
     background.close()
 
 
-def job(samples: int, into: list[str], hotwords: str | None = None) -> PartialJob:
-    return PartialJob(np.zeros(samples, dtype=np.float32), hotwords, into.append)
+def job(samples: int, into: list[str], hotwords: str | None = None) -> TakeJob:
+    return lambda: PartialJob(np.zeros(samples, dtype=np.float32), hotwords, into.append)
 
 
 def test_a_newer_job_replaces_the_waiting_one_in_its_place(
@@ -118,3 +119,52 @@ def test_close_stops_the_workers_and_ignores_later_jobs(decode: GatedDecode) -> 
 def test_threads_must_be_positive() -> None:
     with pytest.raises(ValueError, match="threads"):
         BackgroundPartials(GatedDecode(), threads=0)
+
+
+def test_the_audio_is_taken_when_a_worker_starts_on_the_stream(
+    worker: BackgroundPartials, decode: GatedDecode
+) -> None:
+    out: list[str] = []
+    heard = [5]  # samples the stream has heard so far
+    worker.submit("a", job(1, out))
+    assert decode.started.wait(TIMEOUT_S)
+    worker.submit("b", lambda: PartialJob(np.zeros(heard[0], dtype=np.float32), None, out.append))
+    heard[0] = 9  # more audio arrives while "b" waits
+    decode.gate.set()
+    assert worker.wait_idle(TIMEOUT_S)
+    assert decode.seen == [1, 9]
+    assert out == ["1:None", "9:None"]
+
+
+def test_a_stream_with_nothing_to_decode_any_more_is_skipped(
+    worker: BackgroundPartials, decode: GatedDecode
+) -> None:
+    out: list[str] = []
+    worker.submit("a", job(1, out))
+    assert decode.started.wait(TIMEOUT_S)
+    worker.submit("b", lambda: None)  # its utterance ended before a worker was free
+    worker.submit("c", job(3, out))
+    decode.gate.set()
+    assert worker.wait_idle(TIMEOUT_S)
+    assert decode.seen == [1, 3]
+    assert out == ["1:None", "3:None"]
+
+
+def test_a_failure_to_take_the_job_does_not_stop_the_worker(caplog: pytest.LogCaptureFixture) -> None:
+    decode = GatedDecode()
+    decode.gate.set()
+    worker = BackgroundPartials(decode)
+
+    def broken() -> PartialJob:
+        raise RuntimeError("no audio")
+
+    try:
+        out: list[str] = []
+        worker.submit("a", broken)
+        assert worker.wait_idle(TIMEOUT_S)
+        worker.submit("a", job(2, out))
+        assert worker.wait_idle(TIMEOUT_S)
+    finally:
+        worker.close()
+    assert out == ["2:None"]
+    assert "partial_decode_failed" in caplog.text

@@ -29,6 +29,7 @@ from decoder_api.engines.base import (
     Recognizer,
     RecognizerOptions,
     UnsupportedSampleRate,
+    pcm_to_float,
 )
 from decoder_api.engines.models import resolve_model
 from decoder_api.engines.partials import BackgroundPartials
@@ -439,3 +440,57 @@ def test_a_restarted_recognizer_shows_no_partial_of_its_previous_call(
     assert background_engine.partials.wait_idle(DRAIN_TIMEOUT_S)
     assert wer([ENGLISH_TURNS[0]], [recognizer.partial()]) <= 0.5, recognizer.partial()
     recognizer.close()
+
+
+def test_a_partial_waiting_for_the_worker_is_decoded_on_the_newest_audio(
+    background_engine: BackgroundEngine, librivox: list[Reading], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the worker is held on the stream's first partial, the stream speaks on for 2.5 s and asks
+    for more: it waits once and its next partial covers everything heard when the worker is free."""
+    engine = background_engine.engine
+    started, gate = threading.Event(), threading.Event()
+    decoded: list[int] = []
+    decode = engine.transcribe
+
+    def held(audio: np.ndarray, *, final: bool, words: bool, hotwords: str | None) -> Any:
+        if not final:
+            decoded.append(len(audio))
+            started.set()
+            assert gate.wait(DRAIN_TIMEOUT_S)
+        return decode(audio, final=final, words=words, hotwords=hotwords)
+
+    monkeypatch.setattr(engine, "transcribe", held)
+    reading = next(r for r in librivox if r.name == LONG_UTTERANCE)
+    recognizer = engine.create(RecognizerOptions(RATE_HZ))
+    background_engine.lags_s.clear()
+    try:
+        assert feed(recognizer, reading.pcm[: bytes_at(3000)]) == []
+        assert started.wait(DRAIN_TIMEOUT_S)
+        assert feed(recognizer, reading.pcm[bytes_at(3000) : bytes_at(5500)]) == []
+        gate.set()
+        assert background_engine.partials.wait_idle(DRAIN_TIMEOUT_S)
+    finally:
+        gate.set()
+        recognizer.close()
+    assert len(decoded) == 2, decoded
+    assert decoded[1] - decoded[0] >= ms_samples(2500)
+    first_lag_s, newest_lag_s = background_engine.lags_s
+    assert first_lag_s >= 2.5 and newest_lag_s == 0.0
+
+
+def ms_samples(ms: int) -> int:
+    return RATE_HZ * ms // 1000
+
+
+def test_partials_read_each_turn_without_repeating_its_start(
+    whisper_engine: WhisperEngine, piper_voice: PiperVoice
+) -> None:
+    """A partial encodes a shorter window than a final; on a second of speech such a window can make
+    Whisper repeat what it heard, which a partial's window is long enough not to."""
+    for turn in ENGLISH_TURNS:
+        audio = pcm_to_float(silence(200) + speak(piper_voice, turn, RATE_HZ))  # as with the pre-roll
+        partial = whisper_engine.decode_partial(audio, None)
+        assert wer([turn], [partial]) <= 0.15, partial
+        start = whisper_engine.decode_partial(audio[: ms_samples(1200)], None)
+        assert 0 < len(start.split()) <= 6, start
+    assert whisper_engine.decode_partial(np.zeros(ms_samples(2000), dtype=np.float32), None) == ""
