@@ -23,6 +23,10 @@ errorlog = "-"
 loglevel = os.environ.get("DECODER_LOG_LEVEL", "info")
 proc_name = "decoder_api"
 control_socket_disable = True
+# The worker's heartbeat file is touched on every pass of its main loop, i.e. for every keep-alive
+# HTTP request; on a disk-backed /tmp that was about a tenth of the worker's samples with small
+# chunks. In memory where there is one (every Linux host and OpenShift pod has /dev/shm).
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 # Kaldi and CTranslate2 allocate from many threads; few malloc arenas keep RSS from creeping.
 raw_env = ["MALLOC_ARENA_MAX=2"]
 
