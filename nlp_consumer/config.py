@@ -36,6 +36,8 @@ class ModelSettings:
     neutral_band: float = 0.3
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "nlp_consumer")
     torch_threads: int = 0  # 0: torch's default
+    onnx: bool = True  # the sentiment model runs in ONNX Runtime (graph cached in cache_dir/onnx), else torch
+    onnx_threads: int = 1  # ONNX Runtime intra-op threads (0: one per core)
     explain_top_k: int = 5
     keyword_limit: int = 3
 
@@ -119,6 +121,8 @@ def load_model_settings(env: Mapping[str, str]) -> ModelSettings:
         neutral_band=read.number("SENTIMENT_NEUTRAL_BAND", defaults.neutral_band, float, 0.0, 1.0),
         cache_dir=Path(cache).expanduser() if cache else defaults.cache_dir,
         torch_threads=read.number("NLP_TORCH_THREADS", 0, int, 0, 256),
+        onnx=_bool(env, "NLP_ONNX", defaults.onnx),
+        onnx_threads=read.number("NLP_ONNX_THREADS", defaults.onnx_threads, int, 0, 256),
         explain_top_k=read.number("NLP_EXPLAIN_TOP_K", defaults.explain_top_k, int, 0, 50),
         keyword_limit=read.number("NLP_KEYWORDS", defaults.keyword_limit, int, 0, 20),
     )

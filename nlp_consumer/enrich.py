@@ -9,6 +9,7 @@ from typing import Any
 from nlp_consumer.config import ModelSettings
 from nlp_consumer.events import ENRICHED_SCHEMA, now_rfc3339, validate_enriched
 from nlp_consumer.explain import OcclusionExplainer, extract_keywords
+from nlp_consumer.runtime import graph_dir
 from nlp_consumer.sentiment import SentimentAnalyzer
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,11 @@ def load_enricher(settings: ModelSettings) -> Enricher:
         from nlp_consumer.train import default_model_dir
 
         model = str(default_model_dir(settings.cache_dir))
-    analyzer = SentimentAnalyzer(model, neutral_band=settings.neutral_band)
+    onnx_dir = graph_dir(settings.cache_dir) if settings.onnx else None
+    analyzer = SentimentAnalyzer(
+        model, neutral_band=settings.neutral_band, onnx_dir=onnx_dir, threads=settings.onnx_threads
+    )
     explainer = OcclusionExplainer(analyzer.polarities, top_k=settings.explain_top_k)
-    logger.info("sentiment_model model=%s version=%s", analyzer.info.model, analyzer.info.version)
+    info = analyzer.info
+    logger.info("sentiment_model model=%s version=%s runtime=%s", info.model, info.version, analyzer.runtime)
     return Enricher(analyzer, explainer, settings.keyword_limit)

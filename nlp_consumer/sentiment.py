@@ -22,12 +22,15 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from nlp_consumer.errors import ModelUnavailable
+from nlp_consumer.runtime import Batch, Classifier, TorchClassifier, onnx_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -111,19 +114,37 @@ class AnalyzerInfo:
 
 
 class SentimentAnalyzer:
-    """Batched sentiment of short texts with one loaded model (thread-confined: one per consumer)."""
+    """Batched sentiment of short texts with one loaded model (thread-confined: one per consumer).
+
+    With ``onnx_dir`` the forward pass runs in ONNX Runtime on a graph cached there
+    (``runtime.py``; ``threads`` intra-op threads, 0: one per core), else in torch. Texts that
+    tokenize alike (repeats, or case differences for an uncased model) are computed once.
+    """
 
     def __init__(
-        self, model: str, neutral_band: float = 0.3, max_length: int = 64, batch_size: int = 64
+        self,
+        model: str,
+        neutral_band: float = 0.3,
+        max_length: int = 64,
+        batch_size: int = 64,
+        onnx_dir: Path | None = None,
+        threads: int = 0,
     ) -> None:
-        import torch
-
-        self._torch = torch
-        self._tokenizer, self._model = load_local_model(model, "sentiment model", classifier=True)
-        self.scheme = LabelScheme.from_labels(dict(self._model.config.id2label), neutral_band)
-        self.info = AnalyzerInfo(model, _version(model, self._model.config))
+        self._tokenizer, encoder = load_local_model(model, "sentiment model", classifier=True)
+        self.scheme = LabelScheme.from_labels(dict(encoder.config.id2label), neutral_band)
+        self.info = AnalyzerInfo(model, _version(model, encoder.config))
         self.max_length = max_length
         self.batch_size = batch_size
+        self._input_names = list(self._tokenizer.model_input_names)
+        self._pad_values = {
+            "input_ids": self._tokenizer.pad_token_id or 0,
+            "token_type_ids": self._tokenizer.pad_token_type_id,
+        }
+        self._classify: Classifier = TorchClassifier(encoder)
+        self.runtime = "torch"
+        if onnx_dir is not None and self.info.version != "unknown":
+            self._classify = onnx_classifier(encoder, self._input_names, self.info.version, onnx_dir, threads)
+            self.runtime = "onnx"
 
     def analyze(self, texts: Sequence[str]) -> list[Sentiment]:
         """One ``Sentiment`` per text, in order."""
@@ -133,22 +154,35 @@ class SentimentAnalyzer:
         return [s.polarity for s in self.analyze(texts)]
 
     def probabilities(self, texts: Sequence[str]) -> list[list[float]]:
-        """Class probabilities per text; texts of similar length share a forward pass."""
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        result: list[list[float]] = [[] for _ in texts]
-        with self._torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                chunk = order[start : start + self.batch_size]
-                encoded = self._tokenizer(
-                    [texts[i] for i in chunk],
-                    truncation=True,
-                    max_length=self.max_length,
-                    padding=True,
-                    return_tensors="pt",
-                )
-                for i, row in zip(chunk, self._model(**encoded).logits.softmax(-1).tolist(), strict=True):
-                    result[i] = row
-        return result
+        """Class probabilities per text; each distinct token sequence is computed once, and
+        sequences of similar length share a forward pass (little padding)."""
+        if not texts:
+            return []
+        encoded = self._tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        distinct: dict[tuple[int, ...], int] = {}  # token ids → row of the first text that has them
+        rows = [distinct.setdefault(tuple(ids), i) for i, ids in enumerate(encoded["input_ids"])]
+        order = sorted(distinct.values(), key=lambda i: len(encoded["input_ids"][i]))
+        result: dict[int, list[float]] = {}
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            probabilities = self._classify(self._padded(encoded, chunk)).tolist()
+            result.update(zip(chunk, probabilities, strict=True))
+        return [result[row] for row in rows]
+
+    def _padded(self, encoded: Mapping[str, list[list[int]]], rows: Sequence[int]) -> Batch:
+        """The model inputs of ``rows``, padded as the tokenizer pads (its side, its pad ids)."""
+        width = max(len(encoded["input_ids"][i]) for i in rows)
+        batch = {}
+        for name in self._input_names:
+            array = np.full((len(rows), width), self._pad_values.get(name, 0), dtype=np.int64)
+            for r, i in enumerate(rows):
+                values = encoded[name][i]
+                if self._tokenizer.padding_side == "left":
+                    array[r, width - len(values) :] = values
+                else:
+                    array[r, : len(values)] = values
+            batch[name] = array
+        return batch
 
 
 def load_local_model(model: str, what: str, classifier: bool = False) -> tuple[Any, Any]:

@@ -9,7 +9,8 @@ two-label NEGATIVE/POSITIVE sequence classifier (the SST-2 layout) on the human-
 The directory is ``<cache>/models/<key>``, where ``key`` hashes the ratings archive, the base
 model's files, the training configuration and ``TRAINING_CODE_VERSION``: the model is built once
 per machine, and a second run returns at once. The consumer computes the same key to find it
-(``default_model_dir``) and never trains by itself.
+(``default_model_dir``) and never trains by itself. The model's ONNX graph, which the consumer
+runs (``runtime.py``), is exported into ``<cache>/onnx`` here too, so a consumer never has to.
 
 Every sentence trains, neutral ones included: the target is not a hard class but the polarity
 people gave it, ``p(POSITIVE) − p(NEGATIVE) = tanh(mean_rating · atanh(neutral_band) / neutral_below)``
@@ -458,12 +459,27 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         )
         _quiet_libraries(args.threads)
         model = build_model(cache_dir, config, force=args.force)
+        graph = export_onnx(model.path, cache_dir)
     except NlpError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
     state = "cached" if model.cached else f"trained in {model.metrics['training_seconds']:.0f} s"
     print(f"sentiment model {model.path} ({state}; held-out accuracy {model.accuracy:.1%})", flush=True)
+    print(f"onnx graph {graph}", flush=True)
     return 0
+
+
+def export_onnx(model_dir: Path, cache_dir: Path) -> Path:
+    """The ONNX graph of the model in ``model_dir`` in ``cache_dir``'s graph directory, exported
+    when it is not there yet."""
+    from nlp_consumer.runtime import graph_dir, graph_path
+    from nlp_consumer.sentiment import SentimentAnalyzer
+
+    analyzer = SentimentAnalyzer(str(model_dir), onnx_dir=graph_dir(cache_dir))
+    path = graph_path(graph_dir(cache_dir), analyzer.info.version)
+    if not path.is_file():
+        raise ModelUnavailable(f"cannot write the model's ONNX graph {path}")
+    return path
 
 
 def _quiet_libraries(threads: int) -> None:

@@ -25,6 +25,7 @@ def test_defaults() -> None:
     )
     assert settings.model.model is None and settings.model.neutral_band == 0.3
     assert settings.summary_topic == "calls.summary.v1" and settings.summary_sentences == 3
+    assert settings.model.onnx and settings.model.onnx_threads == 1
     dashboard = load_dashboard_settings(BROKER)
     assert dashboard.port == 8000 and dashboard.topic == "transcripts.enriched.v1"
     assert dashboard.summary_topic == "calls.summary.v1"
@@ -48,6 +49,11 @@ def test_password_file_and_security_settings_reach_the_client(tmp_path: Path) ->
     assert "s3cret" not in repr(load_consumer_settings(env))
 
 
+def test_the_model_can_run_in_torch_with_more_onnx_threads_or_not() -> None:
+    model = load_consumer_settings(BROKER | {"NLP_ONNX": "false", "NLP_ONNX_THREADS": "2"}).model
+    assert not model.onnx and model.onnx_threads == 2
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -55,6 +61,7 @@ def test_password_file_and_security_settings_reach_the_client(tmp_path: Path) ->
         (BROKER | {"NLP_BATCH_SIZE": "many"}, "NLP_BATCH_SIZE: expected int"),
         (BROKER | {"SENTIMENT_NEUTRAL_BAND": "2"}, "SENTIMENT_NEUTRAL_BAND: 2 is outside"),
         (BROKER | {"NLP_OUTPUT_TOPIC": "transcripts.v1"}, "must differ"),
+        (BROKER | {"NLP_ONNX": "maybe"}, "NLP_ONNX"),
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], message: str) -> None:

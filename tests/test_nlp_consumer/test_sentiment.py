@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from nlp_consumer import runtime
 from nlp_consumer.errors import ModelUnavailable
 from nlp_consumer.sentiment import LabelScheme, SentimentAnalyzer
 from nlp_consumer.train import base_model_dir
@@ -73,6 +74,54 @@ def test_analyzer_loads_any_model_directory(sst2_style_model: Path) -> None:
     assert analyzer.info.model == str(sst2_style_model) and len(analyzer.info.version) == 16
 
 
+TEXTS = ["what a lovely day", "terrible", "the box is on the table, next to the lamp by the window", ""]
+
+
+def test_onnx_runtime_gives_torch_probabilities_from_a_graph_exported_once(
+    sst2_style_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = SentimentAnalyzer(str(sst2_style_model)).probabilities(TEXTS)
+    analyzer = SentimentAnalyzer(str(sst2_style_model), onnx_dir=tmp_path, threads=1)
+    assert analyzer.runtime == "onnx"
+    assert [p.name for p in tmp_path.iterdir()] == [f"{analyzer.info.version}-{runtime.EXPORT_VERSION}.onnx"]
+    for batch in (TEXTS, TEXTS[:1], TEXTS[::-1]):  # padded rows, and a batch of one
+        got = analyzer.probabilities(batch)
+        want = [expected[TEXTS.index(t)] for t in batch]
+        assert got == [pytest.approx(row, abs=1e-5) for row in want]
+
+    def no_export(*args: object) -> None:
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(runtime, "export_graph", no_export)
+    cached = SentimentAnalyzer(str(sst2_style_model), onnx_dir=tmp_path)
+    assert cached.probabilities(TEXTS) == [pytest.approx(row, abs=1e-5) for row in expected]
+
+
+def test_an_unwritable_graph_cache_still_runs_onnx(sst2_style_model: Path, tmp_path: Path) -> None:
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    analyzer = SentimentAnalyzer(str(sst2_style_model), onnx_dir=not_a_directory / "onnx")
+    assert analyzer.runtime == "onnx" and len(analyzer.analyze(TEXTS)) == len(TEXTS)
+
+
+def test_texts_that_tokenize_alike_are_computed_once(sst2_style_model: Path) -> None:
+    analyzer = SentimentAnalyzer(str(sst2_style_model), batch_size=2)
+    classify = analyzer._classify
+    rows: list[int] = []
+
+    def counted(batch: runtime.Batch) -> runtime.Probabilities:
+        rows.append(len(batch["input_ids"]))
+        return classify(batch)
+
+    analyzer._classify = counted
+    texts = ["Terrible", "terrible", "what a lovely day", "terrible", "What a lovely day"]
+    results = analyzer.probabilities(texts)
+    assert sum(rows) == 2  # the model is uncased: two distinct token sequences
+    assert results[0] == results[1] == results[3] and results[2] == results[4]
+    assert results[0] == pytest.approx(analyzer.probabilities(["terrible"])[0], abs=1e-6)
+    assert analyzer.probabilities([]) == []
+
+
 def test_analyzer_says_in_one_line_what_is_missing(tmp_path: Path) -> None:
     with pytest.raises(ModelUnavailable, match="cannot load sentiment model") as caught:
         SentimentAnalyzer(str(tmp_path / "nowhere"))
@@ -89,3 +138,20 @@ def test_trained_model_agrees_with_the_intended_labels_of_the_sample_calls(
     assert agree / len(manifest_turns) >= 0.8, list(
         zip(labels, [t.sentiment for t in manifest_turns], strict=True)
     )
+
+
+@pytest.mark.timeout(1800)
+def test_trained_model_labels_the_same_in_onnx_runtime_as_in_torch(
+    trained_model: Path, manifest_turns: list[Turn], tmp_path: Path
+) -> None:
+    texts = [t.text for t in manifest_turns]
+    variants = [
+        " ".join(w for j, w in enumerate(t.split()) if j != i) for t in texts for i in range(len(t.split()))
+    ]
+    torch, onnx = (
+        SentimentAnalyzer(str(trained_model)),
+        SentimentAnalyzer(str(trained_model), onnx_dir=tmp_path),
+    )
+    expected, got = torch.analyze(texts + variants), onnx.analyze(texts + variants)
+    assert [s.label for s in got] == [s.label for s in expected]
+    assert [s.polarity for s in got] == [pytest.approx(s.polarity, abs=1e-5) for s in expected]
