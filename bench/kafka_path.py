@@ -73,11 +73,13 @@ def call_finals(
     calls: list[list[ManifestEntry]], rate_per_s: float, prefix: str
 ) -> Iterator[TranscriptEvent]:
     """Finals of as many interleaved calls as say ``rate_per_s`` finals a second together; a call that has
-    said all its turns is replaced by the next one."""
+    said all its turns is replaced by the next one. Each call's turns end with its ordinal, ``(n)``, so no
+    two finals of a run have the same text (the consumer computes a text once per batch)."""
     started = itertools.count()
 
     def new_call() -> tuple[str, Iterator[tuple[int, ManifestEntry]]]:
-        return f"{prefix}{secrets.token_urlsafe(12)}", iter(enumerate(calls[next(started) % len(calls)]))
+        n = next(started)
+        return f"{prefix}{n}-{secrets.token_urlsafe(12)}", iter(enumerate(calls[n % len(calls)]))
 
     in_progress = [new_call() for _ in range(max(1, math.ceil(rate_per_s * FINAL_EVERY_S)))]
     for slot in itertools.cycle(range(len(in_progress))):
@@ -91,7 +93,7 @@ def call_finals(
             session_id=session_id,
             user_id=f"caller-{session_id[-6:]}",
             utterance=utterance,
-            text=turn.transcript,
+            text=f"{turn.transcript} ({session_id.removeprefix(prefix).split('-')[0]})",
             start_ms=start_ms,
             end_ms=start_ms + round(turn.seconds * 1000),
             engine="whisper",
