@@ -83,13 +83,19 @@ def test_a_cancelled_stream_is_not_decoded(worker: BackgroundPartials, decode: G
     assert decode.seen == [1]
 
 
-def test_a_failed_decode_does_not_stop_the_worker(caplog: pytest.LogCaptureFixture) -> None:
-    decode = GatedDecode(fail_on=1)
+def no_audio() -> PartialJob:
+    raise RuntimeError("no audio")
+
+
+@pytest.mark.parametrize("fails", ["decode", "taking the job"])
+def test_a_failure_does_not_stop_the_worker(fails: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A decode that raises, or a job whose audio cannot be taken, is logged; the next job runs."""
+    decode = GatedDecode(fail_on=1 if fails == "decode" else None)
     decode.gate.set()
     worker = BackgroundPartials(decode)
     try:
         out: list[str] = []
-        worker.submit("a", job(1, out))
+        worker.submit("a", job(1, out) if fails == "decode" else no_audio)
         assert worker.wait_idle(TIMEOUT_S)
         worker.submit("a", job(2, out))
         assert worker.wait_idle(TIMEOUT_S)
@@ -148,23 +154,3 @@ def test_a_stream_with_nothing_to_decode_any_more_is_skipped(
     assert worker.wait_idle(TIMEOUT_S)
     assert decode.seen == [1, 3]
     assert out == ["1:None", "3:None"]
-
-
-def test_a_failure_to_take_the_job_does_not_stop_the_worker(caplog: pytest.LogCaptureFixture) -> None:
-    decode = GatedDecode()
-    decode.gate.set()
-    worker = BackgroundPartials(decode)
-
-    def broken() -> PartialJob:
-        raise RuntimeError("no audio")
-
-    try:
-        out: list[str] = []
-        worker.submit("a", broken)
-        assert worker.wait_idle(TIMEOUT_S)
-        worker.submit("a", job(2, out))
-        assert worker.wait_idle(TIMEOUT_S)
-    finally:
-        worker.close()
-    assert out == ["2:None"]
-    assert "partial_decode_failed" in caplog.text
