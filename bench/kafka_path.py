@@ -72,14 +72,14 @@ def sample_calls() -> list[list[ManifestEntry]]:
 def call_finals(
     calls: list[list[ManifestEntry]], rate_per_s: float, prefix: str
 ) -> Iterator[TranscriptEvent]:
-    """Finals of as many interleaved calls as say ``rate_per_s`` finals a second together; a call that has
-    said all its turns is replaced by the next one. Each call's turns end with its ordinal, ``(n)``, so no
-    two finals of a run have the same text (the consumer computes a text once per batch)."""
+    """Finals of as many interleaved calls as say ``rate_per_s`` finals a second together, the next call
+    taking a finished one's place; turns end with their call's ordinal, so no two texts are the same."""
     started = itertools.count()
 
-    def new_call() -> tuple[str, Iterator[tuple[int, ManifestEntry]]]:
+    def new_call() -> tuple[str, Iterator[tuple[int, ManifestEntry, str]]]:
         n = next(started)
-        return f"{prefix}{n}-{secrets.token_urlsafe(12)}", iter(enumerate(calls[n % len(calls)]))
+        turns = ((u, turn, f"{turn.transcript} ({n})") for u, turn in enumerate(calls[n % len(calls)]))
+        return f"{prefix}{secrets.token_urlsafe(12)}", turns
 
     in_progress = [new_call() for _ in range(max(1, math.ceil(rate_per_s * FINAL_EVERY_S)))]
     for slot in itertools.cycle(range(len(in_progress))):
@@ -87,13 +87,13 @@ def call_finals(
         if (step := next(turns, None)) is None:
             in_progress[slot] = session_id, turns = new_call()
             step = next(turns)
-        utterance, turn = step
+        utterance, turn, text = step
         start_ms = round(turn.start_s * 1000)
         yield TranscriptEvent(
             session_id=session_id,
             user_id=f"caller-{session_id[-6:]}",
             utterance=utterance,
-            text=f"{turn.transcript} ({session_id.removeprefix(prefix).split('-')[0]})",
+            text=text,
             start_ms=start_ms,
             end_ms=start_ms + round(turn.seconds * 1000),
             engine="whisper",

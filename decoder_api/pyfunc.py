@@ -127,8 +127,7 @@ def load_packaged_engine(config: dict[str, Any], weights: Path) -> Engine:
     if info.engine == "vosk":
         from decoder_api.engines.vosk import VoskEngine
 
-        vosk = {k: v for k, v in config["vosk"].items() if k != "graph_dir"}
-        return VoskEngine(info, VoskSettings(**vosk))
+        return VoskEngine(info, VoskSettings(**config["vosk"]))
     from decoder_api.engines.whisper import WhisperEngine
 
     return WhisperEngine(info, WhisperSettings(**config["whisper"]))
@@ -147,7 +146,8 @@ def export_model(settings: Settings, target: Path) -> ModelInfo:
         "chunk_ms": settings.chunk_ms,
         "whisper": dataclasses.asdict(whisper),
         # The package carries the model's own files, not a static graph built beside them.
-        "vosk": dataclasses.asdict(settings.vosk) | {"graph": "lookahead", "graph_dir": ""},
+        "vosk": {k: v for k, v in dataclasses.asdict(settings.vosk).items() if k != "graph_dir"}
+        | {"graph": "lookahead"},
     }
     params: dict[str, Any] = {"words": False}
     if info.engine == "whisper":

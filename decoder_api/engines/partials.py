@@ -62,8 +62,10 @@ class BackgroundPartials:
         with self._ready:
             if self._closed:
                 return
+            waiting = stream in self._pending
             self._pending[stream] = take
-            self._ready.notify_all()  # wait_idle waits on this condition too
+            if not waiting:  # a stream asking again while it waits (every chunk) changes nothing else
+                self._ready.notify_all()  # wait_idle waits on this condition too
 
     def cancel(self, stream: Hashable) -> None:
         """Forget the stream's waiting request; a job already decoding is refused by its ``deliver``."""
