@@ -27,7 +27,13 @@ install: $(STAMP) $(KAFKA_STAMP) ## set up everything: Debian packages, a JDK, A
 $(STAMP): Pipfile.lock Makefile
 	@$(MAKE) --no-print-directory system-packages
 	@command -v pipenv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "pipenv==$(PIPENV_VER)"
-	pipenv sync --categories "$(CATEGORIES)"
+	@mkdir -p build; for attempt in 1 2 3; do \
+	  set -o pipefail; pipenv sync --categories "$(CATEGORIES)" 2>&1 | tee build/pipenv-sync.log && break; \
+	  echo "pipenv sync failed (attempt $$attempt of 3); pip said:"; \
+	  grep -E -i 'error|no space|timed out|timeout|hash|connection|not match' build/pipenv-sync.log \
+	    | grep -v -E '^ *--hash=' | tail -n 12; df -h . /tmp | tail -n 2; \
+	  [ $$attempt -lt 3 ] || exit 1; sleep 15; \
+	done
 	$(PY) -m nlp_consumer.train
 	$(PY) -m decoder_api models compile-graph --engine vosk --model ko
 	@touch $@
