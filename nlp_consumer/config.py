@@ -38,6 +38,7 @@ class ModelSettings:
     torch_threads: int = 0  # 0: torch's default
     onnx: bool = True  # the sentiment model runs in ONNX Runtime (graph cached in cache_dir/onnx), else torch
     onnx_threads: int = 1  # ONNX Runtime intra-op threads (0: one per core)
+    onnx_int8: bool = True  # ONNX Runtime runs the graph with int8 weights (runtime.py), else fp32
     explain_top_k: int = 5
     keyword_limit: int = 3
 
@@ -123,6 +124,7 @@ def load_model_settings(env: Mapping[str, str]) -> ModelSettings:
         torch_threads=read.number("NLP_TORCH_THREADS", 0, int, 0, 256),
         onnx=_bool(env, "NLP_ONNX", defaults.onnx),
         onnx_threads=read.number("NLP_ONNX_THREADS", defaults.onnx_threads, int, 0, 256),
+        onnx_int8=_bool(env, "NLP_ONNX_INT8", defaults.onnx_int8),
         explain_top_k=read.number("NLP_EXPLAIN_TOP_K", defaults.explain_top_k, int, 0, 50),
         keyword_limit=read.number("NLP_KEYWORDS", defaults.keyword_limit, int, 0, 20),
     )

@@ -67,7 +67,11 @@ def load_enricher(settings: ModelSettings) -> Enricher:
         model = str(default_model_dir(settings.cache_dir))
     onnx_dir = graph_dir(settings.cache_dir) if settings.onnx else None
     analyzer = SentimentAnalyzer(
-        model, neutral_band=settings.neutral_band, onnx_dir=onnx_dir, threads=settings.onnx_threads
+        model,
+        neutral_band=settings.neutral_band,
+        onnx_dir=onnx_dir,
+        threads=settings.onnx_threads,
+        int8=settings.onnx_int8,
     )
     explainer = OcclusionExplainer(analyzer.polarities, top_k=settings.explain_top_k)
     info = analyzer.info

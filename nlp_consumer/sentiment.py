@@ -117,7 +117,8 @@ class SentimentAnalyzer:
     """Batched sentiment of short texts with one loaded model (thread-confined: one per consumer).
 
     With ``onnx_dir`` the forward pass runs in ONNX Runtime on a graph cached there
-    (``runtime.py``; ``threads`` intra-op threads, 0: one per core), else in torch. Texts that
+    (``runtime.py``; ``threads`` intra-op threads, 0: one per core; ``int8``: its weights
+    quantized), else in torch. Texts that
     tokenize alike (repeats, or case differences for an uncased model) are computed once.
     """
 
@@ -129,6 +130,7 @@ class SentimentAnalyzer:
         batch_size: int = 64,
         onnx_dir: Path | None = None,
         threads: int = 0,
+        int8: bool = False,
     ) -> None:
         self._tokenizer, encoder = load_local_model(model, "sentiment model", classifier=True)
         self.scheme = LabelScheme.from_labels(dict(encoder.config.id2label), neutral_band)
@@ -143,8 +145,12 @@ class SentimentAnalyzer:
         self._classify: Classifier = TorchClassifier(encoder)
         self.runtime = "torch"
         if onnx_dir is not None and self.info.version != "unknown":
-            self._classify = onnx_classifier(encoder, self._input_names, self.info.version, onnx_dir, threads)
-            self.runtime = "onnx"
+            self._classify = onnx_classifier(
+                encoder, self._input_names, self.info.version, onnx_dir, threads, int8
+            )
+            self.runtime = "onnx-int8" if int8 else "onnx"
+        if int8:  # its activations are scaled per forward pass: a row alone does not depend on its batch
+            self.batch_size = 1
 
     def analyze(self, texts: Sequence[str]) -> list[Sentiment]:
         """One ``Sentiment`` per text, in order."""

@@ -469,14 +469,14 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     return 0
 
 
-def export_onnx(model_dir: Path, cache_dir: Path) -> Path:
-    """The ONNX graph of the model in ``model_dir`` in ``cache_dir``'s graph directory, exported
-    when it is not there yet."""
+def export_onnx(model_dir: Path, cache_dir: Path, int8: bool = True) -> Path:
+    """The ONNX graph (with ``int8``, the quantized one, which the consumer runs by default) of
+    the model in ``model_dir`` in ``cache_dir``'s graph directory, made when it is not there yet."""
     from nlp_consumer.runtime import graph_dir, graph_path
     from nlp_consumer.sentiment import SentimentAnalyzer
 
-    analyzer = SentimentAnalyzer(str(model_dir), onnx_dir=graph_dir(cache_dir))
-    path = graph_path(graph_dir(cache_dir), analyzer.info.version)
+    analyzer = SentimentAnalyzer(str(model_dir), onnx_dir=graph_dir(cache_dir), int8=int8)
+    path = graph_path(graph_dir(cache_dir), analyzer.info.version, int8)
     if not path.is_file():
         raise ModelUnavailable(f"cannot write the model's ONNX graph {path}")
     return path

@@ -25,7 +25,7 @@ def test_defaults() -> None:
     )
     assert settings.model.model is None and settings.model.neutral_band == 0.3
     assert settings.summary_topic == "calls.summary.v1" and settings.summary_sentences == 3
-    assert settings.model.onnx and settings.model.onnx_threads == 1
+    assert settings.model.onnx and settings.model.onnx_threads == 1 and settings.model.onnx_int8
     dashboard = load_dashboard_settings(BROKER)
     assert dashboard.port == 8000 and dashboard.topic == "transcripts.enriched.v1"
     assert dashboard.summary_topic == "calls.summary.v1"
@@ -52,6 +52,7 @@ def test_password_file_and_security_settings_reach_the_client(tmp_path: Path) ->
 def test_the_model_can_run_in_torch_with_more_onnx_threads_or_not() -> None:
     model = load_consumer_settings(BROKER | {"NLP_ONNX": "false", "NLP_ONNX_THREADS": "2"}).model
     assert not model.onnx and model.onnx_threads == 2
+    assert not load_consumer_settings(BROKER | {"NLP_ONNX_INT8": "false"}).model.onnx_int8
 
 
 @pytest.mark.parametrize(

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from nlp_consumer import runtime
+from nlp_consumer.corpus import asr_style, fetch_sdist, label_for, load_corpus
 from nlp_consumer.errors import ModelUnavailable
 from nlp_consumer.sentiment import LabelScheme, SentimentAnalyzer
-from nlp_consumer.train import base_model_dir
+from nlp_consumer.train import TrainConfig, base_model_dir, default_cache_dir
 from tests.test_nlp_consumer.conftest import Turn
 
 
@@ -97,6 +99,25 @@ def test_onnx_runtime_gives_torch_probabilities_from_a_graph_exported_once(
     assert cached.probabilities(TEXTS) == [pytest.approx(row, abs=1e-5) for row in expected]
 
 
+def test_the_int8_graph_is_quantized_once_beside_the_fp32_graph(
+    sst2_style_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    analyzer = SentimentAnalyzer(str(sst2_style_model), onnx_dir=tmp_path, int8=True)
+    version = analyzer.info.version
+    fp32, int8 = runtime.graph_path(tmp_path, version), runtime.graph_path(tmp_path, version, int8=True)
+    assert analyzer.runtime == "onnx-int8" and sorted(tmp_path.iterdir()) == sorted([fp32, int8])
+    assert int8.stat().st_size < fp32.stat().st_size / 2  # the weights are a byte each
+    got = analyzer.probabilities(TEXTS)
+    assert all(len(row) == 2 and sum(row) == pytest.approx(1, abs=1e-5) for row in got)
+    assert got == [analyzer.probabilities([text])[0] for text in TEXTS]  # whatever it is batched with
+
+    def no_quantize(*args: object) -> None:
+        raise AssertionError("quantized again")
+
+    monkeypatch.setattr(runtime, "quantize_graph", no_quantize)
+    assert SentimentAnalyzer(str(sst2_style_model), onnx_dir=tmp_path, int8=True).probabilities(TEXTS) == got
+
+
 def test_an_unwritable_graph_cache_still_runs_onnx(sst2_style_model: Path, tmp_path: Path) -> None:
     not_a_directory = tmp_path / "file"
     not_a_directory.write_text("")
@@ -155,3 +176,26 @@ def test_trained_model_labels_the_same_in_onnx_runtime_as_in_torch(
     expected, got = torch.analyze(texts + variants), onnx.analyze(texts + variants)
     assert [s.label for s in got] == [s.label for s in expected]
     assert [s.polarity for s in got] == [pytest.approx(s.polarity, abs=1e-5) for s in expected]
+
+
+@pytest.mark.timeout(1800)
+def test_the_int8_graph_of_the_trained_model_is_as_accurate_on_held_out_sentences(
+    trained_model: Path, tmp_path: Path
+) -> None:
+    config = TrainConfig()
+    _, held_out = load_corpus(fetch_sdist(default_cache_dir(os.environ) / "data")).split(
+        config.held_out_percent
+    )
+    polar = [r for r in held_out if label_for(r.mean_rating, config.neutral_below) != "NEUTRAL"]
+    texts = [asr_style(r.text) for r in polar]
+
+    def accuracy(analyzer: SentimentAnalyzer) -> float:
+        polarities = analyzer.polarities(texts)
+        return sum((p > 0) == (r.mean_rating > 0) for p, r in zip(polarities, polar, strict=True)) / len(
+            polar
+        )
+
+    fp32 = SentimentAnalyzer(str(trained_model), onnx_dir=tmp_path)
+    int8 = SentimentAnalyzer(str(trained_model), onnx_dir=tmp_path, int8=True)
+    assert len(polar) > 300
+    assert accuracy(int8) >= accuracy(fp32) - 0.01
