@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from types import FrameType
@@ -21,6 +22,8 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 from contract.env import InvalidSetting
 from contract.events import InvalidEvent, decode_event
 from contract.kafka import TRANSCRIPTS_TOPIC, load_kafka_client, transcripts_topic
+
+CLOSE_TIMEOUT_S = 5.0  # Ctrl-C waits this long at most for the consumer to close
 
 
 class TailError(Exception):
@@ -100,7 +103,11 @@ def tail(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: Tex
                 continue
             _print_message(message, args.session, out, err)
     finally:
-        consumer.close()
+        # a broker slow to answer the group's last requests must not keep Ctrl-C waiting: nothing
+        # was committed, so the exit loses nothing
+        closing = threading.Thread(target=consumer.close, name="close", daemon=True)
+        closing.start()
+        closing.join(CLOSE_TIMEOUT_S)
 
 
 def _print_message(message: Any, session: str | None, out: TextIO, err: TextIO) -> None:
