@@ -53,10 +53,11 @@ class Size:
     duration_s: float
     backlog: int  # at least two of the consumer's batches (32 events)
     drain_timeout_s: float
+    two_consumers_from: float = math.inf  # rates from this one on: a second consumer in the group
 
 
-FULL = Size(rates=(20.0, 100.0), duration_s=20.0, backlog=320, drain_timeout_s=60.0)
-QUICK = Size(rates=(20.0,), duration_s=1.0, backlog=40, drain_timeout_s=30.0)
+FULL = Size(rates=(20.0, 100.0), duration_s=20.0, backlog=320, drain_timeout_s=60.0, two_consumers_from=100)
+QUICK = Size(rates=(20.0,), duration_s=1.0, backlog=40, drain_timeout_s=30.0, two_consumers_from=20)
 
 
 def sample_calls() -> list[list[ManifestEntry]]:
@@ -194,23 +195,13 @@ def consumer_metrics(port: int) -> dict[str, float]:
 
 
 def sentiment_model(env: Mapping[str, str]) -> tuple[Path, str]:
-    """The model the consumer uses by default, and how it was found: ``SENTIMENT_MODEL`` when set, else
-    ``default_model_dir`` (what this checkout's training code builds), else the newest complete model
-    in the cache (the model may be being rebuilt with another training configuration)."""
-    from nlp_consumer.errors import ModelUnavailable
-    from nlp_consumer.train import COMPLETE_MARKER, default_cache_dir, default_model_dir
+    """The model the consumer uses by default, and how it was found: ``SENTIMENT_MODEL`` when set,
+    else ``default_model_dir`` (what this checkout's training code builds; an error when not built)."""
+    from nlp_consumer.train import default_cache_dir, default_model_dir
 
     if env.get("SENTIMENT_MODEL"):
         return Path(env["SENTIMENT_MODEL"]), "SENTIMENT_MODEL"
-    cache = default_cache_dir(env)
-    try:
-        return default_model_dir(cache), "default_model_dir"
-    except ModelUnavailable as exc:
-        built = sorted((cache / "models").glob(f"*/{COMPLETE_MARKER}"), key=lambda p: p.stat().st_mtime)
-        if not built:
-            raise
-        logger.warning("%s; using the newest built model %s", exc.message, built[-1].parent)
-        return built[-1].parent, "newest model in the cache"
+    return default_model_dir(default_cache_dir(env)), "default_model_dir"
 
 
 def batches_of(arrivals: Mapping[str, Arrival], ids: Sequence[str]) -> tuple[list[list[str]], float | None]:
@@ -275,25 +266,38 @@ def measure(size: Size, bootstrap: str | None, workdir: Path) -> tuple[dict[str,
         cleanup.callback(reader.stop)
         sender = Sender(address, source)
         cleanup.callback(sender.close)
-        port = devstack.free_port()
         env = {"KAFKA_BOOTSTRAP_SERVERS": address, "NLP_INPUT_TOPIC": source, "NLP_OUTPUT_TOPIC": enriched}
-        env |= {"NLP_DLQ_TOPIC": dlq, "NLP_GROUP_ID": f"bench-nlp-{run_id}", "NLP_METRICS_PORT": str(port)}
-        env |= {"SENTIMENT_MODEL": str(model), "NLP_LOG_LEVEL": "WARNING"}
-        ready = lambda: consumer_metrics(port).get("nlp_assigned_partitions", 0) > 0  # noqa: E731
-        log = workdir / "nlp_consumer.log"
-        consumer = ServiceProcess("nlp_consumer", ["-m", "nlp_consumer"], env, log, ready)
-        cleanup.callback(consumer.stop)
+        env |= {"NLP_DLQ_TOPIC": dlq, "NLP_GROUP_ID": f"bench-nlp-{run_id}", "SENTIMENT_MODEL": str(model)}
+        ports: list[int] = []
+
+        def start_consumer() -> float:  # one more process in the group; seconds until it has partitions
+            ports.append(port := devstack.free_port())
+            has = lambda: consumer_metrics(port).get("nlp_assigned_partitions", 0) > 0  # noqa: E731
+            name, log = f"nlp_consumer-{len(ports)}", workdir / f"nlp_consumer-{len(ports)}.log"
+            more = {"NLP_METRICS_PORT": str(port), "NLP_LOG_LEVEL": "WARNING"}
+            consumer = ServiceProcess(name, ["-m", "nlp_consumer"], env | more, log, has)
+            cleanup.callback(consumer.stop)
+            started = time.perf_counter()
+            consumer.start(READY_TIMEOUT_S)
+            while not balanced([consumer_metrics(p).get("nlp_assigned_partitions", 0) for p in ports]):
+                if time.perf_counter() - started > READY_TIMEOUT_S:
+                    raise TimeoutError("the consumer group did not settle")
+                time.sleep(0.2)  # the others give up the partitions this one takes
+            return time.perf_counter() - started
+
         backlog = sender.send(call_finals(calls, 20, prefix="backlog-"), size.backlog)
         logger.info("backlog events=%d; starting nlp_consumer", size.backlog)
-        started = time.perf_counter()
-        consumer.start(READY_TIMEOUT_S)
-        ready_s = time.perf_counter() - started
+        ready_s = start_consumer()
         arrivals = reader.arrived(enriched, backlog, max(READY_TIMEOUT_S, size.backlog))
         if (came := sum(1 for i in backlog if i in arrivals)) < len(backlog):
             raise TimeoutError(f"only {came} of the backlog came out enriched")
         batches, through = batches_of(arrivals, backlog)
-        runs = [paced_run(sender, reader, rate, size, calls) for rate in size.rates]
-        samples = consumer_metrics(port)
+        runs = []
+        for rate in size.rates:
+            if rate >= size.two_consumers_from and len(ports) == 1:
+                start_consumer()
+            runs.append(paced_run(sender, reader, rate, size, calls) | {"consumers": len(ports)})
+        samples = consumer_metrics(ports[0])
     logger.info("consumer stopped; running the bare pipeline on the same batches")
     bare = bare_throughput(model, sender.documents, batches)
     settings = {"rates_per_s": [*size.rates], "duration_s": size.duration_s, "backlog_events": size.backlog}
@@ -302,21 +306,15 @@ def measure(size: Size, bootstrap: str | None, workdir: Path) -> tuple[dict[str,
     settings["consumer_batch_ms"] = defaults["batch_ms"]
     settings["broker"] = "Apache Kafka (started here)" if bootstrap is None else bootstrap
     settings["model"] = model.name
-    details = {
-        "model_path": str(model),
-        "model_source": model_source,
-        "consumer_ready_s": ready_s,
-        "throughput": {
-            "consumer_events_per_s": through,
-            "bare_events_per_s": bare,
-            "batches": len(batches),
-            "mean_batch_events": size.backlog / len(batches),
-        },
-        "paced": runs,
-        "consumer_metrics": consumer_summary(samples),
-        "load_average_1min": os.getloadavg()[0],
-    }
-    return settings, details
+    throughput = {"consumer_events_per_s": through, "bare_events_per_s": bare, "batches": len(batches)}
+    throughput["mean_batch_events"] = size.backlog / len(batches)
+    details = {"model_path": str(model), "model_source": model_source, "consumer_ready_s": ready_s}
+    details |= {"throughput": throughput, "paced": runs, "consumer_metrics": consumer_summary(samples)}
+    return settings, details | {"load_average_1min": os.getloadavg()[0]}
+
+
+def balanced(assigned: Sequence[float]) -> bool:
+    return all(n > 0 for n in assigned) and sum(assigned) == PARTITIONS
 
 
 def consumer_summary(samples: Mapping[str, float]) -> dict[str, float | None]:
@@ -339,7 +337,8 @@ def figures_of(details: Mapping[str, Any]) -> list[Figure]:
     for run in details["paced"]:
         bound = "" if run["complete"] else " (lower bound: not all delivered)"
         for q in ("p50", "p99"):
-            name = f"Final → enriched {q} at {run['rate_per_s']:g}/s{bound}"
+            two = " (2 consumers)" if run.get("consumers", 1) > 1 else ""
+            name = f"Final → enriched {q} at {run['rate_per_s']:g}/s{two}{bound}"
             value, hop = run[f"enriched_{q}_ms"], run[f"hop_{q}_ms"]
             figures.append(figure(name, "ms", value, hop, "broker hop alone"))
     return figures
@@ -349,7 +348,8 @@ def notes(details: Mapping[str, Any]) -> list[str]:
     through, summary = details["throughput"], details["consumer_metrics"]
     lines = [f"- {through['batches']} batches, {through['mean_batch_events']:.1f} events each on average."]
     lines += [
-        f"- {r['rate_per_s']:g} finals/s: {r['delivered']} of {r['sent']} delivered, "
+        f"- {r['rate_per_s']:g} finals/s, {r.get('consumers', 1)} consumer(s) in the group: "
+        f"{r['delivered']} of {r['sent']} delivered, "
         f"max {r['enriched_max_ms']:.0f} ms."
         for r in details["paced"]
     ]

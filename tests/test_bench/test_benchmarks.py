@@ -114,6 +114,7 @@ def test_kafka_path(quick_results: tuple[Path, str]) -> None:
     result = check_result(quick_results[0], "kafka_path")
     for run in result["details"]["paced"]:
         assert run["complete"] is True and 0 < run["hop_p50_ms"] <= run["enriched_p50_ms"] * 10
+    assert [run["consumers"] for run in result["details"]["paced"]] == [2]  # the group grew to two
     throughput = by_name(result)["Consumer throughput"]
     assert throughput["baseline"] == result["details"]["throughput"]["bare_events_per_s"] > 0
     assert throughput["target"] == "ratio >= 0.8"
