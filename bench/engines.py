@@ -207,7 +207,7 @@ def report(engines: Mapping[str, Mapping[str, Any]], quick: bool) -> Result:
 
 def run(args: argparse.Namespace) -> Result | int:
     if args.json:
-        print(json.dumps(measure_engine(args.engine, args.quick)))
+        print(json.dumps(measure_engine(args.engine, args.quick), default=str))  # paths as text
         return 0
     names = [args.engine] if args.engine else QUICK_ENGINES if args.quick else list(ENGINES)
     engines = {}
