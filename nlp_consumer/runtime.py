@@ -134,21 +134,15 @@ def quantize_graph(source: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()
-    quiet = _DropRecords("pre-processing before quantization")  # advice to run shape inference first
+
+    def quiet(record: logging.LogRecord) -> bool:  # its advice to run shape inference first
+        return "pre-processing before quantization" not in record.getMessage()
+
     root.addFilter(quiet)
     try:
         quantize_dynamic(source, target, weight_type=QuantType.QInt8)
     finally:
         root.removeFilter(quiet)
-
-
-class _DropRecords(logging.Filter):
-    def __init__(self, fragment: str) -> None:
-        super().__init__()
-        self.fragment = fragment
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return self.fragment not in record.getMessage()
 
 
 def export_graph(model: Any, input_names: Sequence[str], path: Path) -> None:

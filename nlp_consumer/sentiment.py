@@ -118,8 +118,8 @@ class SentimentAnalyzer:
 
     With ``onnx_dir`` the forward pass runs in ONNX Runtime on a graph cached there
     (``runtime.py``; ``threads`` intra-op threads, 0: one per core; ``int8``: its weights
-    quantized), else in torch. Texts that
-    tokenize alike (repeats, or case differences for an uncased model) are computed once.
+    quantized, one row per pass), else in torch. Texts that tokenize alike (repeats, or case
+    differences for an uncased model) are computed once.
     """
 
     def __init__(
@@ -149,8 +149,8 @@ class SentimentAnalyzer:
                 encoder, self._input_names, self.info.version, onnx_dir, threads, int8
             )
             self.runtime = "onnx-int8" if int8 else "onnx"
-        if int8:  # its activations are scaled per forward pass: a row alone does not depend on its batch
-            self.batch_size = 1
+            if int8:  # activations are scaled per forward pass: a row alone does not depend on its batch
+                self.batch_size = 1
 
     def analyze(self, texts: Sequence[str]) -> list[Sentiment]:
         """One ``Sentiment`` per text, in order."""

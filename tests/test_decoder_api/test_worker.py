@@ -9,8 +9,6 @@ from __future__ import annotations
 import http.client
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,15 +22,12 @@ from gunicorn.workers.gthread import TConn
 
 from decoder_api.http import worker as worker_module
 from decoder_api.http.worker import LINGER_S, StreamingThreadWorker, linger_s, next_request_within
-from devtools.processes import free_port
+from devtools.processes import ServiceProcess, free_port, http_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = """
-import threading
-
 def app(environ, start_response):
-    body = environ["wsgi.input"].read()
-    reply = f"{threading.get_ident()} {len(body)}".encode()
+    reply = str(len(environ["wsgi.input"].read())).encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(reply)))])
     return [reply]
 """
@@ -40,47 +35,30 @@ def app(environ, start_response):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
-    app_dir = tmp_path_factory.mktemp("worker-app")
+    app_dir, port = tmp_path_factory.mktemp("worker-app"), free_port()
     (app_dir / "echo_app.py").write_text(APP)
-    port = free_port()
-    command = [
-        sys.executable, "-m", "gunicorn", "--worker-class", "decoder_api.http.worker.StreamingThreadWorker",
-        "--threads", "4", "--keep-alive", "5", "--bind", f"127.0.0.1:{port}",
-        "--chdir", str(app_dir), "--pythonpath", str(ROOT), "echo_app:app",
-    ]  # fmt: skip
-    log = (app_dir / "gunicorn.log").open("wb")
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((app_dir / "gunicorn.log").read_text()) from None
-                time.sleep(0.1)
-        yield "127.0.0.1", port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+    argv = ["-m", "gunicorn", "--worker-class", "decoder_api.http.worker.StreamingThreadWorker"]
+    argv += ["--threads", "4", "--keep-alive", "5", "--bind", f"127.0.0.1:{port}"]
+    argv += ["--chdir", str(app_dir), "--pythonpath", str(ROOT), "echo_app:app"]
+    ready = http_ready(f"http://127.0.0.1:{port}/")
+    gunicorn = ServiceProcess("gunicorn", argv, {}, app_dir / "gunicorn.log", ready).start()
+    yield "127.0.0.1", port
+    gunicorn.stop()
 
 
-def post(conn: http.client.HTTPConnection, body: bytes) -> tuple[int, int]:
-    """POST ``body``; (the serving thread's ident, the body length it read)."""
+def post(conn: http.client.HTTPConnection, body: bytes) -> int:
+    """POST ``body``; the body length the app read."""
     conn.request("POST", "/", body, {"Content-Type": "application/octet-stream"})
     response = conn.getresponse()
     assert response.status == 200
-    ident, length = response.read().split()
-    return int(ident), int(length)
+    return int(response.read())
 
 
 def test_back_to_back_requests_are_served_in_order(server: tuple[str, int]) -> None:
     conn = http.client.HTTPConnection(*server, timeout=10)
     served = [post(conn, bytes(n * 100)) for n in range(40)]
     conn.close()
-    assert [length for _, length in served] == [n * 100 for n in range(40)]
+    assert served == [n * 100 for n in range(40)]
 
 
 def test_a_request_after_a_pause_longer_than_the_linger_is_served(server: tuple[str, int]) -> None:
@@ -89,7 +67,7 @@ def test_a_request_after_a_pause_longer_than_the_linger_is_served(server: tuple[
         post(conn, b"x" * 10)
         post(conn, b"y" * 20)
         time.sleep(LINGER_S * 5)  # back to the poller, then woken by this request
-    assert post(conn, b"z" * 30)[1] == 30
+    assert post(conn, b"z" * 30) == 30
     conn.close()
 
 
@@ -100,7 +78,7 @@ def test_pipelined_requests_are_all_answered(server: tuple[str, int]) -> None:
     with socket.create_connection(server, timeout=10) as sock:
         sock.sendall(requests)
         received = b""
-        while received.count(b"HTTP/1.1 200") < 3 or not received.endswith(b" 7"):
+        while received.count(b"HTTP/1.1 200") < 3 or not received.endswith(b"\r\n\r\n7"):
             chunk = sock.recv(65536)
             assert chunk, received
             received += chunk
@@ -115,7 +93,7 @@ def test_a_client_leaving_while_its_thread_waits_costs_nothing(server: tuple[str
         post(conn, b"2")
         conn.close()  # while its thread watches for a third request
     conn = http.client.HTTPConnection(*server, timeout=10)
-    assert post(conn, b"still here")[1] == len(b"still here")
+    assert post(conn, b"still here") == len(b"still here")
     conn.close()
 
 
