@@ -75,5 +75,5 @@ def load_enricher(settings: ModelSettings) -> Enricher:
     )
     explainer = OcclusionExplainer(analyzer.polarities, top_k=settings.explain_top_k)
     info = analyzer.info
-    logger.info("sentiment_model model=%s version=%s runtime=%s", info.model, info.version, analyzer.runtime)
+    logger.info("sentiment_model model=%s version=%s runtime=%s", info.model, info.version, info.runtime)
     return Enricher(analyzer, explainer, settings.keyword_limit)

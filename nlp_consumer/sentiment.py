@@ -104,13 +104,16 @@ def _kind(name: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class AnalyzerInfo:
-    """Which model enriched an event: ``model`` as configured, ``version`` a content hash or revision."""
+    """Which model enriched an event: ``model`` as configured, ``version`` a content hash or revision,
+    ``runtime`` where its forward pass ran (``torch``, ``onnx`` fp32 or ``onnx-int8``: polarities
+    differ slightly between them)."""
 
     model: str
     version: str
+    runtime: str = "torch"
 
     def to_dict(self) -> dict[str, str]:
-        return {"model": self.model, "version": self.version}
+        return {"model": self.model, "version": self.version, "runtime": self.runtime}
 
 
 class SentimentAnalyzer:
@@ -134,7 +137,7 @@ class SentimentAnalyzer:
     ) -> None:
         self._tokenizer, encoder = load_local_model(model, "sentiment model", classifier=True)
         self.scheme = LabelScheme.from_labels(dict(encoder.config.id2label), neutral_band)
-        self.info = AnalyzerInfo(model, _version(model, encoder.config))
+        version = _version(model, encoder.config)
         self.max_length = max_length
         self.batch_size = batch_size
         self._input_names = list(self._tokenizer.model_input_names)
@@ -143,14 +146,13 @@ class SentimentAnalyzer:
             "token_type_ids": self._tokenizer.pad_token_type_id,
         }
         self._classify: Classifier = TorchClassifier(encoder)
-        self.runtime = "torch"
-        if onnx_dir is not None and self.info.version != "unknown":
-            self._classify = onnx_classifier(
-                encoder, self._input_names, self.info.version, onnx_dir, threads, int8
-            )
-            self.runtime = "onnx-int8" if int8 else "onnx"
+        runtime = "torch"
+        if onnx_dir is not None and version != "unknown":
+            self._classify = onnx_classifier(encoder, self._input_names, version, onnx_dir, threads, int8)
+            runtime = "onnx-int8" if int8 else "onnx"
             if int8:  # activations are scaled per forward pass: a row alone does not depend on its batch
                 self.batch_size = 1
+        self.info = AnalyzerInfo(model, version, runtime)
 
     def analyze(self, texts: Sequence[str]) -> list[Sentiment]:
         """One ``Sentiment`` per text, in order."""

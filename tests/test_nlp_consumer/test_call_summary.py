@@ -269,6 +269,7 @@ def test_one_summary_per_call_though_the_consumer_is_killed_mid_call_and_before_
     assert dict(message.headers() or [])["schema"] == b"call.summary.v1"
     summary = CallSummaryEvent.from_json(message.value() or b"")
     assert (summary.finals, summary.finals_expected) == (len(stereo), len(stereo))  # every turn
+    assert summary.analyzer["runtime"] == "onnx-int8"  # the consumer's default
     agent, customer = summary.speakers
     for speaker in (agent, customer):
         own = [e for e in stereo if e.speaker == speaker.speaker]

@@ -73,7 +73,7 @@ def test_sample_calls_come_out_enriched_in_order_and_with_the_intended_sentiment
     assert sum(agree) / len(agree) >= 0.8
     first = next(d for d in documents if d["text"].startswith("This is really frustrating"))
     assert first["sentiment"]["label"] == "NEGATIVE" and first["explanation"][0]["word"] == "frustrating"
-    assert first["keywords"] and first["analyzer"]["version"]
+    assert first["keywords"] and first["analyzer"]["version"] and first["analyzer"]["runtime"] == "onnx-int8"
     original = next(e for e in events if e.event_id == first["event_id"]).to_dict()
     assert {k: v for k, v in first.items() if k in original and k != "schema"} == {
         k: v for k, v in original.items() if k != "schema"

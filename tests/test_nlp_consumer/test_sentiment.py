@@ -74,6 +74,7 @@ def test_analyzer_loads_any_model_directory(sst2_style_model: Path) -> None:
         assert -1 <= result.polarity <= 1 and 0 <= result.score <= 1
         assert result.label == "NEUTRAL" if abs(result.polarity) < 0.3 else result.label != "NEUTRAL"
     assert analyzer.info.model == str(sst2_style_model) and len(analyzer.info.version) == 16
+    assert analyzer.info.to_dict()["runtime"] == "torch"
 
 
 TEXTS = ["what a lovely day", "terrible", "the box is on the table, next to the lamp by the window", ""]
@@ -84,7 +85,7 @@ def test_onnx_runtime_gives_torch_probabilities_from_a_graph_exported_once(
 ) -> None:
     expected = SentimentAnalyzer(str(sst2_style_model)).probabilities(TEXTS)
     analyzer = SentimentAnalyzer(str(sst2_style_model), onnx_dir=tmp_path, threads=1)
-    assert analyzer.runtime == "onnx"
+    assert analyzer.info.runtime == "onnx"
     assert [p.name for p in tmp_path.iterdir()] == [f"{analyzer.info.version}-{runtime.EXPORT_VERSION}.onnx"]
     for batch in (TEXTS, TEXTS[:1], TEXTS[::-1]):  # padded rows, and a batch of one
         got = analyzer.probabilities(batch)
@@ -105,7 +106,7 @@ def test_the_int8_graph_is_quantized_once_beside_the_fp32_graph(
     analyzer = SentimentAnalyzer(str(sst2_style_model), onnx_dir=tmp_path, int8=True)
     version = analyzer.info.version
     fp32, int8 = runtime.graph_path(tmp_path, version), runtime.graph_path(tmp_path, version, int8=True)
-    assert analyzer.runtime == "onnx-int8" and sorted(tmp_path.iterdir()) == sorted([fp32, int8])
+    assert analyzer.info.runtime == "onnx-int8" and sorted(tmp_path.iterdir()) == sorted([fp32, int8])
     assert int8.stat().st_size < fp32.stat().st_size / 2  # the weights are a byte each
     got = analyzer.probabilities(TEXTS)
     assert all(len(row) == 2 and sum(row) == pytest.approx(1, abs=1e-5) for row in got)
@@ -122,7 +123,7 @@ def test_an_unwritable_graph_cache_still_runs_onnx(sst2_style_model: Path, tmp_p
     not_a_directory = tmp_path / "file"
     not_a_directory.write_text("")
     analyzer = SentimentAnalyzer(str(sst2_style_model), onnx_dir=not_a_directory / "onnx")
-    assert analyzer.runtime == "onnx" and len(analyzer.analyze(TEXTS)) == len(TEXTS)
+    assert analyzer.info.runtime == "onnx" and len(analyzer.analyze(TEXTS)) == len(TEXTS)
 
 
 def test_texts_that_tokenize_alike_are_computed_once(sst2_style_model: Path) -> None:
