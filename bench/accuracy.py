@@ -2,7 +2,8 @@
 
 ``python -m bench.accuracy`` gathers the WER from ``engines.json`` (of ``--out``, else the committed
 one; when there is none, ``bench.engines`` runs first) and the sentiment figures from the trained
-model's ``training.json`` and its labels of the sample calls' turns; how is in ``bench/METHOD.md``.
+model's ``training.json``, its held-out split and the sample calls' turns scored as the consumer runs
+it; how is in ``bench/METHOD.md``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.kafka_path import sample_calls, sentiment_model
+from bench.kafka_path import sample_calls, sentiment_model, served_enricher
 from bench.results import ROOT, Better, Figure, Result, figure, main, result
 
 logger = logging.getLogger(__name__)
@@ -103,15 +104,20 @@ def held_out_scores(block: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def turn_agreement(model: Path) -> dict[str, Any]:
-    """The model's labels of the sample calls' turns against the intended ones, as written and ASR style."""
-    if "torch" not in sys.modules:  # as the consumer's entry point: idle OpenMP threads sleep, not spin
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from nlp_consumer.config import ModelSettings
-    from nlp_consumer.corpus import asr_style
-    from nlp_consumer.sentiment import SentimentAnalyzer
+def served_held_out(analyzer: Any, record: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """The held-out split the model was trained without, scored on ``analyzer`` as ``training.json`` is."""
+    from nlp_consumer.corpus import fetch_sdist, load_corpus
+    from nlp_consumer.train import TrainConfig, default_cache_dir, evaluate
 
-    analyzer = SentimentAnalyzer(str(model), neutral_band=ModelSettings().neutral_band)
+    config = TrainConfig(**record["config"])
+    _, held_out = load_corpus(fetch_sdist(default_cache_dir(env) / "data")).split(config.held_out_percent)
+    return evaluate(analyzer.polarities, held_out, config)["held_out"]
+
+
+def turn_agreement(analyzer: Any) -> dict[str, Any]:
+    """The analyzer's labels of the sample calls' turns against the intended ones (as written, ASR style)."""
+    from nlp_consumer.corpus import asr_style
+
     turns = [turn for call in sample_calls() for turn in call if turn.sentiment]
     written, intended = [t.transcript for t in turns], [t.sentiment for t in turns]
     result: dict[str, Any] = {"turns": len(turns), "labels": dict(Counter(intended))}
@@ -138,8 +144,8 @@ def cache_check_s(env: Mapping[str, str]) -> float:
 def sentiment_details(env: Mapping[str, str]) -> dict[str, Any]:
     model, source = sentiment_model(env)
     record = json.loads((model / "training.json").read_text(encoding="utf-8"))
-    metrics = record["metrics"]
-    held_out = metrics["held_out"]
+    metrics, analyzer = record["metrics"], served_enricher(model, env).analyzer
+    held_out, served = metrics["held_out"], served_held_out(analyzer, record, env)
     return {
         "model_path": str(model),
         "model_source": source,
@@ -150,7 +156,9 @@ def sentiment_details(env: Mapping[str, str]) -> dict[str, Any]:
         "held_out": {variant: held_out_scores(held_out[variant]) for variant in ("as_written", "asr_style")},
         "training_seconds": metrics.get("training_seconds"),
         "cache_check_s": cache_check_s(env),
-        "call_turns": turn_agreement(model),
+        "runtime": analyzer.info.runtime,  # where the consumer runs the model: "served" and "call_turns" too
+        "served": {variant: held_out_scores(served[variant]) for variant in ("as_written", "asr_style")},
+        "call_turns": turn_agreement(analyzer),
     }
 
 
@@ -164,6 +172,9 @@ def sentiment_figures(s: Mapping[str, Any]) -> list[Figure]:
             name = f"Sentiment accuracy, held-out split, three-way ({label})"
             three_way = held["three_way_accuracy"], held["three_way_majority_rate"]
             figures.append(percent_figure(name, *three_way, "majority class"))
+    held, served = s["held_out"]["asr_style"], s["served"]["asr_style"]
+    name = f"Sentiment accuracy as served ({s['runtime']}), held-out split, {held['kind']} (ASR style)"
+    figures.append(percent_figure(name, served["accuracy"], held["accuracy"], "the trained model in torch"))
     turns = s["call_turns"]
     for variant, label in (("as_written", "as written"), ("asr_style", "ASR style")):
         name, agreement = f"Sentiment agreement with the calls' intended labels ({label})", turns[variant]

