@@ -322,8 +322,7 @@ def run(args: argparse.Namespace) -> Result:
     details["summary"] = summary(details["repetitions"])
     settings = {"engine": "vosk", "model": "ko", "heartbeat_ttl_s": size.heartbeat_ttl_s}
     settings |= {"repetitions": size.repetitions, "turns": size.turns, "chunk_ms": CHUNK_MS}
-    figures = figures_of(details, size.heartbeat_ttl_s)
-    title = "Recovery after an instance is killed"
+    figures, title = figures_of(details, size.heartbeat_ttl_s), "Recovery after an instance is killed"
     return result("recovery", title, args.quick, settings, figures, details, notes=notes(details))
 
 

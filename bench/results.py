@@ -181,11 +181,11 @@ def load_text(load: Any) -> str:
     return f"load average {load:.2f} at the end" if isinstance(load, int | float) else ""
 
 
-def machine_line(machine: Mapping[str, Any]) -> str:
+def machine_line(machine: Mapping[str, Any], label: str = "**Machine:**") -> str:
     libraries = ", ".join(f"{k} {v}" for k, v in machine.get("libraries", {}).items())
     load = load_text(machine.get("load_average_1min"))
     return (
-        f"- **Machine:** {machine['cpu']}, {machine['cores']} cores ({machine['usable_cores']} usable), "
+        f"- {label} {machine['cpu']}, {machine['cores']} cores ({machine['usable_cores']} usable), "
         f"{machine['platform']}, Python {machine['python']}; {libraries}; measured {machine['date']}"
         + (f"; {load}" if load else "")
     )

@@ -186,12 +186,15 @@ def search_capacity(
     probe: Callable[[int], dict[str, Any]], start: int, p95_limit_ms: float, max_steps: int, search: str
 ) -> tuple[int, list[dict[str, Any]]]:
     """The largest passing number of callers and every step, tagged with ``search``: from ``start`` up by
-    x1.5 (or down by x0.6) until the verdict flips, then bisection, within ``max_steps`` probes; going
-    down continues past ``max_steps`` until a number passes or 1 failed, so 0: not even one passed."""
+    x1.5 (or down by x0.6) until the verdict flips, then bisection, within ``max_steps`` probes, or
+    twice that while the largest pass and the smallest failure are not neighbours; going down goes on
+    until a number passes or 1 failed, so 0: not even one passed."""
     steps: list[dict[str, Any]] = []
     passed, failed = 0, None
     n = max(1, start)
-    while len(steps) < max_steps or (passed == 0 and failed is not None and failed > 1):
+    while len(steps) < max_steps or (
+        failed is not None and failed - passed > 1 and (passed == 0 or len(steps) < 2 * max_steps)
+    ):
         step = probe(n)
         ok = step["errors"] == 0 and step["behind"] == 0 and step["latency_p95_ms"] <= p95_limit_ms
         steps.append(step | {"search": search, "passed": ok})
@@ -244,8 +247,7 @@ def capacity(path: Target, speech: bytes, bound: float, sizes: Sizes, warmup: by
         logger.info("  %d callers: p95 %.0f ms, behind %d", callers, step["latency_p95_ms"], step["behind"])
         return step
 
-    start = min(MAX_CALLERS, max(1, int(bound * CAPACITY_TARGET)))
-    keeping_up = None
+    start, keeping_up = min(MAX_CALLERS, max(1, int(bound * CAPACITY_TARGET))), None
     with RssSampler(path.pid) as rss:
         callers, steps = search_capacity(probe, start, P95_LIMIT_MS, sizes.max_steps, "latency")
         if callers == 0 and sizes.keeping_up_steps:  # none within the latency limit: do any keep up?
@@ -281,8 +283,7 @@ def measure_engine(
     speech = spec.speech(max(overhead_s, sizes.capacity_audio_s))
     warmup = whole_chunks(speech, sizes.warmup_audio_s)
     capacity_speech = whole_chunks(speech, sizes.capacity_audio_s)
-    port = free_port()
-    quick = QUICK_POOL if args.quick else {}
+    port, quick = free_port(), QUICK_POOL if args.quick else {}
     env = decoder_env(SERVICE_SETTINGS | {"engine": spec.name, "model": spec.model} | quick, service_env)
     service = DecoderServer(port, env, log_dir / f"decoder-{port}.log")
     with service.launch():  # the service loads its model while this process loads its own
@@ -490,14 +491,12 @@ LIVE_COLUMNS: list[Column] = [
     ("Latency p95 (ms), behind", lambda r: f"{r[1]['latency_p95_ms']:.0f}, {r[1]['behind']}"),
 ]
 VERDICTS = {True: "pass", False: "fail", "latency": "", "keeping_up": " (no latency limit)"}
+LATENCY_CELL = "{latency_p50_ms:.0f} / {latency_p95_ms:.0f} / {latency_max_ms:.0f}"
 # One row per step of a search: (path, step).
 STEP_COLUMNS: list[Column] = [
     ("Path", lambda r: CAPACITY_LABELS.get(r[0], r[0])),
     ("Callers", lambda r: str(r[1]["callers"])),
-    (
-        "Latency p50 / p95 / max (ms)",
-        lambda r: "{latency_p50_ms:.0f} / {latency_p95_ms:.0f} / {latency_max_ms:.0f}".format(**r[1]),
-    ),
+    ("Latency p50 / p95 / max (ms)", lambda r: LATENCY_CELL.format(**r[1])),
     ("Behind", lambda r: f"{r[1]['behind']} (max lag {r[1]['max_end_lag_s']:.2f} s)"),
     ("Errors", lambda r: str(r[1]["errors"])),
     ("Background partials: count, lag p50 / p95 (s)", lambda r: lag_cell(r[1].get("partial_lag"))),
@@ -511,20 +510,13 @@ def engine_tables(res: Mapping[str, Any]) -> list[Any]:
     rows = [["bare-engine bound", f"{res['bound']['callers']:.1f}", "1.00", "", "", "", ""]]
     for key, found in res["capacity"].items():
         at = next((s for s in found["steps"] if s["callers"] == found["callers"]), found["steps"][0])
-        keeping_up, to_bare = found["callers_keeping_up"], found["ratio_to_bare_engine"]
-        rss = found["peak_rss_mib"]
-        more = "" if keeping_up is None else f" ({keeping_up} keep up with no latency limit)"
-        rows.append(
-            [
-                CAPACITY_LABELS.get(key, key),
-                str(found["callers"]) + more,
-                verdict(found["ratio"], CAPACITY_TARGET),
-                "" if to_bare is None else f"{to_bare:.2f}",
-                f"{at['callers']}: {at['latency_p50_ms']:.0f} / {at['latency_p95_ms']:.0f}",
-                f"{at['first_chunk_p50_ms']:.0f} / {at['first_chunk_max_ms']:.0f}",
-                "n/a" if rss is None else f"{rss:.0f}",
-            ]
-        )
+        up, to_bare, rss = found["callers_keeping_up"], found["ratio_to_bare_engine"], found["peak_rss_mib"]
+        more = "" if up is None else f" ({up} keep up with no latency limit)"
+        label, ratio = CAPACITY_LABELS.get(key, key), verdict(found["ratio"], CAPACITY_TARGET)
+        cells = [label, f"{found['callers']}{more}", ratio, "" if to_bare is None else f"{to_bare:.2f}"]
+        cells += [f"{at['callers']}: {at['latency_p50_ms']:.0f} / {at['latency_p95_ms']:.0f}"]
+        cells += [f"{at['first_chunk_p50_ms']:.0f} / {at['first_chunk_max_ms']:.0f}"]
+        rows.append([*cells, "n/a" if rss is None else f"{rss:.0f}"])
     steps = [(key, step) for key, f in res["capacity"].items() for step in f["steps"]]
     fast = f"Overhead, {title}: {audio:g} s of audio per caller, as fast as possible"
     real_time = f"Capacity, {title}: real-time callers, p95 latency <= {P95_LIMIT_MS:.0f} ms, nobody behind"
@@ -571,23 +563,20 @@ def headline_figures(engines: Mapping[str, Mapping[str, Any]]) -> list[Figure]:
                 streams = f"bare engine's audio s/s with {busiest['callers']} streams at once"
                 many, bare = f"{title}, against many streams", busiest["bare"]["throughput"]
                 figures.append(figure(many, "callers", callers, bare, streams, "higher"))
-            met = goal(CAPACITY_TARGET, found["ratio"], targeted)
-            bound = res["bound"]["callers"]
+            met, bound = goal(CAPACITY_TARGET, found["ratio"], targeted), res["bound"]["callers"]
             figures.append(figure(title, "callers", callers, bound, "cores ÷ bare RTF", "higher", *met))
     return figures
 
 
 def profile_tables(profile: Mapping[str, Any]) -> list[Any]:
+    kinds = (("category", "Category", "categories", "{}"), ("function", "Function", "functions", "`{}`"))
     return [
         table(
             f"Where the service spends its time: {kind} (innermost frame)",
             [header, "Share of samples"],
             [[cell.format(r["name"]), f"{r['share'] * 100:.1f} %"] for r in profile[key]],
         )
-        for kind, header, key, cell in (
-            ("category", "Category", "categories", "{}"),
-            ("function", "Function", "functions", "`{}`"),
-        )
+        for kind, header, key, cell in kinds
     ]
 
 

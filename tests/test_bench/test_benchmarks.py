@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from bench.results import Figure, Result
+from bench.service import search_capacity
 from tests.test_bench.conftest import load
 
 pytestmark = pytest.mark.timeout(900)
@@ -134,8 +135,28 @@ def test_recovery(quick_results: tuple[Path, str]) -> None:
 def test_accuracy_reads_the_same_runs_engines(quick_results: tuple[Path, str]) -> None:
     result = check_result(quick_results[0], "accuracy")
     assert result["details"]["engines_json"] == str(quick_results[0] / "engines.json")
-    wer = by_name(result)["WER whisper, all of data/"]
+    figures = by_name(result)
+    wer = figures["WER whisper, all of data/"]
     assert wer["baseline_name"] == "same engine, finals only (offline)"
+    # the sentiment figures are of the model as the consumer runs it, beside the trained model in torch
+    sentiment = result["details"]["sentiment"]
+    assert sentiment["runtime"] == "onnx-int8"
+    name = "Sentiment accuracy as served (onnx-int8), held-out split, positive vs negative (ASR style)"
+    served = figures[name]
+    assert served["baseline"] == pytest.approx(100 * sentiment["held_out"]["asr_style"]["accuracy"])
+    assert abs(served["value"] - served["baseline"]) <= 2.0
+
+
+def test_the_capacity_search_closes_in_on_the_largest_passing_number() -> None:
+    def probe(callers: int) -> dict[str, Any]:
+        tried.append(callers)
+        return {"errors": 0, "behind": 0, "latency_p95_ms": 100.0 if callers <= 7 else 900.0}
+
+    tried: list[int] = []
+    assert search_capacity(probe, 46, 300.0, 5, "latency")[0] == 7  # down to 6 passing, then 8 and 7
+    assert tried == [46, 28, 17, 10, 6, 8, 7]
+    tried.clear()
+    assert search_capacity(probe, 5, 300.0, 5, "latency")[0] == 7 and tried == [5, 8, 6, 7]
 
 
 def test_plot_and_summary_of_the_run(quick_results: tuple[Path, str]) -> None:
