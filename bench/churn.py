@@ -198,8 +198,7 @@ def run(args: argparse.Namespace) -> Result:
     for engine, protocols in engines.items():
         runs += measure_engine(engine, protocols, sizes, args.quick)
     settings = {"chunk_ms": CHUNK_MS, **asdict(sizes), "no_recycle_s": NO_RECYCLE_S}
-    details = {"sizes": asdict(sizes), "runs": runs}
-    tables = [column_table("Every run", COLUMNS, runs)]
+    details, tables = {"sizes": asdict(sizes), "runs": runs}, [column_table("Every run", COLUMNS, runs)]
     return result("churn", "Session churn", args.quick, settings, figures_of(runs), details, tables)
 
 

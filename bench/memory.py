@@ -228,8 +228,7 @@ def measure_server(
         for stream in streams:
             stream.end()
             stream.close()
-        rss_closed = settled_rss(server)
-        stats = pool_stats(server)
+        rss_closed, stats = settled_rss(server), pool_stats(server)
         rss_idle_after = idle_rss(server, ttl_s)
     rss_churned = curve[-1][1]
     return {

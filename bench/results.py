@@ -181,11 +181,11 @@ def load_text(load: Any) -> str:
     return f"load average {load:.2f} at the end" if isinstance(load, int | float) else ""
 
 
-def machine_line(machine: Mapping[str, Any], label: str = "**Machine:**") -> str:
+def machine_line(machine: Mapping[str, Any]) -> str:
     libraries = ", ".join(f"{k} {v}" for k, v in machine.get("libraries", {}).items())
     load = load_text(machine.get("load_average_1min"))
     return (
-        f"- {label} {machine['cpu']}, {machine['cores']} cores ({machine['usable_cores']} usable), "
+        f"- **Machine:** {machine['cpu']}, {machine['cores']} cores ({machine['usable_cores']} usable), "
         f"{machine['platform']}, Python {machine['python']}; {libraries}; measured {machine['date']}"
         + (f"; {load}" if load else "")
     )
@@ -282,8 +282,7 @@ def main(
 def run_json(module: str, *argv: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """``python -m <module> <argv>`` in a fresh interpreter (this environment plus ``env``); the JSON
     object it printed on its last line of output."""
-    command = [sys.executable, "-m", module, *argv]
-    environ = {**os.environ, **(env or {})}
+    command, environ = [sys.executable, "-m", module, *argv], {**os.environ, **(env or {})}
     done = subprocess.run(command, cwd=ROOT, env=environ, stdout=subprocess.PIPE, text=True, check=True)
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 

@@ -598,8 +598,7 @@ def report(details: Mapping[str, Any], quick: bool, settings: Mapping[str, Any])
     peers = settings["peers"]
     found, none = ", ".join(f"{k} at `{v}`" for k, v in peers.items()), "- No peer was given (`--peer-url`)"
     notes.append(f"- Peers: {found}" if peers else f"{none}, so this run has no peer rows.")
-    figures = headline_figures(details["engines"])
-    title = "Service overhead and capacity per pod"
+    figures, title = headline_figures(details["engines"]), "Service overhead and capacity per pod"
     return result("service", title, quick, settings, figures, details, tables, notes)
 
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import bench.results
-from bench.results import Option, Result, figure_cells, load_results, markdown_table
+from bench.results import Option, Result, figure_cells, load_results, load_text, markdown_table
 
 SUMMARY = "summary.md"
 START, END = "<!-- bench:summary -->", "<!-- /bench:summary -->"
@@ -27,8 +27,12 @@ class SummaryError(Exception):
 
 
 def machine_line(res: Result) -> str:
-    quick = " (quick)" if res["quick"] else ""
-    return bench.results.machine_line(res["machine"], f"`{res['benchmark']}`{quick}:")
+    machine, quick = res["machine"], " (quick)" if res["quick"] else ""
+    load = load_text(machine.get("load_average_1min"))
+    date = str(machine.get("date", ""))[:16].replace("T", " ")
+    where = f"{machine.get('cpu', '?')}, {machine.get('usable_cores', '?')} usable cores"
+    when = f"Python {machine.get('python', '?')}, {date} UTC" + (f", {load}" if load else "")
+    return f"- `{res['benchmark']}`{quick}: {where}, {when}"
 
 
 def render(directory: Path) -> str:

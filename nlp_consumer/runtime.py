@@ -10,10 +10,11 @@ an error: the graph is then exported for this process alone.
 With ``int8`` the graph's weights are quantized to 8-bit integers once more, by ONNX Runtime's
 dynamic quantization (activations quantized per batch as it runs), into
 ``<model version>-<EXPORT_VERSION>-int8.onnx`` beside the fp32 graph: about 2.3 times less CPU per
-forward pass for the trained model, whose held-out accuracy it leaves within a tenth of a point
-(86.5 % fp32, 86.6 % int8); single polarities move by 0.06 on average. The activations' scale is
-computed over the whole input of a run, so rows run one at a time (``SentimentAnalyzer``): a text's
-probabilities then do not depend on the texts batched with it, and cost no more than batched.
+forward pass for the trained model, whose held-out accuracy it leaves within a few tenths of a
+point (86.5 % fp32, 86.3 % int8: ``bench/results/accuracy.md``); single polarities move by 0.06 on
+average. The activations' scale is computed over the whole input of a run, so rows run one at a
+time (``SentimentAnalyzer``): a text's probabilities then do not depend on the texts batched with
+it, and cost no more than batched.
 
 Both classifiers take a padded batch (``input_ids``, ``attention_mask``, … as int64 arrays, rows ×
 tokens) and return the class probabilities (rows × classes, float32).
