@@ -46,6 +46,11 @@ class DecoderMetrics:
             "Sessions taken over from an instance that runs another memory allocator",
             registry=r,
         )
+        self.graph_mismatch_takeovers = Counter(
+            "decoder_graph_mismatch_takeovers",
+            "Sessions taken over from an instance whose engine searches another decoding graph",
+            registry=r,
+        )
         self.http_responses = Counter(
             "decoder_http_responses", "HTTP responses by status code", ["status"], registry=r
         )

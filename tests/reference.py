@@ -51,6 +51,7 @@ class ReferenceEngine:
         )
         hello = self._receive()
         self.allocator: str = hello["allocator"]  # as loaded in the child
+        self.graph: str = hello["graph"]  # the decoding graph the child's engine searches
         self.model = ModelInfo(**{**hello["model"], "aliases": tuple(hello["model"]["aliases"])})
 
     def create(self, options: RecognizerOptions) -> Recognizer:
@@ -142,7 +143,7 @@ def serve(model: str, requests: IO[str], answers: IO[str]) -> None:
 
     engine = VoskEngine(resolve_model("vosk", model, None))
     recognizers: dict[int, Recognizer] = {}  # by creation order; a closed one stays, unusable
-    send({"allocator": running_allocator(), "model": dataclasses.asdict(engine.model)})
+    send({"allocator": running_allocator(), "graph": engine.graph, "model": dataclasses.asdict(engine.model)})
     for line in requests:
         request = json.loads(line)
         try:

@@ -122,6 +122,7 @@ class Engine(Protocol):
 
     name: str
     model: ModelInfo
+    graph: str  # the decoding graph searched (Vosk: static, lookahead or model); "" when none applies
 
     def create(self, options: RecognizerOptions) -> Recognizer:
         """A new recognizer; raises UnsupportedSampleRate or InvalidOptions."""

@@ -110,6 +110,7 @@ class WhisperEngine:
     """One faster-whisper model per process, shared (thread-safely) by every recognizer."""
 
     name = "whisper"
+    graph = ""  # no decoding graph: a sequence-to-sequence model
 
     def __init__(
         self,

@@ -16,6 +16,7 @@ from decoder_api.allocator import running_allocator
 from decoder_api.config import Settings, load_settings
 from decoder_api.delivery.publisher import TranscriptSink, build_publisher
 from decoder_api.engines import load_engine
+from decoder_api.engines.base import Engine
 from decoder_api.engines.models import resolve_model
 from decoder_api.engines.pool import PoolSettings
 from decoder_api.errors import DecoderError
@@ -64,7 +65,13 @@ def build_service(settings: Settings, background: bool) -> DecoderService:
         settings.pool_warm,
         max_audio_s=settings.pool_max_audio_s,
     )
-    loader = EngineLoader(lambda: load_engine(settings, metrics.partial_lag.observe), pool)
+
+    def load() -> Engine:
+        engine = load_engine(settings, metrics.partial_lag.observe)
+        store.set_graph(engine.graph)
+        return engine
+
+    loader = EngineLoader(load, pool)
     limits = SessionLimits(
         max_sessions=settings.max_sessions,
         idle_s=settings.session_idle_s,

@@ -210,6 +210,12 @@ def schemas() -> dict[str, Schema]:
                     "description": "The memory allocator this instance runs on, as loaded: `jemalloc` "
                     "(the default), `glibc`, … Every instance of a deployment should run the same one",
                 },
+                graph={
+                    "type": "string",
+                    "description": "Once the model has loaded, the decoding graph its engine searches (Vosk: "
+                    "`static`, `lookahead` or `model`; absent for whisper). Every instance of a "
+                    "deployment should search the same one",
+                },
                 error={"type": "string"},
                 message={"type": "string"},
             ),

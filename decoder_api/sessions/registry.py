@@ -1,10 +1,10 @@
 """The session registry: who owns each call, and enough of its state to continue it elsewhere.
 
-Per session it keeps the owner instance and the memory allocator the owner runs on, the
+Per session it keeps the owner instance, the memory allocator and decoding graph it runs on, the
 session's options, token hashes, the finals so far, the stream position, the finals topic
 partition the call is pinned to, and the **audio since the last final** as the list of chunks
 the owner decoded (trimmed at every final; bounded by the maximum utterance length). Each
-instance heartbeats its liveness (and its allocator) with a TTL.
+instance heartbeats its liveness (and its allocator and graph) with a TTL.
 When a chunk for a session reaches an instance that does not own it and the owner's heartbeat
 has expired (or it is draining), that instance claims the session atomically and rebuilds the
 recognizer by replaying those chunks.
@@ -44,7 +44,7 @@ CLAIM_SCRIPT = """
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if owner == false then return 0 end
 if owner ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'allocator', ARGV[3])
+redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'allocator', ARGV[3], 'graph', ARGV[4])
 return 1
 """
 
@@ -73,6 +73,7 @@ class SessionRecord:
     partition: int | None = None  # of the finals topic, pinned for the whole call (None: not yet)
     channel_restarts: tuple[int, ...] = ()  # stereo: the frame each channel is replayed from
     allocator: str = ""  # the owner's memory allocator ("": recorded by a version that did not say)
+    graph: str = ""  # the owner engine's decoding graph (Engine.graph; "": none, or not recorded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,8 @@ class ChunkUpdate:
 
 
 class Registry(Protocol):
+    graph: str  # this instance's decoding graph, recorded by ``claim`` and the heartbeat ("": none)
+
     @property
     def shared(self) -> bool: ...
 
@@ -121,7 +124,8 @@ class Registry(Protocol):
         ...
 
     def claim(self, session_id: str, expected_owner: str) -> bool:
-        """Atomically take ownership from ``expected_owner`` (recording this instance's allocator)."""
+        """Atomically take ownership from ``expected_owner`` (recording this instance's allocator and
+        graph)."""
         ...
 
     def remove(self, session_id: str) -> None: ...
@@ -140,6 +144,7 @@ class LocalRegistry:
 
     shared = False
     available = True
+    graph = ""
 
     def save(self, record: SessionRecord) -> None:
         pass
@@ -210,6 +215,7 @@ class RedisRegistry:
     ) -> None:
         self.instance_id = instance_id
         self.allocator = allocator  # this instance's, in its heartbeat and in the calls it claims
+        self.graph = ""  # this instance's engine's decoding graph, likewise (set once it has loaded)
         self._client = redis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **tls_options(ssl_ca_certs)
         )
@@ -232,6 +238,7 @@ class RedisRegistry:
         meta: dict[Any, Any] = {
             "owner": record.owner,
             "allocator": record.allocator,
+            "graph": record.graph,
             "config": json.dumps(record.config),
             "token_hash": record.token_hash,
             "owner_key_hash": record.owner_key_hash or "",
@@ -312,7 +319,7 @@ class RedisRegistry:
 
     def claim(self, session_id: str, expected_owner: str) -> bool:
         """Atomically take ownership from ``expected_owner``; False if someone else was faster."""
-        args = [expected_owner, self.instance_id, self.allocator]
+        args = [expected_owner, self.instance_id, self.allocator, self.graph]
         return bool(self._run(lambda: self._claim(keys=[_key(session_id)], args=args)))
 
     def remove(self, session_id: str) -> None:
@@ -359,7 +366,7 @@ class RedisRegistry:
                 on_reconnect()
 
     def _heartbeat(self) -> None:
-        value = json.dumps({"draining": self._draining, "allocator": self.allocator})
+        value = json.dumps({"draining": self._draining, "allocator": self.allocator, "graph": self.graph})
         ttl_ms = int(self._heartbeat_ttl_s * 1000)
         with contextlib.suppress(RegistryUnavailable):
             self._run(lambda: self._client.set(f"{PREFIX}instance:{self.instance_id}", value, px=ttl_ms))
@@ -446,6 +453,7 @@ def _record(session_id: str, meta: dict[str, str], finals: list[bytes], tail: li
         session_id=session_id,
         owner=meta["owner"],
         allocator=meta.get("allocator", ""),
+        graph=meta.get("graph", ""),
         config=json.loads(meta["config"]),
         token_hash=meta["token_hash"],
         owner_key_hash=meta.get("owner_key_hash") or None,

@@ -294,13 +294,14 @@ class Session:
         self._utterance_start = self._samples
         return recognizer.flush()
 
-    def to_record(self, owner: str, allocator: str = "") -> SessionRecord:
-        """The session as the registry keeps it, owned by ``owner`` decoding on ``allocator``
-        (caller holds the lock)."""
+    def to_record(self, owner: str, allocator: str = "", graph: str = "") -> SessionRecord:
+        """The session as the registry keeps it, owned by ``owner`` decoding on ``allocator`` with
+        ``graph`` (caller holds the lock)."""
         return SessionRecord(
             session_id=self.id,
             owner=owner,
             allocator=allocator,
+            graph=graph,
             config=config_to_dict(self.config),
             token_hash=self.token_hash,
             owner_key_hash=self.owner_key_hash,

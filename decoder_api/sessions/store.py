@@ -4,8 +4,9 @@ The ``SessionStore`` enforces the limits (count, idle time, duration), expires s
 reaper thread and closes everything on shutdown; nothing lives outside it, so memory does not
 grow with sessions that come and go. A session another instance owned is taken over from the
 registry (its audio tail replayed) only after the caller is authorized for it. A call taken over
-from an instance on another memory allocator is logged and counted: its replay, and the rest of
-the call, may then decode slightly differently from how the first owner would have.
+from an instance on another memory allocator, or whose engine searches another decoding graph, is
+logged and counted: its replay, and the rest of the call, may then decode slightly differently
+from how the first owner would have.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class SessionStore:
     ) -> None:
         self._recognizers = recognizers
         self.allocator = allocator  # the memory allocator this instance decodes on
+        self.graph = ""  # the decoding graph its engine searches (Engine.graph), set once it has loaded
         self._on_ended: EndedSink = on_ended or (lambda session, reason: None)
         self._pin_partition: PartitionPin = pin_partition or (lambda session_id: None)
         self._registry: Registry = registry or LocalRegistry()
@@ -303,7 +305,7 @@ class SessionStore:
         return StereoRecognizer(channels, config.layout.speakers)
 
     def _rebuild(self, record: SessionRecord) -> Session:
-        self._check_allocator(record)
+        self._check_decoding(record)
         config = config_from_dict(record.config)
         recognizer = self._new_recognizer(config)
         session = self._new_session(
@@ -324,18 +326,24 @@ class SessionStore:
         )
         return session
 
-    def _check_allocator(self, record: SessionRecord) -> None:
-        """Warn about and count a takeover from an instance on another allocator (one that did not
-        record its allocator is not counted: nothing is known about it)."""
-        if record.allocator and self.allocator and record.allocator != self.allocator:
-            self._metrics.allocator_mismatch_takeovers.inc()
-            logger.warning(
-                "allocator_mismatch_takeover session_id=%s from=%s from_allocator=%s allocator=%s",
-                record.session_id,
-                record.owner,
-                record.allocator,
-                self.allocator,
-            )
+    def set_graph(self, graph: str) -> None:
+        """The decoding graph this instance's engine searches, once it has loaded: recorded with the
+        calls it owns or claims, and with its heartbeat."""
+        self.graph = self._registry.graph = graph
+
+    def _check_decoding(self, record: SessionRecord) -> None:
+        """Warn about and count a takeover from an instance on another allocator or decoding graph
+        (one that did not record it is not counted: nothing is known about it)."""
+        for what, theirs, mine, counter in (
+            ("allocator", record.allocator, self.allocator, self._metrics.allocator_mismatch_takeovers),
+            ("graph", record.graph, self.graph, self._metrics.graph_mismatch_takeovers),
+        ):
+            if theirs and mine and theirs != mine:
+                counter.inc()
+                logger.warning(
+                    "%s_mismatch_takeover session_id=%s from=%s from_%s=%s %s=%s",
+                    *(what, record.session_id, record.owner, what, theirs, what, mine),
+                )
 
     def _hand_over(self, session: Session) -> None:
         """Leave a session to the registry for another instance (draining shutdown)."""
@@ -351,7 +359,7 @@ class SessionStore:
 
     def _save(self, session: Session) -> None:
         try:
-            self._registry.save(session.to_record(self.instance_id, self.allocator))
+            self._registry.save(session.to_record(self.instance_id, self.allocator, self.graph))
             session.registry_dirty = False
         except RegistryUnavailable:
             session.registry_dirty = True

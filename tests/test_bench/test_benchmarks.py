@@ -144,6 +144,7 @@ def test_accuracy_reads_the_same_runs_engines(quick_results: tuple[Path, str]) -
     name = "Sentiment accuracy as served (onnx-int8), held-out split, positive vs negative (ASR style)"
     served = figures[name]
     assert served["baseline"] == pytest.approx(100 * sentiment["held_out"]["asr_style"]["accuracy"])
+    assert served["value"] is not None and served["baseline"] is not None
     assert abs(served["value"] - served["baseline"]) <= 2.0
 
 

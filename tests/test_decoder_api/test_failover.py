@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import secrets
 import signal
@@ -258,47 +259,54 @@ def test_a_wrong_token_never_moves_a_call_whose_owner_died(
     assert client.hget(key, "owner") == b"b"
 
 
-def abandoned_call(registry: RedisRegistry, allocator: str) -> tuple[str, str]:
+def abandoned_call(registry: RedisRegistry, allocator: str, graph: str) -> tuple[str, str]:
     """A call written into the registry as its owner, ``registry.instance_id``, left it: owned by an
-    instance without a heartbeat, on ``allocator``, nothing decoded yet. Its id and token."""
+    instance without a heartbeat, on ``allocator`` and ``graph``, nothing decoded yet. Its id and token."""
     session_id, token = uuid.uuid4().hex, secrets.token_urlsafe(16)
     config = config_to_dict(SessionConfig(words=True))
-    owner = registry.instance_id
-    registry.save(
-        SessionRecord(
-            session_id, owner, config, hash_secret(token), None, 0, 0, 0, 0, (), (), allocator=allocator
-        )
+    record = SessionRecord(
+        session_id, registry.instance_id, config, hash_secret(token), None, 0, 0, 0, 0, (), ()
     )
+    registry.save(dataclasses.replace(record, allocator=allocator, graph=graph))
     return session_id, token
 
 
-def test_a_takeover_from_an_instance_on_another_allocator_is_logged_and_counted(
+def test_a_takeover_from_an_instance_on_another_allocator_or_graph_is_logged_and_counted(
     tmp_path: Path, redis_server: RedisServer, korean_call: SpokenCall
 ) -> None:
-    """Every instance of a deployment should run one allocator (decodes are reproducible under one,
-    not across them). A call whose dead owner recorded another allocator is still taken over, with
-    a warning naming both and ``decoder_allocator_mismatch_takeovers_total``; one from an owner on
-    the same allocator is not counted. The claim records the new owner's allocator."""
+    """Every instance of a deployment should run one allocator and search one decoding graph
+    (decodes are reproducible under one, not across them). A call whose dead owner recorded another
+    allocator, or another graph, is still taken over, with a warning naming both and
+    ``decoder_allocator_mismatch_takeovers_total`` or ``decoder_graph_mismatch_takeovers_total``;
+    one from an owner like the successor is not counted. The claim records the new owner's."""
     successor = instance(tmp_path, redis_server, "successor")
     registry = RedisRegistry(redis_server.url, "gone", 5.0, 60.0)  # never started: no heartbeat
     try:
-        mine = successor.readyz()[1]["allocator"]
+        ready = successor.readyz()[1]
+        mine, graph = ready["allocator"], ready["graph"]
         other = "glibc" if mine != "glibc" else "jemalloc"
-        calls = {allocator: abandoned_call(registry, allocator) for allocator in (other, mine)}
+        other_graph = {"static": "lookahead", "lookahead": "static"}[graph]  # the Korean model has both
+        owners = {"allocator": (other, graph), "graph": (mine, other_graph), "same": (mine, graph)}
+        calls = {kind: abandoned_call(registry, *decoding) for kind, decoding in owners.items()}
         for session_id, token in calls.values():
             caller = Caller([successor.url])
             caller.sid, caller.token = session_id, token
             caller.send(0, chunks_of(korean_call)[0])
         assert successor.metric("decoder_allocator_mismatch_takeovers_total") == 1
-        warnings = [line for line in successor.tail(100_000).splitlines() if "allocator_mismatch" in line]
+        assert successor.metric("decoder_graph_mismatch_takeovers_total") == 1
+        log = successor.tail(100_000).splitlines()
+        warnings = [line for line in log if "allocator_mismatch" in line]
         assert len(warnings) == 1, warnings
-        assert (
-            f"session_id={calls[other][0]} from=gone from_allocator={other} allocator={mine}" in warnings[0]
-        )
+        expected = f"session_id={calls['allocator'][0]} from=gone from_allocator={other} allocator={mine}"
+        assert expected in warnings[0]
+        warnings = [line for line in log if "graph_mismatch" in line]
+        assert len(warnings) == 1, warnings
+        expected = f"session_id={calls['graph'][0]} from=gone from_graph={other_graph} graph={graph}"
+        assert expected in warnings[0]
         for session_id, _ in calls.values():
             record = registry.load(session_id)
             assert record is not None
-            assert (record.owner, record.allocator) == ("successor", mine)
+            assert (record.owner, record.allocator, record.graph) == ("successor", mine, graph)
     finally:
         registry.close()
         successor.stop()

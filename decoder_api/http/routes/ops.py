@@ -35,6 +35,8 @@ def readyz() -> tuple[Response, int]:
         "checks": checks,
         "allocator": svc.sessions.allocator,
     }
+    if svc.sessions.graph:
+        body["graph"] = svc.sessions.graph
     if checks["registry"] == "unavailable":
         body["degraded"] = ["registry: live calls keep decoding here, but cannot fail over"]
     if not ready:
