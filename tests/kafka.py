@@ -15,7 +15,7 @@ from typing import Any, Self, TypeVar
 
 from confluent_kafka import Consumer, Message, Producer
 
-from contract.events import is_call_ended
+from contract.events import is_call_ended, validate
 from decoder_api.delivery.partitioner import key_partition
 from devtools import devstack
 from devtools.clients import HttpSession
@@ -179,7 +179,10 @@ def stream_call(base: str, pcm: bytes, chunk_bytes: int, **options: Any) -> Call
 
 
 def event_value(message: Message) -> dict[str, Any]:
+    """A decoder event read back, checked against the schema it names: the decoder writes its events
+    without checking each one (``to_json(check=False)``), so these tests are where they are checked."""
     value: dict[str, Any] = json.loads(message.value() or b"")
+    validate(value, value["schema"])
     return value
 
 

@@ -186,6 +186,13 @@ def test_to_json_refuses_an_invalid_event() -> None:
         event(text="").to_json()
 
 
+def test_to_json_unchecked_writes_the_same_bytes_and_only_skips_the_check() -> None:
+    assert event().to_json(check=False) == event().to_json()
+    unchecked = event(text="").to_json(check=False)  # a producer whose tests check its events
+    with pytest.raises(InvalidEvent, match="text"):  # its consumers still refuse such an event
+        TranscriptEvent.from_json(unchecked)
+
+
 def test_garbage_is_an_invalid_event() -> None:
     with pytest.raises(InvalidEvent, match="JSON"):
         TranscriptEvent.from_json(b"\xff not json")
