@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
@@ -20,14 +22,17 @@ class DecoderMetrics:
         )  # opened, closed, expired, rejected
         self.audio_seconds = Counter("decoder_audio_seconds", "Seconds of audio decoded", registry=r)
         self.decode_seconds = Histogram(
-            "decoder_decode_seconds", "Wall time to decode one chunk", buckets=LATENCY_BUCKETS_S, registry=r
+            "decoder_decode_seconds",
+            "Wall time to decode one chunk, in the recognizer",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
         )
         self.real_time_factor = Gauge(
             "decoder_real_time_factor", "Decode time over audio time, since start", registry=r
         )
         self.partial_latency = Histogram(
             "decoder_partial_latency_seconds",
-            "Request received to partial returned",
+            "Chunk received (its request or frame) to its partial ready, waits included",
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
@@ -62,6 +67,13 @@ class DecoderMetrics:
         )  # hit, miss, discarded
         self._decode_total_s = 0.0
         self._audio_total_s = 0.0
+
+    def observe_chunk(self, received_at: float, decode_s: float, audio_s: float) -> None:
+        """A chunk of ``audio_s`` seconds answered: ``decode_s`` in the recognizer (its session's lock
+        held), and its partial ready ``received_at`` (``time.perf_counter()`` when its request or
+        frame arrived) until now, waiting for the lock and reading the body included."""
+        self.observe_decode(decode_s, audio_s)
+        self.partial_latency.observe(time.perf_counter() - received_at)
 
     def observe_decode(self, decode_s: float, audio_s: float) -> None:
         self.decode_seconds.observe(decode_s)

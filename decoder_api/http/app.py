@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -140,6 +141,7 @@ def register_handlers(app: Flask) -> None:
 
 
 def _start_request() -> None:
+    g.received_at = time.perf_counter()  # decoder_partial_latency_seconds starts here
     g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
     if request.endpoint in SESSION_OPENING_ENDPOINTS:
         svc = _maybe_service()

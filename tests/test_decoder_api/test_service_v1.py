@@ -15,7 +15,7 @@ import requests
 from decoder_api.audio import chunk_bytes, iter_chunks
 from decoder_api.engines.base import Engine, RecognizerOptions
 from decoder_api.sessions.transcripts import stream_pcm
-from devtools.clients import HttpSession, split_chunks, stream_audio
+from devtools.clients import HttpSession, VoskStream, split_chunks, stream_audio
 from devtools.processes import DecoderServer, start_decoder
 from tests.conftest import RATE_HZ, SpokenCall
 from tests.reference import ReferenceEngine
@@ -260,6 +260,22 @@ def test_health_readiness_and_metrics(vosk_server: DecoderServer) -> None:
         "decoder_http_responses_total",
     ):
         assert name in text
+
+
+def test_partial_latency_runs_from_arrival_and_decode_time_is_the_recognizers(
+    vosk_server: DecoderServer, korean_call: SpokenCall
+) -> None:
+    """``decoder_decode_seconds`` is the recognizer's time (its session's lock held);
+    ``decoder_partial_latency_seconds`` runs from a chunk's arrival (its request, or its frame) to
+    its partial, so for every chunk, over HTTP v1 and the WebSocket alike, it is the longer."""
+    names = [f"decoder_{m}_seconds_{s}" for m in ("decode", "partial_latency") for s in ("count", "sum")]
+    before = {name: metric(vosk_server.url, name) for name in names}
+    pcm = korean_call.pcm[: 2 * RATE_HZ * 2]  # 2 s: ten 200 ms chunks
+    stream(vosk_server.url, pcm)
+    stream_audio(VoskStream(f"{vosk_server.ws_url}/v1/stream", {"sample_rate": RATE_HZ}), pcm)
+    got = {name: metric(vosk_server.url, name) - before[name] for name in names}
+    assert got["decoder_decode_seconds_count"] == got["decoder_partial_latency_seconds_count"] == 20
+    assert got["decoder_partial_latency_seconds_sum"] > got["decoder_decode_seconds_sum"] > 0
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ from typing import Any
 
 import jsonschema
 import numpy as np
-from flask import Blueprint, Request, Response, current_app, jsonify, request
+from flask import Blueprint, Request, Response, current_app, g, jsonify, request
 from flask.blueprints import BlueprintSetupState
 from jsonschema.exceptions import best_match
 
@@ -208,18 +208,17 @@ def decode() -> Response:
     streams.note_ignored(body.ignored)
     config = SessionConfig(sample_rate_hz=body.sample_rate_hz, words=True, user_id=body.stream_id)
     session = streams.session_for(body.stream_id, request.environ.get("decoder.key_hash"), config)
-    received = time.perf_counter()
     partial, finals = "", []
     with session.locked():
+        started = time.perf_counter()
         if body.pcm:
             result = session.feed(body.pcm)
             partial, finals = result.partial, list(result.finals)
         if body.finalize:
             finals += session.finalize()
+        decode_s = time.perf_counter() - started
     if body.pcm:
-        decode_s = time.perf_counter() - received
-        svc.metrics.observe_decode(decode_s, len(body.pcm) / 2 / body.sample_rate_hz)
-        svc.metrics.partial_latency.observe(decode_s)
+        svc.metrics.observe_chunk(g.received_at, decode_s, len(body.pcm) / 2 / body.sample_rate_hz)
     return jsonify(answer(partial, finals, body.finalize))
 
 

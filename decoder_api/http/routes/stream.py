@@ -342,19 +342,20 @@ class VoskStream:
         return Reply(result_body(finals, self.config))
 
     def _audio(self, pcm: bytes) -> dict[str, Any]:
+        received_at = time.perf_counter()
         check_pcm(pcm)
         check_frames(pcm, self.config.layout)
         session = self._open()
         if not pcm:
             return {"partial": self._partial}
-        received = time.perf_counter()
         with session.locked():
+            started = time.perf_counter()
             result = session.feed(pcm)
             partials = session.partials()
-        decode_s = time.perf_counter() - received
+            decode_s = time.perf_counter() - started
         layout = self.config.layout
-        self._svc.metrics.observe_decode(decode_s, len(pcm) / layout.frame_bytes / self.config.sample_rate_hz)
-        self._svc.metrics.partial_latency.observe(decode_s)
+        audio_s = len(pcm) / layout.frame_bytes / self.config.sample_rate_hz
+        self._svc.metrics.observe_chunk(received_at, decode_s, audio_s)
         self._partial = result.partial
         if result.finals:
             return result_body(result.finals, self.config)

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import jsonschema
-from flask import Blueprint, Request, Response, jsonify, request
+from flask import Blueprint, Request, Response, g, jsonify, request
 
 from decoder_api.audio import InvalidChannels, chunk_bytes, decode_bytes, iter_chunks
 from decoder_api.engines import native_rate_hz
@@ -105,13 +105,13 @@ def feed_audio(session_id: str) -> Response:
     layout = session.config.layout
     pcm = pcm_body(request, session.config.sample_rate_hz, layout)
     seq = chunk_seq(request)
-    received = time.perf_counter()
     with session.locked():
+        started = time.perf_counter()
         result = session.feed(pcm) if seq is None else session.feed_numbered(seq, pcm)
         partials = session.partials()
-    decode_s = time.perf_counter() - received
-    svc.metrics.observe_decode(decode_s, len(pcm) / layout.frame_bytes / session.config.sample_rate_hz)
-    svc.metrics.partial_latency.observe(decode_s)
+        decode_s = time.perf_counter() - started
+    audio_s = len(pcm) / layout.frame_bytes / session.config.sample_rate_hz
+    svc.metrics.observe_chunk(g.received_at, decode_s, audio_s)
     finals = [final_to_dict(f) for f in result.finals]
     body = {"partial": result.partial, "finals": finals, "audio_ms": result.audio_ms}
     if layout.stereo:
