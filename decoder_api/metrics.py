@@ -72,10 +72,7 @@ class DecoderMetrics:
         """A chunk of ``audio_s`` seconds answered: ``decode_s`` in the recognizer (its session's lock
         held), and its partial ready ``received_at`` (``time.perf_counter()`` when its request or
         frame arrived) until now, waiting for the lock and reading the body included."""
-        self.observe_decode(decode_s, audio_s)
         self.partial_latency.observe(time.perf_counter() - received_at)
-
-    def observe_decode(self, decode_s: float, audio_s: float) -> None:
         self.decode_seconds.observe(decode_s)
         self.audio_seconds.inc(audio_s)
         self._decode_total_s += decode_s

@@ -80,7 +80,6 @@ class SessionStore:
     ) -> None:
         self._recognizers = recognizers
         self.allocator = allocator  # the memory allocator this instance decodes on
-        self.graph = ""  # the decoding graph its engine searches (Engine.graph), set once it has loaded
         self._on_ended: EndedSink = on_ended or (lambda session, reason: None)
         self._pin_partition: PartitionPin = pin_partition or (lambda session_id: None)
         self._registry: Registry = registry or LocalRegistry()
@@ -326,10 +325,15 @@ class SessionStore:
         )
         return session
 
+    @property
+    def graph(self) -> str:
+        """The decoding graph this instance's engine searches ("" until it has loaded, or none)."""
+        return self._registry.graph
+
     def set_graph(self, graph: str) -> None:
-        """The decoding graph this instance's engine searches, once it has loaded: recorded with the
-        calls it owns or claims, and with its heartbeat."""
-        self.graph = self._registry.graph = graph
+        """Once the engine has loaded: recorded by the registry with the calls this instance owns or
+        claims, and with its heartbeat."""
+        self._registry.graph = graph
 
     def _check_decoding(self, record: SessionRecord) -> None:
         """Warn about and count a takeover from an instance on another allocator or decoding graph
@@ -342,7 +346,13 @@ class SessionStore:
                 counter.inc()
                 logger.warning(
                     "%s_mismatch_takeover session_id=%s from=%s from_%s=%s %s=%s",
-                    *(what, record.session_id, record.owner, what, theirs, what, mine),
+                    what,
+                    record.session_id,
+                    record.owner,
+                    what,
+                    theirs,
+                    what,
+                    mine,
                 )
 
     def _hand_over(self, session: Session) -> None:
