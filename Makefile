@@ -16,6 +16,19 @@ APT_PACKAGES := pocketsphinx-testdata redis-server libjemalloc2 espeak-ng sox po
 STAMP       := $(VENV)/.installed
 KAFKA_POM   := devtools/kafka/pom.xml
 KAFKA_STAMP := build/kafka/.resolved
+WHEELS      := build/wheels
+
+# $(call retry,WHAT,COMMAND,LOG): COMMAND until it succeeds, five times at most, waiting longer after each
+# failure (a registry that breaks off downloads for a minute or two does not fail the install); each failure
+# prints pip's error lines and the free disk, where a CI log's tail shows them. Wheels already in $(WHEELS)
+# are not fetched again, and pip resumes a wheel whose download broke off.
+retry = set -o pipefail; for attempt in 1 2 3 4 5; do \
+	  $(2) 2>&1 | tee $(3) && break; \
+	  echo "$(1) failed (attempt $$attempt of 5); pip said:"; \
+	  grep -E -i 'error|no space|timed out|timeout|hash|connection|not match' $(3) \
+	    | grep -v -E '^ *--hash=' | tail -n 12; df -h . /tmp | tail -n 2; \
+	  [ $$attempt -lt 5 ] || exit 1; sleep $$((attempt * attempt * 15)); \
+	done
 
 .PHONY: help install system-packages kafka test lint typecheck audit demo bench fuzz data lock clean services chaos
 
@@ -27,13 +40,12 @@ install: $(STAMP) $(KAFKA_STAMP) ## set up everything: Debian packages, a JDK, A
 $(STAMP): Pipfile.lock Makefile
 	@$(MAKE) --no-print-directory system-packages
 	@command -v pipenv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "pipenv==$(PIPENV_VER)"
-	@mkdir -p build; for attempt in 1 2 3; do \
-	  set -o pipefail; pipenv sync --categories "$(CATEGORIES)" 2>&1 | tee build/pipenv-sync.log && break; \
-	  echo "pipenv sync failed (attempt $$attempt of 3); pip said:"; \
-	  grep -E -i 'error|no space|timed out|timeout|hash|connection|not match' build/pipenv-sync.log \
-	    | grep -v -E '^ *--hash=' | tail -n 12; df -h . /tmp | tail -n 2; \
-	  [ $$attempt -lt 3 ] || exit 1; sleep 15; \
-	done
+	@mkdir -p build $(WHEELS); [ -x $(PY) ] || pipenv --python $(PYTHON) >/dev/null
+	pipenv requirements --hash --categories "$(CATEGORIES)" > build/requirements.txt
+	@$(call retry,download the locked packages,$(PY) -m pip download --quiet --no-deps --require-hashes \
+	  --resume-retries 20 --dest $(WHEELS) -r build/requirements.txt,build/pip-download.log)
+	@$(call retry,pipenv sync,PIP_FIND_LINKS="$(CURDIR)/$(WHEELS)" pipenv sync --categories "$(CATEGORIES)",build/pipenv-sync.log)
+	rm -rf $(WHEELS)
 	$(PY) -m nlp_consumer.train
 	$(PY) -m decoder_api models compile-graph --engine vosk --model ko
 	@touch $@
