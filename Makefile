@@ -40,7 +40,7 @@ install: $(STAMP) $(KAFKA_STAMP) ## set up everything: Debian packages, a JDK, A
 $(STAMP): Pipfile.lock Makefile
 	@$(MAKE) --no-print-directory system-packages
 	@command -v pipenv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "pipenv==$(PIPENV_VER)"
-	@mkdir -p build $(WHEELS); [ -x $(PY) ] || pipenv --python $(PYTHON) >/dev/null
+	@mkdir -p build $(WHEELS); [ -x $(PY) ] || pipenv run python -V >/dev/null
 	pipenv requirements --hash --categories "$(CATEGORIES)" > build/requirements.txt
 	@$(call retry,download the locked packages,$(PY) -m pip download --quiet --no-deps --require-hashes \
 	  --resume-retries 20 --dest $(WHEELS) -r build/requirements.txt,build/pip-download.log)
