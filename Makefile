@@ -56,7 +56,8 @@ system-packages: ## Debian packages the project needs (installed only when missi
 	  command -v mvn >/dev/null 2>&1 || echo maven); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:" $$missing; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  apt-get update -qq -o Acquire::Retries=5 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    -o Acquire::Retries=5 --no-install-recommends $$missing >/dev/null; \
 	fi
 
 kafka: $(KAFKA_STAMP) ## Apache Kafka (pinned in devtools/kafka/pom.xml) and its dependencies from Maven Central
@@ -64,7 +65,7 @@ kafka: $(KAFKA_STAMP) ## Apache Kafka (pinned in devtools/kafka/pom.xml) and its
 $(KAFKA_STAMP): $(KAFKA_POM)
 	@$(MAKE) --no-print-directory system-packages
 	rm -rf build/kafka/libs
-	mvn --batch-mode --quiet --strict-checksums -Dstyle.color=never -f $(KAFKA_POM) dependency:copy-dependencies
+	mvn --batch-mode --quiet --strict-checksums -Dstyle.color=never -Dmaven.wagon.http.retryHandler.count=5 -f $(KAFKA_POM) dependency:copy-dependencies
 	@touch $@
 
 lint: install ## ruff lint and format check; the import rules between components (import-linter, pyproject.toml)
