@@ -150,7 +150,7 @@ class Reader:
         self._assigned, self._stop = threading.Event(), threading.Event()
         self._arrived = threading.Condition()  # notified on each arrival
         group = {"group.id": f"bench-reader-{uuid.uuid4().hex}", "auto.offset.reset": "earliest"}
-        settings = {"enable.auto.commit": False, "fetch.wait.max.ms": 10, "log_level": 0}
+        settings = {"enable.auto.commit": False, "log_level": 0}
         consumer = Consumer({"bootstrap.servers": bootstrap, **group, **settings})
 
         def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
