@@ -4,3 +4,9 @@
 consumer (``transcripts.v1`` → ``transcripts.enriched.v1``) and ``python -m nlp_consumer
 --dashboard`` serves the dashboard. See ``README.md`` in this package.
 """
+
+import os
+
+# The sentiment model runs on ONNX Runtime, which otherwise sends usage telemetry to Microsoft (and
+# stores a device id) as soon as it is imported; ORT_DISABLE_TELEMETRY=0 turns it back on.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")

@@ -1,0 +1,34 @@
+"""No third-party telemetry: ONNX Runtime, imported after any of our packages, neither stores a
+device id nor queues usage events for Microsoft."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def onnxruntime_state(home: Path, package: str, env: dict[str, str] | None = None) -> list[Path]:
+    """What ONNX Runtime leaves under ``home`` when a fresh interpreter imports ``package``, then it."""
+    child = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
+    child |= {"HOME": str(home), "PYTHONPATH": str(REPO)} | (env or {})
+    code = f"import {package}, onnxruntime" if package else "import onnxruntime"
+    subprocess.run([sys.executable, "-c", code], env=child, check=True, timeout=120)
+    return sorted(p for p in home.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("package", ["decoder_api", "nlp_consumer"])
+def test_onnx_runtime_keeps_no_device_id_and_queues_no_events(tmp_path: Path, package: str) -> None:
+    assert onnxruntime_state(tmp_path, package) == []
+
+
+def test_a_deployment_can_turn_the_telemetry_back_on(tmp_path: Path) -> None:
+    """The default only applies when the variable is unset: an explicit 0 is ONNX Runtime's own
+    behaviour, which is what makes the test above able to fail."""
+    left = onnxruntime_state(tmp_path, "nlp_consumer", {"ORT_DISABLE_TELEMETRY": "0"})
+    assert any(p.name == "deviceid" for p in left), left
