@@ -1,5 +1,5 @@
 """No third-party telemetry: ONNX Runtime, imported after any of our packages, neither stores a
-device id nor queues usage events for Microsoft."""
+device id nor queues usage events for Microsoft, and MLflow's telemetry is off in the decoder."""
 
 from __future__ import annotations
 
@@ -32,3 +32,16 @@ def test_a_deployment_can_turn_the_telemetry_back_on(tmp_path: Path) -> None:
     behaviour, which is what makes the test above able to fail."""
     left = onnxruntime_state(tmp_path, "nlp_consumer", {"ORT_DISABLE_TELEMETRY": "0"})
     assert any(p.name == "deviceid" for p in left), left
+
+
+def test_mlflow_telemetry_is_off_in_the_decoder(tmp_path: Path) -> None:
+    """``export mlflow`` runs in the decoder's package: MLflow's own switch reads as off there."""
+    code = "from mlflow.environment_variables import MLFLOW_DISABLE_TELEMETRY as off; print(off.get())"
+    child = {k: v for k, v in os.environ.items() if k != "MLFLOW_DISABLE_TELEMETRY"}
+    child |= {"HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
+
+    def switch(prefix: str) -> str:
+        run = subprocess.run([sys.executable, "-c", prefix + code], env=child, capture_output=True, text=True)
+        return run.stdout.strip()
+
+    assert (switch(""), switch("import decoder_api; ")) == ("False", "True")
