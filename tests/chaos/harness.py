@@ -361,7 +361,9 @@ class Caller:
         while time.monotonic() < deadline:
             try:
                 response = self.http.request(method, f"{self.urls[0]}{path}", timeout=30, **kwargs)
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
+                # no answer, or one cut off when its instance died: resent, as the recorder does (a
+                # chunk is numbered, so the instance that takes the call over drops a duplicate)
                 self.retries["connection"] += 1
                 self.urls = self.urls[1:] + self.urls[:1]  # the Route sends it to another pod
                 time.sleep(0.1)
