@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -37,6 +38,7 @@ SUMMARY_TOPIC = "calls.summary.v1"
 READY_TIMEOUT_S = 300.0
 ENRICH_TIMEOUT_S = 120.0
 SUMMARY_TIMEOUT_S = 60.0
+SUMMARY_GRACE_S = 1.0
 COLOURS = {"POSITIVE": "green", "NEGATIVE": "red", "NEUTRAL": "grey62"}
 
 console = Console(highlight=False)
@@ -175,9 +177,16 @@ def stream_call(decoder_url: str, call: Path, user_id: str) -> None:
 
 
 def wait_enriched(watcher: EnrichedWatcher, expected: int, pipeline: Pipeline) -> None:
-    """Until every turn came back enriched, or nothing new arrived for a while."""
+    """Until every turn came back enriched, or the call's summary came: the consumer writes it after
+    the call's last final, so a call the manifest does not know (``expected`` 0) ends there too.
+    An enriched event read a moment after the summary (another topic) still gets ``SUMMARY_GRACE_S``."""
     deadline = time.monotonic() + ENRICH_TIMEOUT_S
-    while time.monotonic() < deadline and (expected == 0 or len(watcher.events) < expected):
+    summarised_at = math.inf
+    while time.monotonic() < deadline and not (expected and len(watcher.events) >= expected):
+        if watcher.call_summary is not None:
+            summarised_at = min(summarised_at, time.monotonic())
+            if time.monotonic() - summarised_at >= SUMMARY_GRACE_S:
+                return
         pipeline.check_alive()
         time.sleep(0.2)
 
