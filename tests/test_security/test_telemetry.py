@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from devtools.processes import ROOT
+
 # ONNX Runtime stays quiet by itself where one of these says it runs in CI or its own tests; the
 # interpreters here run without them, as a deployment does.
 CI_MARKERS = (
@@ -31,12 +32,16 @@ CI_MARKERS = (
 )
 
 
+def fresh_env(home: Path, unset: set[str]) -> dict[str, str]:
+    """This environment without ``unset``, with its own ``HOME`` and the repository importable."""
+    kept = {k: v for k, v in os.environ.items() if k not in unset}
+    return kept | {"HOME": str(home), "PYTHONPATH": str(ROOT)}
+
+
 def onnxruntime_state(home: Path, package: str, env: dict[str, str] | None = None) -> list[Path]:
     """What ONNX Runtime leaves under ``home`` when a fresh interpreter imports ``package``, then it."""
-    unset = {"ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME", *CI_MARKERS}
-    child = {k: v for k, v in os.environ.items() if k not in unset}
-    child |= {"HOME": str(home), "PYTHONPATH": str(REPO)} | (env or {})
-    code = f"import {package}, onnxruntime" if package else "import onnxruntime"
+    child = fresh_env(home, {"ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME", *CI_MARKERS}) | (env or {})
+    code = f"import {package}, onnxruntime"
     subprocess.run([sys.executable, "-c", code], env=child, check=True, timeout=120)
     return sorted(p for p in home.rglob("*") if p.is_file())
 
@@ -56,8 +61,7 @@ def test_a_deployment_can_turn_the_telemetry_back_on(tmp_path: Path) -> None:
 def test_mlflow_telemetry_is_off_in_the_decoder(tmp_path: Path) -> None:
     """``export mlflow`` runs in the decoder's package: MLflow's own switch reads as off there."""
     code = "from mlflow.environment_variables import MLFLOW_DISABLE_TELEMETRY as off; print(off.get())"
-    child = {k: v for k, v in os.environ.items() if k != "MLFLOW_DISABLE_TELEMETRY"}
-    child |= {"HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
+    child = fresh_env(tmp_path, {"MLFLOW_DISABLE_TELEMETRY"})
 
     def switch(prefix: str) -> str:
         run = subprocess.run([sys.executable, "-c", prefix + code], env=child, capture_output=True, text=True)
